@@ -1,0 +1,66 @@
+"""Small networks: LeNet-300-100 (LeCun et al. 1998) and a tiny CNN for quick tests."""
+
+from models._common import check_int, check_shape, keras
+
+
+def lenet_300_100(input_shape=(784,), num_classes=10, name=None):
+  """Builds LeNet-300-100, the fully connected MNIST network.
+
+  From LeCun, Bottou, Bengio & Haffner, "Gradient-Based Learning Applied to
+  Document Recognition" (Proc. IEEE, 1998): Flatten, Dense 300 + ReLU,
+  Dense 100 + ReLU, Dense `num_classes`. For 784 inputs and 10 classes it has
+  266,610 parameters.
+
+  Layer names: `flatten`, `fc1`, `fc2`, `fc3`.
+
+  Args:
+    input_shape: Shape of one example; flattened first, so (784,) and
+      (28, 28, 1) both work.
+    num_classes: Number of output logits.
+    name: Model name; defaults to `lenet_300_100`.
+
+  Returns:
+    A functional `keras.Model` producing logits (no softmax).
+
+  Raises:
+    ValueError: If an argument is invalid; the message names it.
+  """
+  input_shape = check_shape('input_shape', input_shape)
+  check_int('num_classes', num_classes)
+  inputs = keras.Input(input_shape, name='image')
+  x = keras.layers.Flatten(name='flatten')(inputs)
+  x = keras.layers.Dense(300, activation='relu', name='fc1')(x)
+  x = keras.layers.Dense(100, activation='relu', name='fc2')(x)
+  outputs = keras.layers.Dense(num_classes, name='fc3')(x)
+  return keras.Model(inputs, outputs, name=name or 'lenet_300_100')
+
+
+def small_cnn(input_shape=(8, 8, 1), num_classes=10, name=None):
+  """Builds a tiny conv net for unit tests and 8x8 digit images.
+
+  conv3x3 16 + ReLU, conv3x3 32 stride 2 + ReLU, global average pool, Dense.
+  Convs use 'same' padding and biases. For the defaults it has 5,130
+  parameters (160 + 4,640 + 330).
+
+  Layer names: `conv1`, `conv2`, `avg_pool`, `fc`.
+
+  Args:
+    input_shape: (height, width, channels) of one input image.
+    num_classes: Number of output logits.
+    name: Model name; defaults to `small_cnn`.
+
+  Returns:
+    A functional `keras.Model` producing logits (no softmax).
+
+  Raises:
+    ValueError: If an argument is invalid; the message names it.
+  """
+  input_shape = check_shape('input_shape', input_shape, rank=3)
+  check_int('num_classes', num_classes)
+  inputs = keras.Input(input_shape, name='image')
+  x = keras.layers.Conv2D(16, 3, padding='same', activation='relu', name='conv1')(inputs)
+  x = keras.layers.Conv2D(32, 3, strides=2, padding='same', activation='relu',
+                          name='conv2')(x)
+  x = keras.layers.GlobalAveragePooling2D(name='avg_pool')(x)
+  outputs = keras.layers.Dense(num_classes, name='fc')(x)
+  return keras.Model(inputs, outputs, name=name or 'small_cnn')

@@ -1,0 +1,32 @@
+"""tf_dsr: Dynamic Sparse Reparameterization for Keras, on the tfmot pruning API.
+
+Mostafa & Wang, ICML 2019, https://arxiv.org/abs/1902.05967.
+"""
+
+from tf_dsr._tfmot import keras
+from tf_dsr.callbacks import ReallocationCallback
+from tf_dsr.reallocators import ReallocationStats
+from tf_dsr.reallocators import Reallocator
+from tf_dsr.report import SparsityReport
+from tf_dsr.report import sparsity_report
+from tf_dsr.schedules import PeriodSchedule
+from tf_dsr.sparsify import sparsify
+from tf_dsr.state import DynamicSparsityState
+from tf_dsr.strip import strip_dynamic_sparsity
+from tf_dsr.wrapper import DynamicSparseWrapper
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'DynamicSparseWrapper',
+    'DynamicSparsityState',
+    'PeriodSchedule',
+    'ReallocationCallback',
+    'ReallocationStats',
+    'Reallocator',
+    'SparsityReport',
+    'keras',
+    'sparsify',
+    'sparsity_report',
+    'strip_dynamic_sparsity',
+]

@@ -1,0 +1,143 @@
+"""ReallocationCallback: runs a Reallocator on a schedule during `model.fit`."""
+
+import numbers
+
+import tensorflow as tf
+
+from tf_dsr import _tfmot
+from tf_dsr import reallocators
+from tf_dsr import schedules
+
+keras = _tfmot.keras
+
+
+def _validate_stop(value, argument):
+  if value is None:
+    return None
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
+      value < 0):
+    raise ValueError(f'`{argument}` must be a non-negative int or None, got '
+                     f'{value!r}.')
+  return int(value)
+
+
+class ReallocationCallback(keras.callbacks.Callback):
+  """Dynamic Sparse Reparameterization during `model.fit`.
+
+  Mostafa & Wang, ICML 2019, https://arxiv.org/abs/1902.05967. After every
+  training step g > 0 with g % P == 0 (P from `period`), and before the stop
+  point, the callback runs one reallocation of a `tf_dsr.Reallocator` on the
+  model (see there for the algorithm). The model-wide state (H, the number of
+  reallocations, the step of the last one) lives in variables of the model, so
+  checkpoints carry it and a resumed run continues exactly.
+
+  With `steps_per_execution = k > 1` the callback sees every k-th step: a
+  reallocation due within an execution runs once at its end (see
+  `tf_dsr.schedules`); choose P as a multiple of k to avoid any rounding.
+
+  Example:
+    ```python
+    cb = tf_dsr.ReallocationCallback(
+        target_pruned=20_000, period={0: 100, 25: 200, 80: 400, 140: 800},
+        stop_epoch=190)
+    model.fit(ds, epochs=200, callbacks=[cb])
+    ```
+
+  Args:
+    target_pruned: N_p, the number of weights a reallocation aims to prune.
+    tolerance: delta in (0, 1) around N_p before H changes.
+    initial_threshold: H before the first reallocation.
+    period: steps between reallocations: an int, a dict from epoch to period,
+      or a `tf_dsr.PeriodSchedule` (by epoch or by step).
+    stop_epoch: no reallocation from this (0-based) epoch on; None for never.
+    stop_step: no reallocation at or after this global step; None for never.
+    seed: integer seed of the random streams.
+    log_dir: if set, TensorBoard scalars per reallocation: H, K, total active
+      and each layer's density.
+    verbose: if true, print one line per reallocation.
+    jit_compile: compile the reallocation with XLA.
+
+  Attributes:
+    reallocator: the `Reallocator`, once `fit` has started.
+    history: the `ReallocationStats` of every reallocation this callback ran.
+  """
+
+  def __init__(self, target_pruned, tolerance=0.1, initial_threshold=1e-3,
+               period=100, stop_epoch=None, stop_step=None, seed=0,
+               log_dir=None, verbose=False, jit_compile=True):
+    super().__init__()
+    reallocators.validate_dsr_arguments(target_pruned, tolerance,
+                                        initial_threshold, seed)
+    self.schedule = schedules.as_schedule(period)
+    self.stop_epoch = _validate_stop(stop_epoch, 'stop_epoch')
+    self.stop_step = _validate_stop(stop_step, 'stop_step')
+    self.target_pruned = target_pruned
+    self.tolerance = tolerance
+    self.initial_threshold = initial_threshold
+    self.seed = seed
+    self.log_dir = log_dir
+    self.verbose = verbose
+    self.jit_compile = jit_compile
+    self.reallocator = None
+    self.history = []
+    self._writer = None
+    self._epoch = 0
+    self._epoch_start_step = 0
+    self._seen_step = 0
+    # Keep batch logs as tensors: no host sync per step.
+    self._supports_tf_logs = True
+
+  def set_model(self, model):
+    super().set_model(model)
+    if self.reallocator is None or self.reallocator.model is not model:
+      self.reallocator = reallocators.Reallocator(
+          model, target_pruned=self.target_pruned, tolerance=self.tolerance,
+          initial_threshold=self.initial_threshold, seed=self.seed,
+          jit_compile=self.jit_compile)
+
+  def on_train_begin(self, logs=None):
+    self._seen_step = int(self.model.optimizer.iterations.numpy())
+    if self.log_dir and self._writer is None:
+      self._writer = tf.summary.create_file_writer(self.log_dir)
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+    self._epoch_start_step = self._seen_step
+
+  def _active(self, step):
+    if self.stop_epoch is not None and self._epoch >= self.stop_epoch:
+      return False
+    return self.stop_step is None or step < self.stop_step
+
+  def on_train_batch_end(self, batch, logs=None):
+    step = self._epoch_start_step + batch + 1
+    first = self._seen_step + 1
+    self._seen_step = step
+    if not self._active(step):
+      return
+    if not self.schedule.due(self._epoch, first, step):
+      return
+    if step <= int(self.reallocator.state.last_step.numpy()):
+      return  # Already done at this step (a resumed run).
+    self._record(self.reallocator.reallocate(step))
+
+  def on_train_end(self, logs=None):
+    if self._writer is not None:
+      self._writer.flush()
+
+  def _record(self, stats):
+    self.history.append(stats)
+    if self.verbose:
+      print(f'[tf_dsr] step {stats.step}: H {stats.threshold_used:.3g} -> '
+            f'{stats.threshold:.3g}, K {stats.pruned}, active '
+            f'{stats.total_active}' + (' (skipped)' if stats.skipped else ''))
+    if self._writer is None:
+      return
+    sizes = {name: mask.shape.num_elements()
+             for name, _, mask in self.reallocator.sparse_tensors()}
+    with self._writer.as_default(step=stats.step):
+      tf.summary.scalar('dsr/threshold', stats.threshold_used)
+      tf.summary.scalar('dsr/pruned', stats.pruned)
+      tf.summary.scalar('dsr/total_active', stats.total_active)
+      for name, active in stats.active.items():
+        tf.summary.scalar(f'dsr_density/{name}', active / sizes[name])

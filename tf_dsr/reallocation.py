@@ -1,0 +1,292 @@
+"""Pure tensor functions of one DSR reallocation: prune, allocate, grow, adapt.
+
+Dynamic Sparse Reparameterization (Mostafa & Wang, ICML 2019,
+https://arxiv.org/abs/1902.05967) moves a fixed budget of non-zero weights
+within and across layers. One reallocation prunes every active weight whose
+magnitude is below a global threshold `H`, regrows as many weights as were
+pruned, spread over the tensors in proportion to their survivors and placed
+uniformly at random among inactive positions, and adapts `H` towards a target
+number of pruned weights.
+
+Contract shared by this file:
+- Tensors in, tensors out: nothing here reads or assigns a variable.
+- Masks are boolean tensors; counts are int64 scalars or vectors.
+- Shapes are static and no function sorts a weight-sized tensor, so every
+  function compiles with XLA (`jit_compile=True`), as TPUs need.
+- Random numbers come from stateless ops keyed by an explicit `[2]` int32 seed;
+  the caller folds in the reallocation index and the tensor index.
+"""
+
+import collections
+
+import tensorflow as tf
+
+# The interval H is kept in, so that repeated halving or doubling (K always 0,
+# or always huge) can neither underflow to 0 nor overflow to inf.
+MIN_THRESHOLD = 2.0**-60
+MAX_THRESHOLD = 2.0**60
+
+
+def prune_by_threshold(weight, mask, threshold):
+  """Deactivates the active entries of one tensor whose magnitude is below H.
+
+  The comparison is strict (`|w| < H`). If every active entry would go, the
+  largest-magnitude one is kept, so no tensor is ever emptied.
+
+  Args:
+    weight: float tensor.
+    mask: bool tensor of the same shape, True where active.
+    threshold: float scalar H.
+
+  Returns:
+    `(survivors, pruned)`: bool tensors; `survivors | pruned == mask` and the
+    two are disjoint.
+  """
+  magnitude = tf.abs(tf.cast(weight, tf.float32))
+  pruned = mask & (magnitude < tf.cast(threshold, tf.float32))
+  survivors = mask & ~pruned
+
+  def keep_largest():
+    flat = tf.reshape(tf.where(mask, magnitude, -1.0), [-1])
+    largest = tf.reshape(
+        tf.one_hot(tf.argmax(flat), flat.shape[0], on_value=True, off_value=False),
+        tf.shape(mask))
+    return survivors | largest, pruned & ~largest
+
+  emptied = tf.reduce_any(mask) & ~tf.reduce_any(survivors)
+  return tf.cond(emptied, keep_largest, lambda: (survivors, pruned))
+
+
+def _split(total, weights, offset):
+  """Splits `total` into integers proportional to `weights`, summing to `total`.
+
+  Systematic rounding: entry i gets `floor(total * w_i / W)` plus one with
+  probability equal to its fractional part, decided by one offset drawn in
+  `[0, 1)`, so the parts sum to `total` exactly and their means are exact.
+
+  Args:
+    total: int64 scalar >= 0.
+    weights: int64 vector >= 0.
+    offset: float scalar in [0, 1).
+
+  Returns:
+    int64 vector of the same length as `weights`.
+  """
+  weight_sum = tf.maximum(tf.reduce_sum(weights), 1)
+  scaled = total * weights
+  base = scaled // weight_sum
+  remainder = scaled % weight_sum
+  start = tf.cast(tf.floor(offset * tf.cast(weight_sum, tf.float64)), tf.int64)
+  start = tf.minimum(start, weight_sum - 1)
+  upper = tf.cumsum(remainder) + start
+  lower = upper - remainder
+  return base + upper // weight_sum - lower // weight_sum
+
+
+def allocate(total, survivors, capacity, seed):
+  """Regrowth per tensor: proportional to survivors, within capacity, exact sum.
+
+  Tensor i gets about `total * l_i / L`; the rounding remainder is spread by
+  systematic rounding from the seeded stream. A tensor asked for more than its
+  capacity (free positions) keeps its capacity and the excess is split over the
+  others in proportion to their survivors, until nothing is left over.
+
+  Args:
+    total: int64 scalar K, at most `sum(capacity)`.
+    survivors: int64 vector l_i, each at least 1.
+    capacity: int64 vector of free positions per tensor.
+    seed: int32 `[2]` seed.
+
+  Returns:
+    int64 vector g with `sum(g) == total` and `0 <= g <= capacity`.
+  """
+  num_tensors = survivors.shape[0]
+  offsets = tf.random.stateless_uniform(
+      [num_tensors + 1], seed, dtype=tf.float64)
+  grow = _split(total, survivors, offsets[0])
+
+  def body(i, grow):
+    excess = tf.reduce_sum(tf.maximum(grow - capacity, 0))
+    grow = tf.minimum(grow, capacity)
+    open_weights = tf.where(grow < capacity, survivors, tf.zeros_like(survivors))
+    return i + 1, grow + _split(excess, open_weights, offsets[i + 1])
+
+  def cond(i, grow):
+    del i
+    return tf.reduce_any(grow > capacity)
+
+  # Each pass saturates every tensor that overflows, so it ends within
+  # num_tensors passes.
+  _, grow = tf.while_loop(
+      cond, body, (tf.constant(0), grow), maximum_iterations=num_tensors)
+  return grow
+
+
+def grow_uniform(candidates, count, num_candidates, seed, draws_per_round):
+  """Chooses exactly `count` of the candidate positions, uniformly at random.
+
+  Sequential sampling without replacement, at a cost that scales with `count`
+  rather than with the tensor size, and without sorting: each round draws
+  `draws_per_round` positions uniformly (with replacement) over the tensor, keeps
+  the draws that hit a candidate not hit by any earlier draw, and takes them in
+  draw order until `count` are taken. The first-hit test is a scatter-min of
+  draw numbers into a scratch array, so it is deterministic. Every `count`-subset
+  of the candidates is equally likely. When `count` is more than half the
+  candidates, the complement is drawn instead, which bounds the rounds needed.
+
+  Args:
+    candidates: bool tensor, True where a position may be grown.
+    count: int64 scalar, `0 <= count <= num_candidates`.
+    num_candidates: int64 scalar, the number of True entries of `candidates`.
+    seed: int32 `[2]` seed.
+    draws_per_round: Python int, the static number of draws in a round.
+
+  Returns:
+    bool tensor shaped like `candidates`, True at exactly `count` candidates.
+  """
+  flat = tf.reshape(candidates, [-1])
+  size = flat.shape[0]
+  invert = 2 * count > num_candidates
+  target = tf.cast(tf.where(invert, num_candidates - count, count), tf.int32)
+  draws = min(draws_per_round, size)
+  draw_ids = tf.range(draws, dtype=tf.int32)
+  # claims[j] = number of the first draw that hit position j (or `never`); the
+  # positions taken are marked -1, which no later draw can undercut.
+  never = tf.int32.max
+
+  def body(round_index, taken, claims):
+    positions = tf.random.stateless_uniform(
+        [draws], tf.random.experimental.stateless_fold_in(seed, round_index),
+        minval=0, maxval=size, dtype=tf.int32)
+    ids = round_index * draws + draw_ids
+    indices = positions[:, None]
+    claims = tf.tensor_scatter_nd_min(claims, indices, ids)
+    first_hit = (tf.gather(claims, positions) == ids) & tf.gather(flat, positions)
+    rank = tf.cumsum(tf.cast(first_hit, tf.int32))
+    take = first_hit & (rank <= target - taken)
+    claims = tf.tensor_scatter_nd_min(
+        claims, indices, tf.where(take, -1, never))
+    return round_index + 1, taken + tf.reduce_sum(tf.cast(take, tf.int32)), claims
+
+  def cond(round_index, taken, claims):
+    del round_index, claims
+    return taken < target
+
+  _, _, claims = tf.while_loop(
+      cond, body,
+      (tf.constant(0), tf.constant(0), tf.fill([size], never)))
+  chosen = claims < 0
+  grown = tf.where(invert, flat & ~chosen, chosen)
+  return tf.reshape(grown, tf.shape(candidates))
+
+
+def adapt_threshold(threshold, pruned, target_pruned, tolerance):
+  """Halves H if too many were pruned, doubles it if too few (DSR_SPEC 3.5).
+
+  Args:
+    threshold: float32 scalar H.
+    pruned: int64 scalar K.
+    target_pruned: Python number N_p.
+    tolerance: Python float delta.
+
+  Returns:
+    The new H, kept within [MIN_THRESHOLD, MAX_THRESHOLD].
+  """
+  pruned = tf.cast(pruned, tf.float64)
+  new = tf.where(
+      pruned > (1.0 + tolerance) * target_pruned, threshold / 2.0,
+      tf.where(pruned < (1.0 - tolerance) * target_pruned, threshold * 2.0,
+               threshold))
+  return tf.clip_by_value(new, MIN_THRESHOLD, MAX_THRESHOLD)
+
+
+Reallocation = collections.namedtuple(
+    'Reallocation',
+    ['masks', 'pruned_masks', 'grown_masks', 'threshold', 'pruned', 'candidates',
+     'regrown', 'active', 'skipped'])
+Reallocation.__doc__ = """The outcome of `reallocate`.
+
+Fields:
+  masks: new bool masks, one per tensor.
+  pruned_masks: bool masks of the entries pruned.
+  grown_masks: bool masks of the entries regrown (disjoint from pruned_masks).
+  threshold: the adapted H for the next reallocation.
+  pruned: int64 K actually pruned (0 when skipped).
+  candidates: int64 number of active entries below H (what H adapts on).
+  regrown: int64 vector g_i.
+  active: int64 vector of active entries per tensor after the reallocation.
+  skipped: bool scalar, True when K exceeded the free positions and nothing
+    was changed (only possible below sparsity 0.5).
+"""
+
+
+def reallocate(weights, masks, threshold, seed, *, target_pruned, tolerance,
+               draws_per_round):
+  """One DSR reallocation over all sparse tensors (DSR_SPEC section 3).
+
+  1. Prune active entries with `|w| < H` in every tensor (never emptying one).
+  2. `K = sum k_i`, `L = sum l_i`.
+  3. Allocate `g_i` proportional to `l_i`, summing to `K`, within capacity.
+  4. Grow `g_i` entries per tensor uniformly among the entries that were
+     inactive before this reallocation (so not the ones just pruned).
+  5. Adapt H on K.
+  If K is more than the number of inactive entries (only possible below
+  sparsity 0.5), K could not all be regrown without reviving pruned entries:
+  the masks are left unchanged and H still adapts, so a later reallocation
+  prunes fewer.
+
+  Args:
+    weights: list of float tensors.
+    masks: list of bool tensors, same shapes.
+    threshold: float32 scalar H.
+    seed: int32 `[2]` seed for this reallocation (fold in its index first).
+    target_pruned: N_p.
+    tolerance: delta in (0, 1).
+    draws_per_round: list of Python ints, one per tensor (see `grow_uniform`).
+
+  Returns:
+    A `Reallocation`.
+  """
+  pruned_info = [prune_by_threshold(w, m, threshold)
+                 for w, m in zip(weights, masks)]
+  survivors = [s for s, _ in pruned_info]
+  pruned = [p for _, p in pruned_info]
+
+  def count(x):
+    return tf.reduce_sum(tf.cast(x, tf.int64))
+
+  num_pruned = tf.stack([count(p) for p in pruned])
+  num_survivors = tf.stack([count(s) for s in survivors])
+  sizes = tf.constant([m.shape.num_elements() for m in masks], tf.int64)
+  capacity = sizes - num_pruned - num_survivors
+  total_pruned = tf.reduce_sum(num_pruned)
+  skipped = total_pruned > tf.reduce_sum(capacity)
+  # When skipped, nothing is pruned and so nothing regrown.
+  effective_pruned = tf.where(skipped, tf.zeros_like(total_pruned), total_pruned)
+  grow_counts = allocate(effective_pruned, num_survivors, capacity,
+                         tf.random.experimental.stateless_fold_in(seed, -1))
+
+  new_masks, pruned_masks, grown_masks = [], [], []
+  for i, (mask, survive, prune) in enumerate(zip(masks, survivors, pruned)):
+    grown = grow_uniform(
+        ~mask, grow_counts[i], capacity[i],
+        tf.random.experimental.stateless_fold_in(seed, i),
+        draws_per_round[i])
+    prune = prune & ~skipped
+    new_masks.append((survive | grown) | (mask & skipped))
+    pruned_masks.append(prune)
+    grown_masks.append(grown)
+
+  return Reallocation(
+      masks=new_masks,
+      pruned_masks=pruned_masks,
+      grown_masks=grown_masks,
+      threshold=tf.cast(
+          adapt_threshold(tf.cast(threshold, tf.float64), total_pruned,
+                          target_pruned, tolerance), tf.float32),
+      pruned=effective_pruned,
+      candidates=total_pruned,
+      regrown=grow_counts,
+      active=tf.where(skipped, num_pruned + num_survivors,
+                      num_survivors + grow_counts),
+      skipped=skipped)

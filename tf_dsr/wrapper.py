@@ -1,0 +1,192 @@
+"""DynamicSparseWrapper: the mask variables of one layer and its masked call."""
+
+import contextlib
+import inspect
+import zlib
+
+import tensorflow as tf
+
+from tf_dsr import _tfmot
+
+keras = _tfmot.keras
+
+
+def validate_sparsity(sparsity, argument='sparsity'):
+  """Raises ValueError unless `sparsity` is a number in [0, 1)."""
+  if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
+    raise ValueError(
+        f'`{argument}` must be a number in [0, 1), got {sparsity!r}.')
+  if not 0.0 <= sparsity < 1.0:
+    raise ValueError(f'`{argument}` must be in [0, 1), got {sparsity!r}.')
+
+
+def initial_mask(shape, sparsity, seed):
+  """A 0/1 mask with exactly `max(1, round((1 - s) * n))` ones, placed at random.
+
+  Args:
+    shape: the kernel's shape.
+    sparsity: fraction of zeros, in [0, 1).
+    seed: int32 `[2]` seed.
+
+  Returns:
+    A float32 tensor of `shape`.
+  """
+  size = int(tf.TensorShape(shape).num_elements())
+  num_active = max(1, int(round((1.0 - sparsity) * size)))
+  keys = tf.random.stateless_uniform([size], seed)
+  _, chosen = tf.math.top_k(keys, num_active, sorted=False)
+  flat = tf.scatter_nd(chosen[:, None], tf.ones([num_active]), [size])
+  return tf.reshape(flat, shape)
+
+
+def _find_attribute(layer, variable):
+  """Returns `(owner, name)` such that `owner.name is variable`, or raises."""
+  owners = [layer] + list(layer._flatten_layers(include_self=False))  # pylint: disable=protected-access
+  for owner in owners:
+    for name, value in vars(owner).items():
+      if value is variable:
+        return owner, name
+  raise ValueError(
+      f'Cannot find the attribute of layer {layer.name!r} that holds its prunable '
+      f'weight {variable.name!r}, so its forward pass cannot be masked. Expose the '
+      'weight as an attribute that `call` reads (for example `self.kernel`).')
+
+
+@contextlib.contextmanager
+def _substituted(substitutions):
+  """Temporarily replaces layer attributes; `substitutions` is (owner, name, value)."""
+  saved = [(owner, name, vars(owner)[name]) for owner, name, _ in substitutions]
+  try:
+    for owner, name, value in substitutions:
+      object.__setattr__(owner, name, value)
+    yield
+  finally:
+    for owner, name, value in saved:
+      object.__setattr__(owner, name, value)
+
+
+@keras.utils.register_keras_serializable(package='tf_dsr')
+class DynamicSparseWrapper(keras.layers.Wrapper):
+  """Keeps a layer's prunable kernels sparse under a binary mask that can move.
+
+  Used by Dynamic Sparse Reparameterization (Mostafa & Wang, ICML 2019,
+  https://arxiv.org/abs/1902.05967): the forward pass uses `kernel * mask`, so a
+  masked weight gets no gradient and stays exactly 0; a `Reallocator` (or the
+  `ReallocationCallback`) moves the mask during training.
+
+  The kernels are found as tfmot finds them: a `PrunableLayer` (or a layer with
+  `get_prunable_weights`) names its own, and built-in layers are looked up in
+  tfmot's prune registry (plus DepthwiseConv2D's depthwise kernel, which tfmot
+  does not list). Each kernel starts with exactly `round((1 - sparsity) * n)`
+  active entries (at least one), placed uniformly at random from `seed` and
+  the layer's name; masked entries of the kernel are set to 0 when built.
+
+  Example:
+    ```python
+    layer = tf_dsr.DynamicSparseWrapper(keras.layers.Conv2D(64, 3), sparsity=0.9)
+    ```
+
+  Args:
+    layer: the tf_keras layer to wrap.
+    sparsity: fraction of each kernel's entries that are zero, in [0, 1).
+    seed: integer seed of the initial masks.
+    **kwargs: passed to `keras.layers.Wrapper` (for example `name`).
+  """
+
+  def __init__(self, layer, sparsity, seed=0, **kwargs):
+    if not _tfmot.is_tf_keras_object(layer):
+      raise ValueError(_tfmot.foreign_keras_message(layer, 'layer'))
+    if isinstance(layer, (DynamicSparseWrapper, _tfmot.PruneLowMagnitude)):
+      raise ValueError(
+          f'`layer` {layer.name!r} is already wrapped by {type(layer).__name__}; '
+          'a kernel can have only one mask. Wrap the inner layer once.')
+    if isinstance(layer, keras.Model):
+      raise ValueError(
+          f'`layer` must be a single layer, got the model {layer.name!r}; use '
+          '`tf_dsr.sparsify(model, ...)` to wrap the layers of a model.')
+    if not _tfmot.may_have_prunable_weights(layer):
+      raise ValueError(
+          f'`layer` {layer.name!r} ({type(layer).__name__}) has no prunable kernel '
+          'in tfmot\'s prune registry and does not implement '
+          '`get_prunable_weights`; there is nothing to make sparse.')
+    validate_sparsity(sparsity)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+      raise ValueError(f'`seed` must be an int, got {seed!r}.')
+    kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
+    super().__init__(layer, **kwargs)
+    self.sparsity = float(sparsity)
+    self.seed = seed
+    self._sparse_weights = []
+    self._substitution_targets = []
+    self._call_takes_training = (
+        'training' in inspect.signature(layer.call).parameters)
+    # Set by a Reallocator; training a wrapper nothing reallocates is an error.
+    self._reallocation_bound = False
+    # As tfmot does: let the first layer of a Sequential model keep its input
+    # shape when wrapped.
+    if not hasattr(self, '_batch_input_shape') and hasattr(
+        layer, '_batch_input_shape'):
+      self._batch_input_shape = layer._batch_input_shape  # pylint: disable=protected-access
+
+  def build(self, input_shape):
+    super().build(input_shape)
+    kernels = _tfmot.prunable_weights(self.layer)
+    if not kernels:
+      raise ValueError(
+          f'Layer {self.layer.name!r} ({type(self.layer).__name__}) has no prunable '
+          'weight once built; there is nothing to make sparse.')
+    layer_key = zlib.crc32(self.layer.name.encode('utf-8')) & 0x7FFFFFFF
+    for index, kernel in enumerate(kernels):
+      dtype = getattr(kernel, 'true_dtype', kernel.dtype)
+      seed = tf.constant([self.seed, layer_key + index], tf.int64)
+      attribute = _find_attribute(self.layer, kernel)
+      mask = self.add_weight(
+          name=f'{attribute[1].lstrip("_")}_mask',
+          shape=kernel.shape,
+          dtype=dtype,
+          initializer=lambda shape, dtype=None, seed=seed: tf.cast(
+              initial_mask(shape, self.sparsity, seed), dtype),
+          trainable=False,
+          experimental_autocast=False)
+      with tf.init_scope():
+        kernel.assign(tf.cast(kernel, dtype) * mask)
+      self._sparse_weights.append((kernel, mask))
+      self._substitution_targets.append(attribute)
+
+  @property
+  def sparse_weights(self):
+    """List of `(kernel, mask)` variable pairs, one per sparse kernel."""
+    return list(self._sparse_weights)
+
+  def call(self, inputs, training=None, **kwargs):
+    if training is True and not self._reallocation_bound:
+      raise ValueError(
+          f'{self.name!r} is being trained, but no `tf_dsr.ReallocationCallback` or '
+          '`tf_dsr.Reallocator` is attached to its model, so its mask would never '
+          'move (silently static sparse training). Pass '
+          '`callbacks=[tf_dsr.ReallocationCallback(...)]` to `fit`, or create a '
+          '`tf_dsr.Reallocator(model, ...)` (or a static one) before training.')
+    substitutions = []
+    for (owner, name), (kernel, mask) in zip(self._substitution_targets,
+                                             self._sparse_weights):
+      value = tf.convert_to_tensor(kernel)
+      substitutions.append((owner, name, value * tf.cast(mask, value.dtype)))
+    if self._call_takes_training:
+      kwargs['training'] = training
+    with _substituted(substitutions):
+      return self.layer.call(inputs, **kwargs)
+
+  def compute_output_shape(self, input_shape):
+    return self.layer.compute_output_shape(input_shape)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({'sparsity': self.sparsity, 'seed': self.seed})
+    return config
+
+  @classmethod
+  def from_config(cls, config, custom_objects=None):
+    config = dict(config)
+    layer = keras.layers.deserialize(
+        config.pop('layer'), custom_objects=custom_objects)
+    return cls(layer, **config)
