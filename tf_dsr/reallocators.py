@@ -167,13 +167,21 @@ class Reallocator:
     return [min(n, 64 + math.ceil(2 * self.target_pruned * n / total))
             for n in sizes]
 
-  def plan(self, weights, masks, threshold, seed):
-    """The drop-and-grow rule: tensors in, a `reallocation.Reallocation` out."""
+  def plan(self, weights, masks, threshold, seed, counts):
+    """The drop-and-grow rule: tensors in, a `reallocation.Reallocation` out.
+
+    Args:
+      weights: float32 kernels.
+      masks: bool masks.
+      threshold: H.
+      seed: `[2]` seed of this reallocation.
+      counts: `reallocation.count_entries` of each tensor at H.
+    """
     return reallocation.reallocate(
         weights, masks, threshold, seed,
         target_pruned=self.target_pruned, tolerance=self.tolerance,
         draws_per_round=self.draws_per_round(
-            [w.shape.num_elements() for w in weights]))
+            [w.shape.num_elements() for w in weights]), counts=counts)
 
   def _build_function(self, tensors, slots):
     kernels = [kernel for _, kernel, _ in tensors]
@@ -184,33 +192,32 @@ class Reallocator:
       values = [tf.convert_to_tensor(k) for k in kernels]
       weights = [tf.cast(v, tf.float32) for v in values]
       old = [m > 0.5 for m in masks]
-      nonfinite = tf.stack([
-          tf.reduce_sum(tf.cast(~tf.math.is_finite(w), tf.int64))
-          for w in weights])
+      threshold = tf.identity(state.threshold)
+      counts = [reallocation.count_entries(w, m, threshold)
+                for w, m in zip(weights, old)]
+      nonfinite = tf.stack([c[2] for c in counts])
 
       def update():
         seed = tf.random.experimental.stateless_fold_in(
             tf.constant([self.seed, 0], tf.int64), state.reallocations)
-        result = self.plan(weights, old, state.threshold, seed)
+        result = self.plan(weights, old, threshold, seed, counts)
         for i, (kernel, mask) in enumerate(zip(kernels, masks)):
           kept = result.masks[i] & ~result.grown_masks[i]
           mask.assign(tf.cast(result.masks[i], mask.dtype))
           kernel.assign(tf.where(kept, values[i], tf.zeros_like(values[i])))
           for slot in slots[i]:
             slot.assign(tf.where(kept, slot, tf.zeros_like(slot)))
-        threshold_used = tf.identity(state.threshold)
         state.threshold.assign(result.threshold)
         state.reallocations.assign_add(1)
         state.last_step.assign(step)
-        return (result.pruned, result.candidates, threshold_used,
+        return (result.pruned, result.candidates, threshold,
                 result.threshold, result.active, result.regrown,
                 result.skipped)
 
       def refuse():
         zeros = tf.zeros([len(kernels)], tf.int64)
         return (tf.constant(0, tf.int64), tf.constant(0, tf.int64),
-                tf.identity(state.threshold), tf.identity(state.threshold),
-                zeros, zeros, tf.constant(True))
+                threshold, threshold, zeros, zeros, tf.constant(True))
 
       outputs = tf.cond(tf.reduce_all(nonfinite == 0), update, refuse)
       return outputs + (nonfinite,)

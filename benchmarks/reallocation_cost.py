@@ -1,0 +1,99 @@
+"""Cost of one DSR reallocation on ResNet-50's sparse tensors vs a memory floor.
+
+The sparse set is the paper's: the 48 bottleneck convs and the final FC of
+ResNet-50, 22,724,608 weights, here at sparsity 0.8. The floor is one compiled
+pass that reads every kernel and mask and writes every mask. Runs are
+interleaved (floor, reallocation, floor, ...) and medians compared, since the
+machine is shared and noisy.
+
+    python -m benchmarks.reallocation_cost [--repeats 15] [--no-jit]
+"""
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import tf_dsr
+from models import resnet50
+from models import sparse_kernel_layers
+
+
+def build(sparsity, optimizer):
+  model = resnet50()
+  names = set(sparse_kernel_layers(model, 'resnet50'))
+  model = tf_dsr.sparsify(model, sparsity,
+                          exclude=lambda layer: layer.name not in names)
+  if optimizer is not None:
+    optimizer.build(model.trainable_variables)
+  return model
+
+
+def median_ms(times):
+  return 1e3 * statistics.median(times)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--repeats', type=int, default=15)
+  parser.add_argument('--sparsity', type=float, default=0.8)
+  parser.add_argument('--no-jit', action='store_true')
+  args = parser.parse_args()
+  jit = not args.no_jit
+
+  optimizer = tf_dsr.keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
+  model = build(args.sparsity, optimizer)
+  bare = tf_dsr.Reallocator(model, target_pruned=400_000, optimizer=None,
+                            jit_compile=jit, seed=1)
+  full = tf_dsr.Reallocator(model, target_pruned=400_000, optimizer=optimizer,
+                            jit_compile=jit, seed=1)
+  tensors = bare.sparse_tensors()
+  kernels = [k for _, k, _ in tensors]
+  masks = [m for _, _, m in tensors]
+  total = sum(m.shape.num_elements() for m in masks)
+  print(f'{len(masks)} sparse tensors, {total:,} weights, sparsity '
+        f'{args.sparsity}, jit_compile={jit}')
+  # Give the weights a spread so that about N_p of them fall below H.
+  for k, m in zip(kernels, masks):
+    k.assign(tf.random.normal(k.shape, stddev=0.02) * m)
+  bare.state.threshold.assign(1e-3)
+
+  scratch = [tf.Variable(m) for m in masks]
+
+  @tf.function(jit_compile=True)
+  def floor():
+    for k, m, out in zip(kernels, masks, scratch):
+      out.assign(tf.where(tf.abs(k) > 0.0, m, tf.zeros_like(m)))
+
+  def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    if hasattr(result, 'pruned'):
+      _ = result.pruned
+    else:
+      _ = scratch[-1].numpy()[0, 0]
+    return time.perf_counter() - start
+
+  runs = {'floor': floor, 'reallocation (masks, kernels)': bare.reallocate,
+          'reallocation + momentum reset': full.reallocate}
+  for fn in runs.values():  # compile and warm up
+    fn(); fn()
+  times = {name: [] for name in runs}
+  stats = None
+  for _ in range(args.repeats):
+    for name, fn in runs.items():
+      times[name].append(timed(fn))
+  stats = full.reallocate()
+  floor_ms = median_ms(times['floor'])
+  print(f'last reallocation: K={stats.pruned}, H {stats.threshold_used:.3g} -> '
+        f'{stats.threshold:.3g}, active {stats.total_active:,}')
+  print(f'{"what":<34}{"median ms":>10}{"x floor":>9}')
+  for name, values in times.items():
+    ms = median_ms(values)
+    print(f'{name:<34}{ms:>10.1f}{ms / floor_ms:>9.2f}')
+
+
+if __name__ == '__main__':
+  main()

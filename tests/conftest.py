@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny models and data, so graph building stays cheap."""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import pytest  # pylint: disable=g-import-not-at-top
+
+import tf_dsr  # pylint: disable=g-import-not-at-top
+from tf_dsr import keras  # pylint: disable=g-import-not-at-top
+
+
+def tiny_cnn(name='tiny'):
+  """8x8x1 -> conv 8 -> conv 16 -> pool -> dense 10 (sparse: conv2, fc)."""
+  inputs = keras.Input((8, 8, 1))
+  x = keras.layers.Conv2D(8, 3, padding='same', activation='relu',
+                          name='conv1')(inputs)
+  x = keras.layers.Conv2D(16, 3, padding='same', activation='relu',
+                          name='conv2')(x)
+  x = keras.layers.GlobalAveragePooling2D(name='pool')(x)
+  outputs = keras.layers.Dense(10, name='fc')(x)
+  return keras.Model(inputs, outputs, name=name)
+
+
+def tiny_data(n=64, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, 8, 8, 1)).astype('float32')
+  y = rng.integers(0, 10, size=n)
+  return x, y
+
+
+def sparse_tiny_cnn(sparsity=0.8, seed=0, optimizer=None):
+  keras.utils.set_random_seed(seed)
+  model = tf_dsr.sparsify(tiny_cnn(), sparsity, exclude=['conv1'], seed=seed)
+  model.compile(
+      optimizer or keras.optimizers.SGD(0.05, momentum=0.9),
+      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  return model
+
+
+def sparse_pairs(model):
+  """`(kernel, mask)` variables of every DynamicSparseWrapper in `model`."""
+  return [pair for wrapper in tf_dsr.reallocators.collect_wrappers(model)
+          for pair in wrapper.sparse_weights]
+
+
+def masks_of(model):
+  return [mask.numpy() for _, mask in sparse_pairs(model)]
+
+
+def assert_masked_weights_zero(model):
+  for kernel, mask in sparse_pairs(model):
+    values = kernel.numpy()
+    assert (values[mask.numpy() == 0] == 0).all(), kernel.name
+
+
+@pytest.fixture
+def data():
+  return tiny_data()
