@@ -141,7 +141,6 @@ class Reallocator:
     for wrapper in wrappers:
       wrapper._reallocation_bound = True  # pylint: disable=protected-access
     self._function = None
-    self._function_key = None
 
   @property
   def optimizer(self):
@@ -183,23 +182,21 @@ class Reallocator:
         draws_per_round=self.draws_per_round(
             [w.shape.num_elements() for w in weights]), counts=counts)
 
-  def _build_function(self, tensors, slots):
-    kernels = [kernel for _, kernel, _ in tensors]
-    masks = [mask for _, _, mask in tensors]
-    state = self.state
+  def _build_function(self):
+    """The compiled reallocation; it takes one replica's variables as arguments."""
 
-    def apply(step):
+    def apply(step, kernels, masks, slots, threshold_var, count_var, step_var):
       values = [tf.convert_to_tensor(k) for k in kernels]
       weights = [tf.cast(v, tf.float32) for v in values]
       old = [m > 0.5 for m in masks]
-      threshold = tf.identity(state.threshold)
+      threshold = tf.convert_to_tensor(threshold_var)
       counts = [reallocation.count_entries(w, m, threshold)
                 for w, m in zip(weights, old)]
       nonfinite = tf.stack([c[2] for c in counts])
 
       def update():
         seed = tf.random.experimental.stateless_fold_in(
-            tf.constant([self.seed, 0], tf.int64), state.reallocations)
+            tf.constant([self.seed, 0], tf.int64), count_var)
         result = self.plan(weights, old, threshold, seed, counts)
         for i, (kernel, mask) in enumerate(zip(kernels, masks)):
           kept = result.masks[i] & ~result.grown_masks[i]
@@ -207,9 +204,9 @@ class Reallocator:
           kernel.assign(tf.where(kept, values[i], tf.zeros_like(values[i])))
           for slot in slots[i]:
             slot.assign(tf.where(kept, slot, tf.zeros_like(slot)))
-        state.threshold.assign(result.threshold)
-        state.reallocations.assign_add(1)
-        state.last_step.assign(step)
+        threshold_var.assign(result.threshold)
+        count_var.assign_add(1)
+        step_var.assign(step)
         return (result.pruned, result.candidates, threshold,
                 result.threshold, result.active, result.regrown,
                 result.skipped)
@@ -223,6 +220,35 @@ class Reallocator:
       return outputs + (nonfinite,)
 
     return tf.function(apply, jit_compile=self.jit_compile, autograph=False)
+
+  def _run_on_every_replica(self, step, tensors, slots):
+    """Runs the reallocation once per local copy of the variables.
+
+    Under `tf.distribute` each variable has one copy per local device. Every
+    copy holds the same values and the random numbers are stateless, so each
+    device computes the same new masks from its own copies, with no
+    communication; this also keeps each XLA computation on a single device,
+    as TPUs and XLA require. Returns the first replica's outputs.
+    """
+    def copies(variable):
+      return list(getattr(variable, 'values', None) or [variable])
+
+    state = self.state
+    kernels = [copies(k) for _, k, _ in tensors]
+    masks = [copies(m) for _, _, m in tensors]
+    slot_copies = [[copies(s) for s in group] for group in slots]
+    state_copies = [copies(v) for v in (state.threshold, state.reallocations,
+                                        state.last_step)]
+    outputs = None
+    for r in range(len(state_copies[0])):
+      with tf.device(state_copies[0][r].device):
+        result = self._function(
+            tf.constant(step, tf.int64), [k[r] for k in kernels],
+            [m[r] for m in masks], [[s[r] for s in group] for group in slot_copies],
+            *[v[r] for v in state_copies])
+      if outputs is None:
+        outputs = result
+    return outputs
 
   def reallocate(self, step=-1):
     """Runs one reallocation now and returns its `ReallocationStats`.
@@ -241,12 +267,10 @@ class Reallocator:
     optimizer = self.optimizer
     slots = [tuple(optimizer_state.slot_variables(optimizer, kernel))
              for _, kernel, _ in tensors]
-    key = tuple(id(s) for group in slots for s in group)
-    if self._function is None or key != self._function_key:
-      self._function = self._build_function(tensors, slots)
-      self._function_key = key
+    if self._function is None:
+      self._function = self._build_function()
     (pruned, candidates, threshold_used, threshold, active, regrown, skipped,
-     nonfinite) = self._function(tf.constant(step, tf.int64))
+     nonfinite) = self._run_on_every_replica(step, tensors, slots)
     names = [name for name, _, _ in tensors]
     nonfinite = nonfinite.numpy()
     if nonfinite.any():

@@ -1,0 +1,80 @@
+"""Trains a tiny DSR model under MirroredStrategy over 2 logical CPUs.
+
+Run as a subprocess by test_distribution.py (logical devices must be set up
+before TensorFlow initialises its devices). Prints one JSON line of findings.
+"""
+
+import json
+import sys
+
+import tensorflow as tf
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices('CPU')[0],
+    [tf.config.LogicalDeviceConfiguration()] * 2)
+
+import tf_dsr  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tf_dsr import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.conftest import sparse_pairs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.conftest import sparse_tiny_cnn  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.conftest import tiny_data  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def replicas_agree(variable):
+  values = [v.numpy() for v in variable.values]
+  return len(values) == 2 and all((values[0] == v).all() for v in values[1:])
+
+
+class Checker(keras.callbacks.Callback):
+  """After each step, compares every replica's copy of masks, kernels, state."""
+
+  def __init__(self, realloc_cb):
+    super().__init__()
+    self.realloc_cb = realloc_cb
+    self.checked_after_reallocation = 0
+    self.disagreements = []
+    self.masked_nonzero = 0
+
+  def on_train_batch_end(self, batch, logs=None):
+    if not self.realloc_cb.history or (
+        self.realloc_cb.history[-1].step != self.realloc_cb._seen_step):  # pylint: disable=protected-access
+      return
+    self.checked_after_reallocation += 1
+    state = self.model.dynamic_sparsity_state
+    variables = [state.threshold, state.reallocations, state.last_step]
+    for kernel, mask in sparse_pairs(self.model):
+      variables += [kernel, mask]
+      for k, m in zip(kernel.values, mask.values):
+        self.masked_nonzero += int((k.numpy()[m.numpy() == 0] != 0).sum())
+    for slot in self.model.optimizer.variables:
+      if hasattr(slot, 'values'):
+        variables.append(slot)
+    self.disagreements += [v.name for v in variables if not replicas_agree(v)]
+
+
+def main():
+  # XLA-compiled reallocation; the Keras train step is not compiled here, as
+  # XLA cannot compile one function over two logical CPU devices.
+  jit = sys.argv[1] == 'jit'
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  with strategy.scope():
+    model = sparse_tiny_cnn(sparsity=0.8)
+  x, y = tiny_data(n=128)
+  cb = tf_dsr.ReallocationCallback(target_pruned=30, period=2,
+                                   initial_threshold=2e-2, jit_compile=jit)
+  checker = Checker(cb)
+  model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb, checker])
+  print(json.dumps({
+      'jit': cb.reallocator.jit_compile,
+      'replicas': strategy.num_replicas_in_sync,
+      'reallocations': len(cb.history),
+      'pruned': sum(s.pruned for s in cb.history),
+      'checked': checker.checked_after_reallocation,
+      'disagreements': checker.disagreements,
+      'masked_nonzero': checker.masked_nonzero,
+      'mirrored_masks': all(hasattr(m, 'values') for _, m in sparse_pairs(model)),
+  }))
+
+
+if __name__ == '__main__':
+  main()
