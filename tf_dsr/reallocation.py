@@ -162,21 +162,30 @@ def allocate(total, survivors, capacity, seed):
   return grow
 
 
-def _draw_round(flat, target, seed, draws, round_index, taken, last_taken,
+def _draw_round(size, target, seed, draws, round_index, taken, last_taken,
                 first_hits):
-  """One round of `grow_uniform`'s sampling; returns the updated loop state."""
-  size = flat.shape[0]
+  """One round of `grow_uniform`'s sampling; returns the updated loop state.
+
+  `first_hits` holds, per position, the number of the first draw that hit it;
+  positions that are not candidates hold -1, below every draw number, so one
+  gather tells whether a draw is the first to hit a candidate.
+  """
   positions = tf.random.stateless_uniform(
       [draws], tf.random.experimental.stateless_fold_in(seed, round_index),
       minval=0, maxval=size, dtype=tf.int32, alg='philox')
   ids = round_index * draws + tf.range(draws, dtype=tf.int32)
   first_hits = tf.tensor_scatter_nd_min(first_hits, positions[:, None], ids)
-  new = (tf.gather(first_hits, positions) == ids) & tf.gather(flat, positions)
+  new = tf.gather(first_hits, positions) == ids
   rank = taken + tf.cumsum(tf.cast(new, tf.int32))
   take = new & (rank <= target)
   last_taken = tf.maximum(last_taken, tf.reduce_max(tf.where(take, ids, -1)))
   return (round_index + 1, tf.minimum(rank[-1], target), last_taken,
           first_hits)
+
+
+def _unhit(candidates):
+  """The initial `first_hits`: no draw yet at candidates, -1 elsewhere."""
+  return tf.where(candidates, tf.int32.max, -1)
 
 
 def _sample(flat, target, seed, draws):
@@ -187,12 +196,12 @@ def _sample(flat, target, seed, draws):
     return taken < target
 
   def body(*loop_vars):
-    return _draw_round(flat, target, seed, draws, *loop_vars)
+    return _draw_round(flat.shape[0], target, seed, draws, *loop_vars)
 
   _, _, last_taken, first_hits = tf.while_loop(
       cond, body, (tf.constant(0), tf.constant(0), tf.constant(-1),
-                   tf.fill([flat.shape[0]], tf.int32.max)))
-  return flat & (first_hits <= last_taken)
+                   _unhit(flat)))
+  return (first_hits >= 0) & (first_hits <= last_taken)
 
 
 def grow_uniform(candidates, count, num_candidates, seed, draws_per_round):
@@ -227,10 +236,9 @@ def grow_uniform(candidates, count, num_candidates, seed, draws_per_round):
   # The first round is unrolled: it is usually the only one, and on CPU a loop
   # carrying the scratch array costs more than the round itself.
   _, taken, last_taken, first_hits = _draw_round(
-      flat, target, tf.random.experimental.stateless_fold_in(seed, 0), draws,
-      tf.constant(0), tf.constant(0), tf.constant(-1),
-      tf.fill([flat.shape[0]], tf.int32.max))
-  chosen = flat & (first_hits <= last_taken)
+      flat.shape[0], target, tf.random.experimental.stateless_fold_in(seed, 0),
+      draws, tf.constant(0), tf.constant(0), tf.constant(-1), _unhit(flat))
+  chosen = (first_hits >= 0) & (first_hits <= last_taken)
   chosen |= tf.cond(
       taken < target,
       lambda: _sample(flat & ~chosen, target - taken,

@@ -194,30 +194,27 @@ class Reallocator:
                 for w, m in zip(weights, old)]
       nonfinite = tf.stack([c[2] for c in counts])
 
-      def update():
-        seed = tf.random.experimental.stateless_fold_in(
-            tf.constant([self.seed, 0], tf.int64), count_var)
-        result = self.plan(weights, old, threshold, seed, counts)
-        for i, (kernel, mask) in enumerate(zip(kernels, masks)):
-          kept = result.masks[i] & ~result.grown_masks[i]
-          mask.assign(tf.cast(result.masks[i], mask.dtype))
-          kernel.assign(tf.where(kept, values[i], tf.zeros_like(values[i])))
-          for slot in slots[i]:
-            slot.assign(tf.where(kept, slot, tf.zeros_like(slot)))
-        threshold_var.assign(result.threshold)
-        count_var.assign_add(1)
-        step_var.assign(step)
-        return (result.pruned, result.candidates, threshold,
-                result.threshold, result.active, result.regrown,
-                result.skipped)
-
-      def refuse():
-        zeros = tf.zeros([len(kernels)], tf.int64)
-        return (tf.constant(0, tf.int64), tf.constant(0, tf.int64),
-                threshold, threshold, zeros, zeros, tf.constant(True))
-
-      outputs = tf.cond(tf.reduce_all(nonfinite == 0), update, refuse)
-      return outputs + (nonfinite,)
+      # A non-finite weight anywhere leaves everything as it was. Selecting
+      # with `ok` inside the update passes costs nothing, where a tf.cond
+      # around them would split XLA's fusions.
+      ok = tf.reduce_all(nonfinite == 0)
+      seed = tf.random.experimental.stateless_fold_in(
+          tf.constant([self.seed, 0], tf.int64), count_var)
+      result = self.plan(weights, old, threshold, seed, counts)
+      for i, (kernel, mask) in enumerate(zip(kernels, masks)):
+        kept = (result.masks[i] & ~result.grown_masks[i]) | ~ok
+        mask.assign(tf.cast(tf.where(ok, result.masks[i], old[i]), mask.dtype))
+        kernel.assign(tf.where(kept, values[i], tf.zeros_like(values[i])))
+        for slot in slots[i]:
+          slot.assign(tf.where(kept, slot, tf.zeros_like(slot)))
+      threshold_var.assign(tf.where(ok, result.threshold, threshold))
+      count_var.assign_add(tf.cast(ok, tf.int64))
+      step_var.assign(tf.where(ok, step, step_var))
+      zero = tf.constant(0, tf.int64)
+      return (tf.where(ok, result.pruned, zero),
+              tf.where(ok, result.candidates, zero), threshold,
+              tf.where(ok, result.threshold, threshold), result.active,
+              result.regrown, result.skipped, nonfinite)
 
     return tf.function(apply, jit_compile=self.jit_compile, autograph=False)
 
