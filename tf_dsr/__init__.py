@@ -5,8 +5,13 @@ Mostafa & Wang, ICML 2019, https://arxiv.org/abs/1902.05967.
 
 from tf_dsr._tfmot import keras
 from tf_dsr.callbacks import ReallocationCallback
+from tf_dsr.reallocators import REALLOCATORS
+from tf_dsr.reallocators import BaseReallocator
+from tf_dsr.reallocators import get_reallocator
 from tf_dsr.reallocators import ReallocationStats
 from tf_dsr.reallocators import Reallocator
+from tf_dsr.reallocators import SETReallocator
+from tf_dsr.reallocators import StaticReallocator
 from tf_dsr.report import SparsityReport
 from tf_dsr.report import sparsity_report
 from tf_dsr.schedules import PeriodSchedule
@@ -18,13 +23,18 @@ from tf_dsr.wrapper import DynamicSparseWrapper
 __version__ = '0.1.0'
 
 __all__ = [
+    'BaseReallocator',
     'DynamicSparseWrapper',
     'DynamicSparsityState',
     'PeriodSchedule',
+    'REALLOCATORS',
     'ReallocationCallback',
     'ReallocationStats',
     'Reallocator',
+    'SETReallocator',
+    'StaticReallocator',
     'SparsityReport',
+    'get_reallocator',
     'keras',
     'sparsify',
     'sparsity_report',

@@ -56,18 +56,27 @@ class ReallocationCallback(keras.callbacks.Callback):
       and each layer's density.
     verbose: if true, print one line per reallocation.
     jit_compile: compile the reallocation with XLA.
+    method: the reallocation rule, a name of `tf_dsr.REALLOCATORS`: 'dsr'
+      (the default), 'set' or 'static'.
+    **method_options: further arguments of that rule's class (for example
+      `drop_fraction` for 'set').
 
   Attributes:
     reallocator: the `Reallocator`, once `fit` has started.
     history: the `ReallocationStats` of every reallocation this callback ran.
   """
 
-  def __init__(self, target_pruned, tolerance=0.1, initial_threshold=1e-3,
+  def __init__(self, target_pruned=None, tolerance=0.1, initial_threshold=1e-3,
                period=100, stop_epoch=None, stop_step=None, seed=0,
-               log_dir=None, verbose=False, jit_compile=True):
+               log_dir=None, verbose=False, jit_compile=True, method='dsr',
+               **method_options):
     super().__init__()
-    reallocators.validate_dsr_arguments(target_pruned, tolerance,
-                                        initial_threshold, seed)
+    self.method = method
+    self._reallocator_class = reallocators.get_reallocator(method)
+    if method == 'dsr':
+      reallocators.validate_dsr_arguments(target_pruned, tolerance,
+                                          initial_threshold, seed)
+    self.method_options = method_options
     self.schedule = schedules.as_schedule(period)
     self.stop_epoch = _validate_stop(stop_epoch, 'stop_epoch')
     self.stop_step = _validate_stop(stop_step, 'stop_step')
@@ -90,10 +99,14 @@ class ReallocationCallback(keras.callbacks.Callback):
   def set_model(self, model):
     super().set_model(model)
     if self.reallocator is None or self.reallocator.model is not model:
-      self.reallocator = reallocators.Reallocator(
-          model, target_pruned=self.target_pruned, tolerance=self.tolerance,
-          initial_threshold=self.initial_threshold, seed=self.seed,
-          jit_compile=self.jit_compile)
+      options = dict(self.method_options, seed=self.seed,
+                     jit_compile=self.jit_compile,
+                     initial_threshold=self.initial_threshold)
+      if self.method in ('dsr', 'set'):
+        options['target_pruned'] = self.target_pruned
+      if self.method == 'dsr':
+        options['tolerance'] = self.tolerance
+      self.reallocator = self._reallocator_class(model, **options)
 
   def on_train_begin(self, logs=None):
     self._seen_step = int(self.model.optimizer.iterations.numpy())

@@ -123,33 +123,32 @@ def _split(total, weights, offset):
   return base + upper // weight_sum - lower // weight_sum
 
 
-def allocate(total, survivors, capacity, seed):
-  """Regrowth per tensor: proportional to survivors, within capacity, exact sum.
+def cap_to_capacity(grow, weights, capacity, seed):
+  """Moves any excess over capacity to the other tensors, in proportion to `weights`.
 
-  Tensor i gets about `total * l_i / L`; the rounding remainder is spread by
-  systematic rounding from the seeded stream. A tensor asked for more than its
-  capacity (free positions) keeps its capacity and the excess is split over the
-  others in proportion to their survivors, until nothing is left over.
+  A tensor asked for more than its capacity (free positions) keeps its
+  capacity and the excess is split over the tensors that still have room, in
+  proportion to `weights` (systematic rounding), until nothing is left over.
+  The total is unchanged.
 
   Args:
-    total: int64 scalar K, at most `sum(capacity)`.
-    survivors: int64 vector l_i, each at least 1.
-    capacity: int64 vector of free positions per tensor.
-    seed: int32 `[2]` seed.
+    grow: int64 vector, the requested regrowth per tensor.
+    weights: int64 vector, each at least 1.
+    capacity: int64 vector of free positions per tensor, summing to at least
+      `sum(grow)`.
+    seed: int32 or int64 `[2]` seed.
 
   Returns:
-    int64 vector g with `sum(g) == total` and `0 <= g <= capacity`.
+    int64 vector g with `sum(g) == sum(grow)` and `0 <= g <= capacity`.
   """
-  num_tensors = survivors.shape[0]
-  offsets = tf.random.stateless_uniform(
-      [num_tensors + 1], seed, dtype=tf.float64)
-  grow = _split(total, survivors, offsets[0])
+  num_tensors = grow.shape[0]
+  offsets = tf.random.stateless_uniform([num_tensors], seed, dtype=tf.float64)
 
   def body(i, grow):
     excess = tf.reduce_sum(tf.maximum(grow - capacity, 0))
     grow = tf.minimum(grow, capacity)
-    open_weights = tf.where(grow < capacity, survivors, tf.zeros_like(survivors))
-    return i + 1, grow + _split(excess, open_weights, offsets[i + 1])
+    open_weights = tf.where(grow < capacity, weights, tf.zeros_like(weights))
+    return i + 1, grow + _split(excess, open_weights, offsets[i])
 
   def cond(i, grow):
     del i
@@ -160,6 +159,28 @@ def allocate(total, survivors, capacity, seed):
   _, grow = tf.while_loop(
       cond, body, (tf.constant(0), grow), maximum_iterations=num_tensors)
   return grow
+
+
+def allocate(total, survivors, capacity, seed):
+  """Regrowth per tensor: proportional to survivors, within capacity, exact sum.
+
+  Tensor i gets about `total * l_i / L`; the rounding remainder is spread by
+  systematic rounding from the seeded stream; excess over a tensor's capacity
+  goes to the others (`cap_to_capacity`).
+
+  Args:
+    total: int64 scalar K, at most `sum(capacity)`.
+    survivors: int64 vector l_i, each at least 1.
+    capacity: int64 vector of free positions per tensor.
+    seed: int32 or int64 `[2]` seed.
+
+  Returns:
+    int64 vector g with `sum(g) == total` and `0 <= g <= capacity`.
+  """
+  offset = tf.random.stateless_uniform([], seed, dtype=tf.float64)
+  grow = _split(total, survivors, offset)
+  return cap_to_capacity(grow, survivors, capacity,
+                         tf.random.experimental.stateless_fold_in(seed, 1))
 
 
 def _draw_round(size, target, seed, draws, round_index, taken, last_taken,
@@ -272,20 +293,77 @@ Reallocation = collections.namedtuple(
     'Reallocation',
     ['masks', 'pruned_masks', 'grown_masks', 'threshold', 'pruned', 'candidates',
      'regrown', 'active', 'skipped'])
-Reallocation.__doc__ = """The outcome of `reallocate`.
+Reallocation.__doc__ = """The outcome of `drop_and_grow` (and `reallocate`).
 
 Fields:
   masks: new bool masks, one per tensor.
   pruned_masks: bool masks of the entries pruned.
   grown_masks: bool masks of the entries regrown (disjoint from pruned_masks).
-  threshold: the adapted H for the next reallocation.
+  threshold: the adapted H for the next reallocation (None from
+    `drop_and_grow`, which knows no threshold).
   pruned: int64 K actually pruned (0 when skipped).
-  candidates: int64 number of active entries below H (what H adapts on).
+  candidates: int64 number of entries the rule chose to drop (what H adapts on).
   regrown: int64 vector g_i.
   active: int64 vector of active entries per tensor after the reallocation.
   skipped: bool scalar, True when K exceeded the free positions and nothing
     was changed (only possible below sparsity 0.5).
 """
+
+
+def drop_and_grow(masks, pruned, num_pruned, num_active, budget, seed,
+                  draws_per_round):
+  """The drop-and-grow core shared by every reallocation rule.
+
+  Given the entries a rule drops, regrows as many, spread over the tensors by
+  `budget`, each placed uniformly at random among the entries that were
+  inactive before (so never an entry just dropped). If more are dropped than
+  there are inactive entries in all (only possible below sparsity 0.5), they
+  could not all be regrown without reviving dropped entries: nothing changes.
+
+  Args:
+    masks: list of bool masks.
+    pruned: list of bool masks of the entries to drop (subsets of `masks`).
+    num_pruned: int64 vector, the number of True entries of each `pruned`.
+    num_active: int64 vector, the number of True entries of each mask.
+    budget: callable `(num_pruned, survivors, capacity, seed) -> g`, the int64
+      regrowth per tensor, summing to `sum(num_pruned)`, each at most its
+      capacity.
+    seed: `[2]` seed of this reallocation.
+    draws_per_round: list of Python ints, one per tensor (see `grow_uniform`).
+
+  Returns:
+    A `Reallocation` with `threshold=None`.
+  """
+  sizes = tf.constant([m.shape.num_elements() for m in masks], tf.int64)
+  survivors = num_active - num_pruned
+  capacity = sizes - num_active
+  total_pruned = tf.reduce_sum(num_pruned)
+  skipped = total_pruned > tf.reduce_sum(capacity)
+  dropped = tf.where(skipped, tf.zeros_like(num_pruned), num_pruned)
+  grow_counts = budget(dropped, survivors, capacity,
+                       tf.random.experimental.stateless_fold_in(seed, -1))
+
+  new_masks, pruned_masks, grown_masks = [], [], []
+  for i, (mask, prune) in enumerate(zip(masks, pruned)):
+    grown = grow_uniform(
+        ~mask, grow_counts[i], capacity[i],
+        tf.random.experimental.stateless_fold_in(seed, i),
+        draws_per_round[i])
+    prune = prune & ~skipped
+    new_masks.append((mask & ~prune) | grown)
+    pruned_masks.append(prune)
+    grown_masks.append(grown)
+
+  return Reallocation(
+      masks=new_masks,
+      pruned_masks=pruned_masks,
+      grown_masks=grown_masks,
+      threshold=None,
+      pruned=tf.reduce_sum(dropped),
+      candidates=total_pruned,
+      regrown=grow_counts,
+      active=num_active - dropped + grow_counts,
+      skipped=skipped)
 
 
 def reallocate(weights, masks, threshold, seed, *, target_pruned, tolerance,
@@ -299,15 +377,14 @@ def reallocate(weights, masks, threshold, seed, *, target_pruned, tolerance,
      inactive before this reallocation (so not the ones just pruned).
   5. Adapt H on K.
   If K is more than the number of inactive entries (only possible below
-  sparsity 0.5), K could not all be regrown without reviving pruned entries:
-  the masks are left unchanged and H still adapts, so a later reallocation
-  prunes fewer.
+  sparsity 0.5), the masks are left unchanged and H still adapts, so a later
+  reallocation prunes fewer.
 
   Args:
     weights: list of float tensors.
     masks: list of bool tensors, same shapes.
     threshold: float32 scalar H.
-    seed: int32 `[2]` seed for this reallocation (fold in its index first).
+    seed: `[2]` seed for this reallocation (fold in its index first).
     target_pruned: N_p.
     tolerance: delta in (0, 1).
     draws_per_round: list of Python ints, one per tensor (see `grow_uniform`).
@@ -319,43 +396,14 @@ def reallocate(weights, masks, threshold, seed, *, target_pruned, tolerance,
   """
   if counts is None:
     counts = [count_entries(w, m, threshold) for w, m in zip(weights, masks)]
-  pruned_info = [_prune(w, m, threshold, active, below)
-                 for (w, m), (active, below, _) in zip(zip(weights, masks),
-                                                       counts)]
-  survivors = [s for s, _, _ in pruned_info]
-  pruned = [p for _, p, _ in pruned_info]
-  num_pruned = tf.stack([k for _, _, k in pruned_info])
-  num_survivors = tf.stack([a for a, _, _ in counts]) - num_pruned
-  sizes = tf.constant([m.shape.num_elements() for m in masks], tf.int64)
-  capacity = sizes - num_pruned - num_survivors
-  total_pruned = tf.reduce_sum(num_pruned)
-  skipped = total_pruned > tf.reduce_sum(capacity)
-  # When skipped, nothing is pruned and so nothing regrown.
-  effective_pruned = tf.where(skipped, tf.zeros_like(total_pruned), total_pruned)
-  grow_counts = allocate(effective_pruned, num_survivors, capacity,
-                         tf.random.experimental.stateless_fold_in(seed, -1))
-
-  new_masks, pruned_masks, grown_masks = [], [], []
-  for i, (mask, survive, prune) in enumerate(zip(masks, survivors, pruned)):
-    grown = grow_uniform(
-        ~mask, grow_counts[i], capacity[i],
-        tf.random.experimental.stateless_fold_in(seed, i),
-        draws_per_round[i])
-    prune = prune & ~skipped
-    new_masks.append((survive | grown) | (mask & skipped))
-    pruned_masks.append(prune)
-    grown_masks.append(grown)
-
-  return Reallocation(
-      masks=new_masks,
-      pruned_masks=pruned_masks,
-      grown_masks=grown_masks,
-      threshold=tf.cast(
-          adapt_threshold(tf.cast(threshold, tf.float64), total_pruned,
-                          target_pruned, tolerance), tf.float32),
-      pruned=effective_pruned,
-      candidates=total_pruned,
-      regrown=grow_counts,
-      active=tf.where(skipped, num_pruned + num_survivors,
-                      num_survivors + grow_counts),
-      skipped=skipped)
+  pruned = [_prune(w, m, threshold, active, below)
+            for w, m, (active, below, _) in zip(weights, masks, counts)]
+  result = drop_and_grow(
+      masks, [p for _, p, _ in pruned], tf.stack([k for _, _, k in pruned]),
+      tf.stack([a for a, _, _ in counts]),
+      lambda dropped, survivors, capacity, seed: allocate(
+          tf.reduce_sum(dropped), survivors, capacity, seed),
+      seed, draws_per_round)
+  return result._replace(threshold=tf.cast(
+      adapt_threshold(tf.cast(threshold, tf.float64), result.candidates,
+                      target_pruned, tolerance), tf.float32))

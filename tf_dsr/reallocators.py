@@ -83,56 +83,41 @@ class ReallocationStats:
   skipped: bool
 
 
-class Reallocator:
-  """Dynamic Sparse Reparameterization for a model, for custom training loops.
+class BaseReallocator:
+  """The shared drop-and-grow machinery; a subclass states its rule in hooks.
 
-  Mostafa & Wang, "Parameter Efficient Training of Deep Convolutional Neural
-  Networks by Dynamic Sparse Reparameterization", ICML 2019,
-  https://arxiv.org/abs/1902.05967.
-
-  Each call to `reallocate()` prunes every active weight below the global
-  threshold H, regrows the same number spread over the layers in proportion to
-  their survivors (uniformly at random among positions inactive before the
-  call), zeroes the optimizer state at every changed position, and halves or
-  doubles H to keep the number pruned near `target_pruned`. `model.fit` users
-  want `ReallocationCallback`, which calls this on a schedule.
-
-  Example:
-    ```python
-    realloc = tf_dsr.Reallocator(model, target_pruned=20_000)
-    for step, (x, y) in enumerate(dataset, 1):
-      train_step(x, y)
-      if step % 100 == 0:
-        stats = realloc.reallocate(step)
-    ```
+  A reallocation rule is three hooks over tensors (no variables, no
+  assignment): `drop` chooses the entries to deactivate, `budget` spreads the
+  regrowth over the tensors, and `next_threshold` adapts H (for rules that
+  use it). Regrowth is always uniform among entries inactive before the call,
+  at value 0, with the optimizer's per-weight state zeroed wherever an entry
+  moved; the total active count never changes. This class gathers the
+  `DynamicSparseWrapper`s of a model, runs the rule in one compiled function
+  per local replica, and is the one place that assigns masks, kernels,
+  optimizer state and the model-wide state.
 
   Args:
     model: a tf_keras model containing `DynamicSparseWrapper` layers.
-    target_pruned: N_p, the number of weights each reallocation aims to prune.
-    tolerance: delta in (0, 1); H changes when K leaves
-      [(1 - delta) N_p, (1 + delta) N_p].
-    initial_threshold: H before the first reallocation (when the model has no
-      DSR state yet; a restored state is kept).
     seed: integer seed of the reallocations' random streams.
     optimizer: the optimizer whose per-weight state is reset; defaults to
       `model.optimizer` at the time of each call.
     jit_compile: compile the reallocation with XLA (as TPUs require).
+    initial_threshold: H for a model that has no DSR state yet.
   """
 
-  def __init__(self, model, target_pruned, tolerance=0.1,
-               initial_threshold=1e-3, seed=0, optimizer=None,
-               jit_compile=True):
+
+  def __init__(self, model, seed=0, optimizer=None, jit_compile=True,
+               initial_threshold=1e-3):
     if not _tfmot.is_tf_keras_object(model):
       raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
-    validate_dsr_arguments(target_pruned, tolerance, initial_threshold, seed)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+      raise ValueError(f'`seed` must be an int, got {seed!r}.')
     wrappers = collect_wrappers(model)
     if not wrappers:
       raise ValueError(
           f'`model` {model.name!r} has no DynamicSparseWrapper layer; wrap it '
           'with `tf_dsr.sparsify(model, sparsity=...)` first.')
     self.model = model
-    self.target_pruned = target_pruned
-    self.tolerance = float(tolerance)
     self.seed = int(seed)
     self.jit_compile = jit_compile
     self._optimizer = optimizer
@@ -141,6 +126,53 @@ class Reallocator:
     for wrapper in wrappers:
       wrapper._reallocation_bound = True  # pylint: disable=protected-access
     self._function = None
+    self._function_key = None
+
+  # Hooks: tensors in, tensors out.
+
+  def drop(self, weights, masks, threshold, counts):
+    """Chooses the entries to deactivate.
+
+    Args:
+      weights: float32 kernels.
+      masks: bool masks.
+      threshold: float32 H.
+      counts: `reallocation.count_entries(w, m, H)` per tensor.
+
+    Returns:
+      `(pruned, num_pruned)`: a bool mask per tensor (a subset of its mask)
+      and an int64 vector of their sizes.
+    """
+    raise NotImplementedError
+
+  def budget(self, num_pruned, survivors, capacity, seed):
+    """Regrowth per tensor; by default each tensor regrows what it dropped.
+
+    Args:
+      num_pruned: int64 vector of entries dropped per tensor.
+      survivors: int64 vector of entries still active per tensor.
+      capacity: int64 vector of entries inactive before the call.
+      seed: `[2]` seed.
+
+    Returns:
+      int64 vector summing to `sum(num_pruned)`, each at most its capacity.
+    """
+    return reallocation.cap_to_capacity(num_pruned, survivors, capacity, seed)
+
+  def next_threshold(self, threshold, candidates):
+    """H for the next call; by default unchanged."""
+    del candidates
+    return threshold
+
+  def plan(self, weights, masks, threshold, seed, counts):
+    """One reallocation with this rule: tensors in, a `Reallocation` out."""
+    pruned, num_pruned = self.drop(weights, masks, threshold, counts)
+    result = reallocation.drop_and_grow(
+        masks, pruned, num_pruned, tf.stack([a for a, _, _ in counts]),
+        self.budget, seed,
+        self.draws_per_round([w.shape.num_elements() for w in weights]))
+    return result._replace(
+        threshold=self.next_threshold(threshold, result.candidates))
 
   @property
   def optimizer(self):
@@ -160,27 +192,32 @@ class Reallocator:
         tensors.append((name, kernel, mask))
     return tensors
 
-  def draws_per_round(self, sizes):
-    """Static draw counts of the uniform growth: about twice the expected regrowth."""
-    total = sum(sizes)
-    return [min(n, 64 + math.ceil(2 * self.target_pruned * n / total))
-            for n in sizes]
+  def expected_regrowth_fraction(self, num_weights):
+    """Expected fraction of the sparse weights one call regrows.
 
-  def plan(self, weights, masks, threshold, seed, counts):
-    """The drop-and-grow rule: tensors in, a `reallocation.Reallocation` out.
+    It sizes the static draw buffers of the uniform growth
+    (`draws_per_round`); a wrong guess costs time, never correctness.
 
     Args:
-      weights: float32 kernels.
-      masks: bool masks.
-      threshold: H.
-      seed: `[2]` seed of this reallocation.
-      counts: `reallocation.count_entries` of each tensor at H.
+      num_weights: the number of sparse weights (active or not).
     """
-    return reallocation.reallocate(
-        weights, masks, threshold, seed,
-        target_pruned=self.target_pruned, tolerance=self.tolerance,
-        draws_per_round=self.draws_per_round(
-            [w.shape.num_elements() for w in weights]), counts=counts)
+    del num_weights
+    return 0.02
+
+  def draws_per_round(self, sizes):
+    """Static draw counts of the uniform growth: about twice the expected regrowth."""
+    fraction = self.expected_regrowth_fraction(sum(sizes))
+    return [min(n, 64 + math.ceil(2 * fraction * n)) for n in sizes]
+
+  def trace_key(self, masks):
+    """A hashable value that changes when the compiled function must be rebuilt.
+
+    Args:
+      masks: the mask variables, for rules whose trace depends on their
+        values (read them only if so).
+    """
+    del masks
+    return None
 
   def _build_function(self):
     """The compiled reallocation; it takes one replica's variables as arguments."""
@@ -264,8 +301,10 @@ class Reallocator:
     optimizer = self.optimizer
     slots = [tuple(optimizer_state.slot_variables(optimizer, kernel))
              for _, kernel, _ in tensors]
-    if self._function is None:
+    key = self.trace_key([mask for _, _, mask in tensors])
+    if self._function is None or key != self._function_key:
       self._function = self._build_function()
+      self._function_key = key
     (pruned, candidates, threshold_used, threshold, active, regrown, skipped,
      nonfinite) = self._run_on_every_replica(step, tensors, slots)
     names = [name for name, _, _ in tensors]
@@ -288,3 +327,174 @@ class Reallocator:
         regrown=dict(zip(names, (int(g) for g in regrown.numpy()))),
         total_active=sum(active),
         skipped=bool(skipped))
+
+
+class Reallocator(BaseReallocator):
+  """Dynamic Sparse Reparameterization for a model, for custom training loops.
+
+  Mostafa & Wang, "Parameter Efficient Training of Deep Convolutional Neural
+  Networks by Dynamic Sparse Reparameterization", ICML 2019,
+  https://arxiv.org/abs/1902.05967.
+
+  Each call to `reallocate()` prunes every active weight below the global
+  threshold H, regrows the same number spread over the layers in proportion to
+  their survivors (uniformly at random among positions inactive before the
+  call), zeroes the optimizer state at every changed position, and halves or
+  doubles H to keep the number pruned near `target_pruned`. `model.fit` users
+  want `ReallocationCallback`, which calls this on a schedule.
+
+  Example:
+    ```python
+    realloc = tf_dsr.Reallocator(model, target_pruned=20_000)
+    for step, (x, y) in enumerate(dataset, 1):
+      train_step(x, y)
+      if step % 100 == 0:
+        stats = realloc.reallocate(step)
+    ```
+
+  Args:
+    model: a tf_keras model containing `DynamicSparseWrapper` layers.
+    target_pruned: N_p, the number of weights each reallocation aims to prune.
+    tolerance: delta in (0, 1); H changes when K leaves
+      [(1 - delta) N_p, (1 + delta) N_p].
+    initial_threshold: H before the first reallocation (when the model has no
+      DSR state yet; a restored state is kept).
+    seed: integer seed of the reallocations' random streams.
+    optimizer: the optimizer whose per-weight state is reset; defaults to
+      `model.optimizer` at the time of each call.
+    jit_compile: compile the reallocation with XLA (as TPUs require).
+  """
+
+  def __init__(self, model, target_pruned, tolerance=0.1,
+               initial_threshold=1e-3, seed=0, optimizer=None,
+               jit_compile=True):
+    validate_dsr_arguments(target_pruned, tolerance, initial_threshold, seed)
+    super().__init__(model, seed=seed, optimizer=optimizer,
+                     jit_compile=jit_compile,
+                     initial_threshold=initial_threshold)
+    self.target_pruned = target_pruned
+    self.tolerance = float(tolerance)
+
+  def expected_regrowth_fraction(self, num_weights):
+    return min(1.0, self.target_pruned / max(num_weights, 1))
+
+  def drop(self, weights, masks, threshold, counts):
+    pruned = [reallocation._prune(w, m, threshold, active, below)  # pylint: disable=protected-access
+              for w, m, (active, below, _) in zip(weights, masks, counts)]
+    return [p for _, p, _ in pruned], tf.stack([k for _, _, k in pruned])
+
+  def budget(self, num_pruned, survivors, capacity, seed):
+    return reallocation.allocate(tf.reduce_sum(num_pruned), survivors,
+                                 capacity, seed)
+
+  def next_threshold(self, threshold, candidates):
+    return tf.cast(reallocation.adapt_threshold(
+        tf.cast(threshold, tf.float64), candidates, self.target_pruned,
+        self.tolerance), tf.float32)
+
+
+class StaticReallocator(BaseReallocator):
+  """Static sparse training: the initial random mask, never changed.
+
+  The baseline of Mostafa & Wang (ICML 2019, https://arxiv.org/abs/1902.05967)
+  and of most sparse-training papers. It binds the wrappers (so training is
+  allowed) and `reallocate()` leaves every mask as it is.
+
+  Args:
+    model: a tf_keras model containing `DynamicSparseWrapper` layers.
+    seed: unused; accepted so every method shares one signature.
+    **kwargs: as for `BaseReallocator`.
+  """
+
+  def expected_regrowth_fraction(self, num_weights):
+    del num_weights
+    return 0.0
+
+  def drop(self, weights, masks, threshold, counts):
+    return ([tf.zeros_like(m) for m in masks],
+            tf.zeros([len(masks)], tf.int64))
+
+
+class SETReallocator(BaseReallocator):
+  """Sparse Evolutionary Training: per-layer drop of the smallest weights.
+
+  Mocanu et al., "Scalable training of artificial neural networks with
+  adaptive sparse connectivity inspired by network science", Nature
+  Communications 2018, https://arxiv.org/abs/1707.04780. Each call drops, in
+  every tensor, the `round(drop_fraction * active)` active weights of smallest
+  magnitude and regrows as many in the same tensor, uniformly at random among
+  entries that were inactive (so per-layer counts never change).
+
+  Args:
+    model: a tf_keras model containing `DynamicSparseWrapper` layers.
+    drop_fraction: fraction of each tensor's active weights dropped per call,
+      in (0, 1). When None, `target_pruned / total active`, which makes the
+      churn equal DSR's with the same `target_pruned` (DSR_SPEC section 5).
+    target_pruned: used only to derive `drop_fraction`.
+    **kwargs: as for `BaseReallocator`.
+  """
+
+  def __init__(self, model, drop_fraction=None, target_pruned=None, **kwargs):
+    if drop_fraction is None and target_pruned is None:
+      raise ValueError('SET needs `drop_fraction` or `target_pruned`, got '
+                       'neither.')
+    if drop_fraction is not None and (
+        isinstance(drop_fraction, bool) or
+        not isinstance(drop_fraction, numbers.Real) or
+        not 0.0 < drop_fraction < 1.0):
+      raise ValueError(
+          f'`drop_fraction` must be in (0, 1), got {drop_fraction!r}.')
+    if drop_fraction is None:
+      validate_dsr_arguments(target_pruned, 0.1, 1e-3, 0)
+    super().__init__(model, **kwargs)
+    self.drop_fraction = drop_fraction
+    self.target_pruned = target_pruned
+    self._drop_counts = None
+
+  def expected_regrowth_fraction(self, num_weights):
+    return sum(self._drop_counts) / max(num_weights, 1)
+
+  def trace_key(self, masks):
+    # The drop counts are static in the compiled function; SET keeps every
+    # tensor's active count, so they change only if the masks are replaced.
+    active = [int((m.numpy() > 0.5).sum()) for m in masks]
+    fraction = self.drop_fraction
+    if fraction is None:
+      fraction = min(self.target_pruned / sum(active), 1.0)
+    self._drop_counts = tuple(min(a - 1, round(fraction * a)) for a in active)
+    return self._drop_counts
+
+  def drop(self, weights, masks, threshold, counts):
+    del threshold, counts
+    pruned, sizes = [], []
+    for weight, mask, count in zip(weights, masks, self._drop_counts):
+      flat = tf.reshape(tf.where(mask, tf.abs(weight), math.inf), [-1])
+      if count > 0:
+        _, smallest = tf.math.top_k(-flat, count, sorted=False)
+        chosen = tf.scatter_nd(smallest[:, None], tf.ones([count], tf.bool),
+                               flat.shape)
+      else:
+        chosen = tf.zeros(flat.shape, tf.bool)
+      pruned.append(tf.reshape(chosen, mask.shape) & mask)
+      sizes.append(count)
+    return pruned, tf.constant(sizes, tf.int64)
+
+
+#: Reallocation rules by the names the launcher and callback use.
+REALLOCATORS = {
+    'dsr': Reallocator,
+    'set': SETReallocator,
+    'static': StaticReallocator,
+}
+
+
+def get_reallocator(name):
+  """The reallocator class registered as `name`.
+
+  Raises:
+    ValueError: for an unknown name, listing the valid ones.
+  """
+  if name not in REALLOCATORS:
+    raise ValueError(f'`method` must be one of {sorted(REALLOCATORS)}, got '
+                     f'{name!r}.')
+  return REALLOCATORS[name]

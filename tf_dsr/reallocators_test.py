@@ -1,0 +1,85 @@
+"""The reallocation rules: hand-worked SET, static, the registry."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_dsr
+from tf_dsr import keras
+
+
+def _dense_model(kernel, mask):
+  """One Dense layer (4 -> 2) wrapped, with the given kernel and mask."""
+  inputs = keras.Input((4,))
+  wrapper = tf_dsr.DynamicSparseWrapper(keras.layers.Dense(2, name='d'), 0.5)
+  model = keras.Model(inputs, wrapper(inputs))
+  (k, m), = wrapper.sparse_weights
+  k.assign(np.array(kernel, np.float32).reshape(4, 2))
+  m.assign(np.array(mask, np.float32).reshape(4, 2))
+  return model, k, m
+
+
+def test_set_drops_the_smallest_active_weights_of_each_tensor():
+  # index:   0    1     2    3     4    5    6    7
+  kernel = [0.5, -0.1, 0.0, 0.3, -0.02, 0.0, 0.0, 0.9]
+  mask = [1, 1, 0, 1, 1, 0, 0, 1]  # 5 active
+  model, k, m = _dense_model(kernel, mask)
+  realloc = tf_dsr.SETReallocator(model, drop_fraction=0.4, seed=1)
+  stats = realloc.reallocate()
+  # round(0.4 * 5) = 2 smallest active: |-0.02| (4) and |-0.1| (1) go; two
+  # of the inactive entries 2, 5, 6 come back at 0.
+  new = m.numpy().reshape(-1)
+  assert stats.pruned == 2
+  assert new[[0, 3, 7]].tolist() == [1, 1, 1]
+  assert new[[1, 4]].tolist() == [0, 0]
+  assert new[[2, 5, 6]].sum() == 2
+  np.testing.assert_array_equal(k.numpy().reshape(-1)[[1, 4, 2, 5, 6]], 0)
+  assert k.numpy().reshape(-1)[[0, 3, 7]].tolist() == pytest.approx(
+      [0.5, 0.3, 0.9])
+
+
+def test_set_fraction_defaults_to_dsr_churn():
+  kernel = np.linspace(-1, 1, 8)
+  model, _, m = _dense_model(kernel, [1, 1, 1, 1, 0, 0, 0, 0])
+  realloc = tf_dsr.SETReallocator(model, target_pruned=1)
+  assert realloc.reallocate().pruned == 1  # 1 / 4 active -> 1 per call
+  assert int(m.numpy().sum()) == 4
+
+
+def test_static_never_changes_the_mask():
+  model, k, m = _dense_model(np.full(8, 1e-9), [1, 0, 1, 0, 1, 0, 1, 0])
+  realloc = tf_dsr.StaticReallocator(model)
+  for _ in range(3):
+    assert realloc.reallocate().pruned == 0
+  np.testing.assert_array_equal(m.numpy().reshape(-1), [1, 0, 1, 0, 1, 0, 1, 0])
+
+
+def test_registry_names_and_unknown_name():
+  assert tf_dsr.get_reallocator('dsr') is tf_dsr.Reallocator
+  assert tf_dsr.get_reallocator('set') is tf_dsr.SETReallocator
+  assert tf_dsr.get_reallocator('static') is tf_dsr.StaticReallocator
+  with pytest.raises(ValueError, match=r"`method`.*\['dsr', .*'nope'"):
+    tf_dsr.get_reallocator('nope')
+  with pytest.raises(ValueError, match='`method`'):
+    tf_dsr.ReallocationCallback(method='nope')
+
+
+def test_callback_runs_set_and_keeps_per_layer_counts():
+  inputs = keras.Input((6,))
+  x = keras.layers.Dense(8, name='a')(inputs)
+  model = tf_dsr.sparsify(keras.Model(inputs, keras.layers.Dense(3, name='b')(x)),
+                          0.5)
+  model.compile('sgd', keras.losses.SparseCategoricalCrossentropy(True))
+  before = [int(m.numpy().sum()) for w in
+            tf_dsr.reallocators.collect_wrappers(model)
+            for _, m in w.sparse_weights]
+  data = np.random.default_rng(0).normal(size=(32, 6)).astype('float32')
+  labels = np.zeros(32)
+  cb = tf_dsr.ReallocationCallback(method='set', drop_fraction=0.2, period=2)
+  model.fit(data, labels, batch_size=8, epochs=1, verbose=0, callbacks=[cb])
+  # Kernels 6x8 and 8x3 at 0.5: 24 and 12 active -> round(4.8) + round(2.4).
+  assert [s.pruned for s in cb.history] == [5 + 2, 5 + 2]
+  after = [int(m.numpy().sum()) for w in
+           tf_dsr.reallocators.collect_wrappers(model)
+           for _, m in w.sparse_weights]
+  assert after == before
