@@ -15,6 +15,8 @@ setuptools.setup(
         'tf-keras>=2.16,<2.22',
         'tensorflow-model-optimization>=0.8,<0.9',
         'tensorflow-datasets>=4.9,<5',
+        # tf.summary needs it; TensorFlow 2.21 no longer installs it.
+        'tensorboard>=2.16,<2.22',
         'absl-py>=1.0',
         'numpy>=1.26',
         'scikit-learn>=1.3',

@@ -69,6 +69,23 @@ def test_wrn_forward(wrn):
       'group2_block1_shortcut', 'group3_block1_shortcut']
 
 
+# Width multiplier 0.5 on WRN-28-2: stem 8 channels, groups 16, 32, 64.
+#   stem 27*8 = 216
+#   group1: 9*8*16 + 9*16*16 + 8*16 (shortcut) = 1,152 + 2,304 + 128; 3 * 4,608 = 13,824
+#           -> 17,408
+#   group2: 9*16*32 + 9*32*32 + 16*32 = 4,608 + 9,216 + 512; 3 * 18,432 = 55,296 -> 69,632
+#   group3: 9*32*64 + 9*64*64 + 32*64 = 18,432 + 36,864 + 2,048; 3 * 73,728 = 221,184
+#           -> 278,528
+#   BN channels (8 + 16) + 3*32 + (16 + 32) + 3*64 + (32 + 64) + 3*128 + 64 = 904 -> 1,808
+#   fc 64*10 + 10 = 650
+# Trainable 216 + 17,408 + 69,632 + 278,528 + 1,808 + 650 = 368,242.
+def test_wrn_thin_counts():
+  model = wide_resnet(width_multiplier=0.5)
+  assert _trainable(model) == 368_242
+  assert model.name == 'wrn_28_2_w0.5'
+  assert len(sparse_kernel_layers(model, 'wide_resnet')) == 24
+
+
 def test_wrn_weight_decay():
   model = wide_resnet(depth=10, width=1, weight_decay=5e-4)
   assert len(model.losses) == len(_kernel_layers(model))  # one L2 term per kernel
@@ -163,6 +180,7 @@ def test_small_cnn():
     (wide_resnet, 'num_classes', 0),
     (wide_resnet, 'input_shape', (32, 32)),
     (wide_resnet, 'weight_decay', -1e-4),
+    (wide_resnet, 'width_multiplier', 0),
     (resnet50, 'width_multiplier', 0.0),
     (resnet50, 'width_multiplier', float('nan')),
     (resnet50, 'num_classes', True),

@@ -141,7 +141,8 @@ class ReallocationCallback(keras.callbacks.Callback):
   def _record(self, stats):
     self.history.append(stats)
     if self.verbose:
-      print(f'[tf_dsr] step {stats.step}: H {stats.threshold_used:.3g} -> '
+      # The leading newline keeps the line clear of Keras's progress bar.
+      print(f'\n[tf_dsr] step {stats.step}: H {stats.threshold_used:.3g} -> '
             f'{stats.threshold:.3g}, K {stats.pruned}, active '
             f'{stats.total_active}' + (' (skipped)' if stats.skipped else ''))
     if self._writer is None:

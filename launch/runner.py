@@ -1,0 +1,201 @@
+"""One experiment end to end: config -> strategy -> data -> model -> fit -> export.
+
+`run(config, model_dir=...)` is what `python -m launch.train` calls; the quick
+start and the tests call it directly. See `launch.outputs` for what it writes.
+"""
+
+import importlib.util
+import json
+import shutil
+import tempfile
+import time
+
+import tensorflow as tf
+
+import tf_dsr
+from tf_dsr import keras
+
+from launch import configs
+from launch import data as data_lib
+from launch import modeling
+from launch import outputs
+from launch import overrides as overrides_lib
+from launch import strategy as strategy_lib
+from launch.errors import LaunchError
+
+
+def resolve(name, overrides=()):
+  """The registered config `name` with `key=value` `overrides` applied."""
+  return overrides_lib.apply(configs.get(name), overrides)
+
+
+def _say(verbose, message):
+  if verbose:
+    print(f'[launch] {message}', flush=True)
+
+
+def _steps_per_execution(config, on_tpu):
+  if not on_tpu:
+    return 1
+  k = config.tpu_steps_per_execution
+  late = sorted({p for p in (config.period or {}).values() if p % k})
+  if late:
+    raise LaunchError(f'tpu_steps_per_execution {k} must divide every DSR '
+                      f'period, but does not divide {late}; override one of them.')
+  return k
+
+
+def _results(config, overrides, model, built, final, data, strategy, steps,
+             start):
+  results = {
+      'config': config.name,
+      'overrides': list(overrides),
+      'method': config.method,
+      'sparsity': config.sparsity,
+      'top1': float(final['top1']),
+      'top5': float(final['top5']),
+      'eval_loss': float(final['loss']),
+      'eval_examples': data.eval_examples,
+      'params': modeling.parameter_counts(model),
+      'epochs': config.epochs,
+      'steps': steps,
+      'strategy': type(strategy).__name__,
+      'replicas': strategy.num_replicas_in_sync,
+      'wall_time_seconds': round(time.time() - start, 3),
+  }
+  if built.width_multiplier is not None:
+    results['thin'] = {'width_multiplier': built.width_multiplier,
+                       'params': modeling.trainable_count(model),
+                       'target_params': built.target_params}
+  state = getattr(model, 'dynamic_sparsity_state', None)
+  if config.method == 'dsr' and state is not None:
+    results['dsr'] = {'reallocations': int(state.reallocations.numpy()),
+                      'threshold': float(state.threshold.numpy()),
+                      'last_step': int(state.last_step.numpy())}
+  return results
+
+
+def _build(config, data, strategy, steps_per_execution, dsr_log_dir, verbose):
+  """Builds, compiles and binds the model; returns (built, callbacks, checkpoint).
+
+  Everything a checkpoint holds (masks, DSR state, optimizer slots, the epoch
+  counter) exists when this returns, so a restore applies at once.
+  """
+  method = modeling.method(config.method)
+  built = method.build(config, data.input_shape, data.num_classes,
+                       strategy.scope)
+  model = built.model
+  with strategy.scope():
+    modeling.compile_model(model, config, data.steps_per_epoch,
+                           steps_per_execution)
+    callbacks = method.attach(model, config, log_dir=dsr_log_dir,
+                              verbose=verbose == 1)
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch')
+  if built.width_multiplier is not None:
+    _say(verbose, f'thin model: width multiplier {built.width_multiplier} gives '
+         f'{modeling.trainable_count(model):,} trainable parameters; the '
+         f'sparse model at sparsity {config.sparsity} has '
+         f'{built.target_params:,} active')
+  checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
+                                   epoch=epoch)
+  return built, callbacks, checkpoint
+
+
+def _output_callbacks(write_dir, checkpoint, is_chief):
+  """A checkpoint per epoch and, on the chief, the TensorBoard scalars."""
+  manager = tf.train.CheckpointManager(checkpoint, write_dir.checkpoints,
+                                       max_to_keep=3)
+  callbacks = [outputs.EpochCheckpoint(manager, checkpoint.epoch)]
+  if is_chief:
+    callbacks.append(keras.callbacks.TensorBoard(
+        write_dir.logs, histogram_freq=0, write_graph=False, profile_batch=0))
+  return callbacks
+
+
+def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
+        resume=False, overrides=(), verbose=1):
+  """Trains, evaluates and exports one experiment.
+
+  Args:
+    config: an `ExperimentConfig`.
+    model_dir: output directory (see `launch.outputs`); None writes nothing.
+    data_dir: tfds data directory (None: tfds' default).
+    strategy: a strategy name of `launch.strategy`.
+    tpu: the TPU for strategy 'tpu'.
+    resume: continue the run in `model_dir` from its last checkpoint.
+    overrides: the `key=value` strings `config` was made with (recorded).
+    verbose: 0 silent, 1 progress bars and one line per reallocation, 2 one
+      line per epoch.
+
+  Returns:
+    The results dict that is also written to `results.json`.
+
+  Raises:
+    LaunchError: for bad input, before anything is written to `model_dir`.
+  """
+  start = time.time()
+  if resume and not model_dir:
+    raise LaunchError('--resume needs --model_dir.')
+  settings = json.loads(json.dumps(config.to_dict()))
+  run_dir = outputs.RunDir(model_dir) if model_dir else None
+  if run_dir and importlib.util.find_spec('tensorboard') is None:
+    raise LaunchError('TensorBoard logs need the tensorboard package, which '
+                      'TensorFlow >= 2.21 no longer installs: pip install '
+                      'tensorboard.')
+  checkpoint_path, initial_epoch = (
+      run_dir.check_start(resume, settings) if run_dir else (None, 0))
+
+  strategy = strategy_lib.create(strategy, tpu)
+  on_tpu = strategy_lib.is_tpu(strategy)
+  if on_tpu:
+    keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise LaunchError(f'batch_size {config.batch_size} is not divisible by the '
+                      f'{replicas} replicas of {type(strategy).__name__}.')
+  steps_per_execution = _steps_per_execution(config, on_tpu)
+  keras.utils.set_random_seed(config.seed)
+  data = data_lib.load(config, data_dir, initial_epoch, drop_remainder=on_tpu)
+
+  is_chief, task = strategy_lib.worker(strategy)
+  scratch = None
+  write_dir = run_dir
+  if run_dir and not is_chief:  # Other workers save to a scratch directory.
+    scratch = tempfile.mkdtemp(prefix=f'dsr_worker{task}_')
+    write_dir = outputs.RunDir(scratch)
+
+  built, callbacks, checkpoint = _build(
+      config, data, strategy, steps_per_execution,
+      write_dir.dsr_logs if write_dir else None, verbose)
+  model = built.model
+  if checkpoint_path:
+    checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
+    _say(verbose, f'resumed from {checkpoint_path} after epoch {initial_epoch}')
+  if write_dir:
+    if is_chief:
+      run_dir.write_json(run_dir.config, {'config': config.name,
+                                          'overrides': list(overrides),
+                                          'settings': settings})
+    callbacks += _output_callbacks(write_dir, checkpoint, is_chief)
+
+  if initial_epoch < config.epochs:
+    model.fit(data.train, epochs=config.epochs, initial_epoch=initial_epoch,
+              steps_per_epoch=data.steps_per_epoch,
+              validation_data=data.eval if config.validation_freq else None,
+              validation_freq=config.validation_freq or 1,
+              callbacks=callbacks, verbose=verbose)
+  final = model.evaluate(data.eval, verbose=0, return_dict=True)
+  results = _results(config, overrides, model, built, final, data, strategy,
+                     int(model.optimizer.iterations.numpy()), start)
+  if write_dir and is_chief:
+    write_dir.export(tf_dsr.strip_dynamic_sparsity(model))
+    results['wall_time_seconds'] = round(time.time() - start, 3)
+    write_dir.write_json(write_dir.results, results)
+  if scratch:
+    shutil.rmtree(scratch, ignore_errors=True)
+  params = results['params']
+  _say(verbose, f'{config.name}: top-1 {results["top1"]:.4f}, top-5 '
+       f'{results["top5"]:.4f}, active parameters {params["active"]:,} of '
+       f'{params["total"]:,}, {results["wall_time_seconds"]:.0f} s' +
+       (f'; wrote {run_dir.path}' if run_dir else ''))
+  return results

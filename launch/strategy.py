@@ -1,0 +1,152 @@
+"""Distribution strategies by name: one device, local GPUs, several workers, a TPU.
+
+- `default`: TensorFlow's default strategy (one device).
+- `mirrored`: `MirroredStrategy` over every local GPU (every logical CPU when
+  there is no GPU, which is how the tests get two replicas on one CPU).
+- `multi_worker`: `MultiWorkerMirroredStrategy` configured from the `TF_CONFIG`
+  environment variable, which is validated first. Create it before any other
+  TensorFlow work in the process.
+- `tpu`: `TPUStrategy` through `TPUClusterResolver(tpu=...)`: 'local' on a TPU
+  VM host, or the TPU's name for a pod slice.
+
+Every failure to set a strategy up is a `LaunchError` with a message that says
+what to fix.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+from launch.errors import LaunchError
+
+_TF_CONFIG_EXAMPLE = (
+    'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+    '"task": {"type": "worker", "index": 0}}\'')
+
+
+def _default(tpu):
+  del tpu
+  return tf.distribute.get_strategy()
+
+
+def _mirrored(tpu):
+  del tpu
+  devices = (tf.config.list_logical_devices('GPU') or
+             tf.config.list_logical_devices('CPU'))
+  return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def parse_tf_config(text):
+  """Validates the JSON of a `TF_CONFIG` variable and returns it as a dict.
+
+  Args:
+    text: the variable's value, or None when it is not set.
+
+  Returns:
+    The parsed dict, with a non-empty `cluster` and a `task` in it.
+
+  Raises:
+    LaunchError: naming what is missing or malformed, with an example.
+  """
+  hint = f' Set it on every worker, for example {_TF_CONFIG_EXAMPLE}.'
+  if not text:
+    raise LaunchError('--strategy=multi_worker needs the TF_CONFIG environment '
+                      'variable, which is not set.' + hint)
+  try:
+    spec = json.loads(text)
+  except json.JSONDecodeError as error:
+    raise LaunchError(f'TF_CONFIG is not valid JSON ({error}): {text!r}.' +
+                      hint) from None
+  cluster = spec.get('cluster') if isinstance(spec, dict) else None
+  if (not isinstance(cluster, dict) or not cluster or not all(
+      isinstance(v, list) and v and all(isinstance(a, str) for a in v)
+      for v in cluster.values())):
+    raise LaunchError('TF_CONFIG needs "cluster": a dict from job name to a '
+                      f'non-empty list of "host:port" strings; got {text!r}.' + hint)
+  task = spec.get('task')
+  if (not isinstance(task, dict) or task.get('type') not in cluster or
+      not isinstance(task.get('index'), int) or
+      not 0 <= task['index'] < len(cluster[task['type']])):
+    raise LaunchError('TF_CONFIG needs "task": {"type": one of '
+                      f'{sorted(cluster)}, "index": a position in that job\'s '
+                      f'list}}; got {text!r}.' + hint)
+  return spec
+
+
+def _multi_worker(tpu):
+  del tpu
+  parse_tf_config(os.environ.get('TF_CONFIG'))
+  try:
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  except RuntimeError as error:
+    raise LaunchError(f'cannot create MultiWorkerMirroredStrategy: {error}. It '
+                      'must be created before TensorFlow runs anything else in '
+                      'the process.') from None
+
+
+def _tpu(tpu):
+  try:
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+  except Exception as error:  # pylint: disable=broad-except
+    # The resolver raises ValueError, OSError (name lookups), tf.errors.* or
+    # RuntimeError depending on where it fails; all mean "no TPU here".
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else ''
+    raise LaunchError(
+        f'--strategy=tpu: no TPU reachable as --tpu={tpu!r} '
+        f'({type(error).__name__}: {detail[:300]}). On a Cloud TPU VM use '
+        '--tpu=local (one host) or --tpu=<TPU name> (pod slice, from worker 0); '
+        'elsewhere pick --strategy=default, mirrored or multi_worker.') from None
+  return tf.distribute.TPUStrategy(resolver)
+
+
+_FACTORIES = {
+    'default': _default,
+    'mirrored': _mirrored,
+    'multi_worker': _multi_worker,
+    'tpu': _tpu,
+}
+NAMES = tuple(_FACTORIES)
+
+
+def create(name, tpu='local'):
+  """Creates the distribution strategy `name`.
+
+  Args:
+    name: one of `NAMES`.
+    tpu: for 'tpu', the `TPUClusterResolver` target ('local', a TPU name or a
+      grpc:// address).
+
+  Returns:
+    A `tf.distribute.Strategy`.
+
+  Raises:
+    LaunchError: for an unknown name or a strategy that cannot be set up.
+  """
+  if name not in _FACTORIES:
+    raise LaunchError(f'unknown strategy {name!r}; valid strategies are '
+                      f'{list(_FACTORIES)}.')
+  return _FACTORIES[name](tpu)
+
+
+def is_tpu(strategy):
+  """True for a `TPUStrategy`: bfloat16, steps per execution, static batches."""
+  return isinstance(strategy, tf.distribute.TPUStrategy)
+
+
+def worker(strategy):
+  """`(is_chief, task_id)`: whether this process writes the run's outputs.
+
+  Only the chief of a multi-worker run writes checkpoints, logs and exports to
+  the model directory; the other workers write theirs to a scratch directory.
+  """
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return True, 0
+  resolver = strategy.cluster_resolver
+  task_type, task_id = resolver.task_type, resolver.task_id or 0
+  jobs = resolver.cluster_spec().as_dict()
+  chief = task_type in (None, 'chief') or (
+      task_type == 'worker' and task_id == 0 and 'chief' not in jobs)
+  return chief, task_id

@@ -1,0 +1,58 @@
+"""Trains one named experiment: `python -m launch.train --config=NAME --model_dir=DIR`.
+
+  python -m launch.train --config=wrn28_2_cifar10_dsr_s0.9 --model_dir=runs/wrn_dsr_s0.9
+  python -m launch.train --config=small_cnn_digits_dsr --model_dir=/tmp/run \
+      --override epochs=2 --override batch_size=64
+  python -m launch.train --config=wrn28_2_cifar10_dsr_s0.9 --model_dir=runs/wrn_dsr_s0.9 --resume
+
+`python -m launch.configs` lists the configs; `--override key=value`
+(repeatable) changes any of their fields. See `launch.outputs` for what is
+written to `--model_dir`. Bad input (unknown config or key, a dataset that is
+not prepared, `--resume` with no checkpoint, no TPU) prints `error: ...` and
+exits with status 2 before anything is written.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from launch import runner
+from launch import strategy as strategy_lib
+from launch.errors import LaunchError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('config', None, 'Experiment config name (python -m '
+                    'launch.configs lists them).')
+flags.DEFINE_multi_string('override', [], 'key=value change to the config, '
+                          'for example epochs=10; repeatable.')
+flags.DEFINE_string('model_dir', None, 'Output directory: checkpoints, '
+                    'TensorBoard logs, saved_model/, results.json.')
+flags.DEFINE_string('data_dir', None, 'tensorflow_datasets data directory '
+                    '(default: tfds\' own).')
+flags.DEFINE_enum('strategy', 'default', strategy_lib.NAMES,
+                  'Distribution strategy.')
+flags.DEFINE_string('tpu', 'local', 'With --strategy=tpu: "local" on a TPU VM, '
+                    'or the TPU name for a pod slice.')
+flags.DEFINE_bool('resume', False, 'Continue the run in --model_dir from its '
+                  'last checkpoint.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.set_verbosity(logging.WARNING)  # Keep TensorFlow's INFO lines out.
+  try:
+    config = runner.resolve(FLAGS.config, FLAGS.override)
+    runner.run(config, model_dir=FLAGS.model_dir, data_dir=FLAGS.data_dir,
+               strategy=FLAGS.strategy, tpu=FLAGS.tpu, resume=FLAGS.resume,
+               overrides=FLAGS.override)
+  except LaunchError as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'model_dir'])
+  app.run(main)

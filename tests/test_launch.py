@@ -1,0 +1,262 @@
+"""End-to-end tests of the launcher on mock and bundled data.
+
+- One training step for the cheap configs and one per method of the paper's
+  models (tfds mock data; ResNet-50 at 32x32 inputs).
+- A 2-epoch DSR run on mock CIFAR-10 writes checkpoints, TensorBoard events,
+  the stripped SavedModel and results.json; a run stopped after epoch 1 and
+  resumed ends with the same masks, weights, optimizer and DSR state.
+- Bad input: clear messages, exit status 2, nothing written.
+- The quick start prints its table.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from tf_dsr import keras
+from tensorflow.core.util import event_pb2
+
+from launch import data
+from launch import runner
+from launch.errors import LaunchError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ONE_STEP = ['epochs=1', 'steps_per_epoch=1', 'eval_steps=1', 'batch_size=2',
+            'validation_freq=0']
+# WRN-10-1 on 40 mock images: 4 steps per epoch, a reallocation every 3
+# steps (at steps 3 and 6: one in each epoch).
+TINY = ['depth=10', 'width=1', 'sparsity=0.5', 'batch_size=8',
+        'steps_per_epoch=4', 'eval_steps=2', 'period=3', 'target_pruned=40']
+CONFIG = 'wrn28_2_cifar10_dsr_s0.9'
+
+
+def _env():
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO)
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, '-m', 'launch.train', *args],
+                        capture_output=True, text=True, cwd=REPO, env=_env())
+
+
+# ----------------------------------------------------------- one step each
+@pytest.mark.parametrize('name, extra', [
+    ('lenet_digits_dense', []),
+    ('lenet_digits_static', []),
+    ('lenet_digits_dsr', []),
+    ('lenet_mnist_dense', []),
+    ('lenet_mnist_static', []),
+    ('lenet_mnist_dsr', []),
+    ('small_cnn_digits_dsr', []),
+    ('wrn28_2_cifar10_dense', []),
+    ('wrn28_2_cifar10_static_s0.9', []),
+    ('wrn28_2_cifar10_dsr_s0.9', []),
+    ('wrn28_2_cifar10_thin_s0.9', []),
+    # ResNet-50 at 32x32 inputs: one step; its parameter counts do not depend
+    # on the input size (tests/test_launch_configs.py checks them at 224).
+    ('resnet50_imagenet_dsr_s0.9', ['image_size=32']),
+])
+def test_one_training_step(name, extra):
+  keras.backend.clear_session()
+  with tfds.testing.mock_data(num_examples=4):
+    results = runner.run(runner.resolve(name, ONE_STEP + extra), verbose=0)
+  assert results['steps'] == 1 and results['config'] == name
+  if 'resnet50' not in name:
+    # An untrained ResNet-50 in inference mode (BN moving statistics barely
+    # moved after one step) gives logits in the hundreds: its loss overflows.
+    assert np.isfinite(results['eval_loss'])
+  assert 0 <= results['top1'] <= results['top5'] <= 1
+  params = results['params']
+  assert params['active'] == sum(l['active'] for l in params['per_layer'])
+  assert params['total'] == sum(l['total'] for l in params['per_layer'])
+  if '_dsr' in name:
+    assert results['dsr']['reallocations'] == 0  # The first period is longer.
+  if '_thin' in name:
+    thin = results['thin']
+    assert abs(thin['params'] - thin['target_params']) <= 0.02 * thin['target_params']
+
+
+# ------------------------------------------------------------- 2-epoch run
+def _events(directory):
+  """tag -> list of (step, value) from the TF2 event files in `directory`."""
+  found = {}
+  for name in tf.io.gfile.listdir(directory):
+    if 'tfevents' not in name:
+      continue
+    for record in tf.data.TFRecordDataset(os.path.join(directory, name)):
+      event = event_pb2.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        scalar = tf.make_ndarray(value.tensor) if value.HasField('tensor') else (
+            value.simple_value)
+        found.setdefault(value.tag, []).append((event.step, float(scalar)))
+  return found
+
+
+def _checkpoint(path):
+  reader = tf.train.load_checkpoint(path)
+  return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+          if not k.startswith('_CHECKPOINTABLE_OBJECT_GRAPH')}
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """A: 2 epochs straight. B: 1 epoch, then --resume to 2 epochs."""
+  root = tmp_path_factory.mktemp('runs')
+  uninterrupted, resumed = str(root / 'a'), str(root / 'b')
+  with tfds.testing.mock_data(num_examples=40):
+    keras.backend.clear_session()
+    results = runner.run(runner.resolve(CONFIG, TINY + ['epochs=2']),
+                         model_dir=uninterrupted, verbose=0)
+    keras.backend.clear_session()
+    runner.run(runner.resolve(CONFIG, TINY + ['epochs=1']), model_dir=resumed,
+               verbose=0)
+    first_half = _checkpoint(os.path.join(resumed, 'checkpoints', 'ckpt-1'))
+    keras.backend.clear_session()
+    resumed_results = runner.run(runner.resolve(CONFIG, TINY + ['epochs=2']),
+                                 model_dir=resumed, resume=True, verbose=0)
+  return {'a': uninterrupted, 'b': resumed, 'results': results,
+          'resumed_results': resumed_results, 'b_epoch1': first_half}
+
+
+def test_run_writes_checkpoints_logs_export_and_results(runs):
+  model_dir = runs['a']
+  assert sorted(os.listdir(model_dir)) == [
+      'checkpoints', 'config.json', 'logs', 'results.json', 'saved_model']
+  state = tf.train.get_checkpoint_state(os.path.join(model_dir, 'checkpoints'))
+  assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
+      'ckpt-1', 'ckpt-2']
+  saved = json.load(open(os.path.join(model_dir, 'results.json')))
+  assert saved == json.loads(json.dumps(runs['results']))
+  assert saved['steps'] == 8 and saved['epochs'] == 2
+  assert saved['dsr'] == {'reallocations': 2, 'threshold': pytest.approx(
+      saved['dsr']['threshold']), 'last_step': 6}
+  assert saved['wall_time_seconds'] > 0 and saved['eval_examples'] == 16
+  params = saved['params']
+  # WRN-10-1: three blocks of two 3x3 convs; 0.5 of each kept at the start,
+  # and reallocation moves weights between layers but keeps the total.
+  sparse = [l for l in params['per_layer'] if l['sparse']]
+  assert len(sparse) == 6 and params['sparse_total'] == 9 * (
+      16 * 16 + 16 * 16 + 16 * 32 + 32 * 32 + 32 * 64 + 64 * 64)
+  assert params['sparse_active'] == params['sparse_total'] // 2
+  assert params['active'] == params['total'] - params['sparse_active']
+  assert json.load(open(os.path.join(model_dir, 'config.json')))['config'] == CONFIG
+
+  train_events = _events(os.path.join(model_dir, 'logs', 'train'))
+  for tag in ('epoch_loss', 'epoch_top1', 'epoch_top5', 'epoch_learning_rate'):
+    assert [step for step, _ in train_events[tag]] == [0, 1], tag
+  assert train_events['epoch_learning_rate'][0][1] == pytest.approx(0.1)
+  assert 'epoch_top1' in _events(os.path.join(model_dir, 'logs', 'validation'))
+  dsr_events = _events(os.path.join(model_dir, 'logs', 'dsr'))
+  assert [step for step, _ in dsr_events['dsr/threshold']] == [3, 6]
+  assert all(v == params['sparse_active'] for _, v in dsr_events['dsr/total_active'])
+
+
+def test_saved_model_is_stripped_and_matches_results(runs):
+  model = keras.models.load_model(os.path.join(runs['a'], 'saved_model'),
+                                  compile=False)
+  assert not any('dynamic_sparse' in layer.name for layer in model.layers)
+  results = runs['results']
+  for layer in results['params']['per_layer']:
+    if layer['sparse']:
+      kernel = model.get_layer(layer['name']).kernel.numpy()
+      assert np.count_nonzero(kernel) <= layer['active']
+  model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name='top1')])
+  with tfds.testing.mock_data(num_examples=40):
+    evaluation = data.load(runner.resolve(CONFIG, TINY)).eval
+    scores = model.evaluate(evaluation, verbose=0, return_dict=True)
+  assert scores['top1'] == pytest.approx(results['top1'], abs=1e-6)
+
+
+def test_resume_continues_exactly(runs):
+  uninterrupted = _checkpoint(os.path.join(runs['a'], 'checkpoints', 'ckpt-2'))
+  resumed = _checkpoint(os.path.join(runs['b'], 'checkpoints', 'ckpt-2'))
+  assert uninterrupted.keys() == resumed.keys()
+  masks = [k for k in uninterrupted if '_mask/' in k]
+  state = [k for k in uninterrupted if 'dynamic_sparsity_state' in k]
+  slots = [k for k in uninterrupted if 'optimizer' in k]
+  assert len(masks) == 6 and len(state) == 3 and slots
+  for key in uninterrupted:
+    np.testing.assert_array_equal(uninterrupted[key], resumed[key], err_msg=key)
+  # The resumed epoch did move masks (a reallocation at step 6).
+  moved = [k for k in masks if not np.array_equal(runs['b_epoch1'][k], resumed[k])]
+  assert moved
+  assert runs['resumed_results']['top1'] == runs['results']['top1']
+
+
+def test_existing_run_is_protected(runs):
+  index = os.path.join(runs['a'], 'checkpoints', 'checkpoint')
+  before = open(index).read()
+  with pytest.raises(LaunchError, match='already holds a run .* pass --resume'):
+    runner.run(runner.resolve(CONFIG, TINY + ['epochs=2']), model_dir=runs['a'])
+  with pytest.raises(LaunchError,
+                     match=r"differs .* \(sparsity: 0.5 -> 0.6\); only epochs"):
+    runner.run(runner.resolve(CONFIG, TINY + ['epochs=3', 'sparsity=0.6']),
+               model_dir=runs['a'], resume=True)
+  assert open(index).read() == before
+
+
+# --------------------------------------------------------------- bad input
+def test_resume_without_checkpoint_writes_nothing(tmp_path):
+  model_dir = tmp_path / 'run'
+  with pytest.raises(LaunchError, match='--resume: no checkpoint in'):
+    runner.run(runner.resolve('small_cnn_digits_dsr'), model_dir=str(model_dir),
+               resume=True)
+  assert not model_dir.exists()
+
+
+def test_missing_data_writes_nothing(tmp_path):
+  model_dir = tmp_path / 'run'
+  with pytest.raises(LaunchError, match='python -m launch.prepare_data'):
+    runner.run(runner.resolve(CONFIG), model_dir=str(model_dir),
+               data_dir=str(tmp_path / 'data'))
+  assert not model_dir.exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config=wrn28_2_cifar10_dsr_s0.95'],
+     r"unknown config 'wrn28_2_cifar10_dsr_s0.95'; valid configs are:\n"
+     r"(  \S+\n)*  wrn28_2_cifar10_dsr_s0.9\n"),
+    (['--config=small_cnn_digits_dsr', '--override', 'epoch=2'],
+     r"--override 'epoch=2': unknown key 'epoch'; valid keys are: .*, epochs, "),
+    (['--config=small_cnn_digits_dsr', '--resume'],
+     r'--resume: no checkpoint in .*; start the run without --resume'),
+])
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
+  model_dir = tmp_path / 'run'
+  done = _cli(*args, f'--model_dir={model_dir}')
+  assert done.returncode == 2, done.stderr
+  assert re.search('error: ' + message, done.stderr), done.stderr
+  assert 'Traceback' not in done.stderr
+  assert not model_dir.exists()
+
+
+# -------------------------------------------------------------- quick start
+def test_quickstart_prints_its_table():
+  done = subprocess.run(
+      [sys.executable, '-m', 'launch.quickstart', '--seeds=2', '--override',
+       'epochs=5'], capture_output=True, text=True, cwd=REPO, env=_env())
+  assert done.returncode == 0, done.stderr
+  rows = re.findall(r'^(dense|static sparse|DSR) +([\d,]+) / ([\d,]+) +(\d+) +'
+                    r'([\d.]+) \+- ([\d.]+) +(\d+)$', done.stdout, re.MULTILINE)
+  assert [r[0] for r in rows] == ['dense', 'static sparse', 'DSR'], done.stdout
+  # LeNet-300-100 on 64 inputs: 50,610 parameters; at sparsity 0.9 the
+  # kernels keep 1,920 + 3,000 + 100 and the 410 biases stay: 5,430.
+  assert [(r[1], r[2]) for r in rows] == [('50,610', '50,610'),
+                                          ('5,430', '50,610'),
+                                          ('5,430', '50,610')]
+  for row in rows:
+    assert row[3] == '210' and row[6] == '2'  # 5 epochs of 42 steps, 2 seeds.
+    assert 0 <= float(row[5]) < 0.3
+  # Chance is 0.1. After 5 of the quick start's 30 epochs the dense model is
+  # near its final accuracy; the sparse ones, at 1/10 of the fan-in, are
+  # still climbing (about 0.65 here, 0.96 after 30 epochs).
+  assert float(rows[0][4]) > 0.9
+  assert float(rows[1][4]) > 0.3 and float(rows[2][4]) > 0.3

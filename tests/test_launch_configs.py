@@ -1,0 +1,223 @@
+"""Tests for launch.configs, launch.overrides and launch.modeling.
+
+Every named config builds its model; the parameter counts are checked against
+the counts derived in tests/test_models.py.
+"""
+
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+import tf_dsr
+from tf_dsr import keras
+
+from launch import configs
+from launch import modeling
+from launch import overrides
+from launch.errors import LaunchError
+
+WRN_SPARSE, WRN_TRAINABLE = 1_451_520, 1_467_610  # See tests/test_models.py.
+R50_SPARSE, R50_TRAINABLE = 22_724_608, 25_557_032
+# LeNet-300-100 on 8x8 digits: 64*300 + 300*100 + 100*10 = 50,200 kernel
+# weights; with biases 50,610.
+LENET_DIGITS_SPARSE, LENET_DIGITS_TRAINABLE = 50_200, 50_610
+# On 28x28 MNIST: 784*300 + 300*100 + 100*10 = 266,200 kernel weights; 266,610.
+LENET_MNIST_SPARSE, LENET_MNIST_TRAINABLE = 266_200, 266_610
+# small_cnn: sparse conv2 (9*16*32 = 4,608) and fc (32*10 = 320); 5,130 in all.
+SMALL_SPARSE, SMALL_TRAINABLE = 4_928, 5_130
+
+# name prefix -> (input shape, classes, sparse weights, trainable, sparse tensors)
+FAMILIES = {
+    'wrn28_2_cifar10': ((32, 32, 3), 10, WRN_SPARSE, WRN_TRAINABLE, 24),
+    'resnet50_imagenet': ((224, 224, 3), 1000, R50_SPARSE, R50_TRAINABLE, 49),
+    'lenet_digits': ((8, 8, 1), 10, LENET_DIGITS_SPARSE, LENET_DIGITS_TRAINABLE,
+                     3),
+    'lenet_mnist': ((28, 28, 1), 10, LENET_MNIST_SPARSE, LENET_MNIST_TRAINABLE,
+                    3),
+    'small_cnn_digits': ((8, 8, 1), 10, SMALL_SPARSE, SMALL_TRAINABLE, 2),
+}
+
+
+def _family(name):
+  return next(f for f in FAMILIES if name.startswith(f + '_'))
+
+
+def test_registry_has_every_paper_run():
+  expected = {'wrn28_2_cifar10_dense', 'resnet50_imagenet_dense',
+              'lenet_digits_dense', 'lenet_digits_static', 'lenet_digits_dsr',
+              'lenet_mnist_dense', 'lenet_mnist_static', 'lenet_mnist_dsr',
+              'small_cnn_digits_dsr'}
+  for method in ('dsr', 'static', 'thin'):
+    expected |= {f'wrn28_2_cifar10_{method}_s{s}'
+                 for s in ('0.5', '0.6', '0.7', '0.8', '0.9')}
+    expected |= {f'resnet50_imagenet_{method}_s{s}' for s in ('0.8', '0.9')}
+  assert set(configs.names()) == expected
+  for name in configs.names():
+    assert configs.get(name).name == name
+
+
+def test_paper_settings():
+  """DSR_SPEC section 5, column by column."""
+  wrn = configs.get('wrn28_2_cifar10_dsr_s0.9')
+  assert (wrn.arch, wrn.depth, wrn.width, wrn.dataset) == (
+      'wide_resnet', 28, 2, 'cifar10')
+  assert (wrn.sparsity, wrn.target_pruned, wrn.stop_epoch) == (0.9, 20_000, 190)
+  assert wrn.period == {0: 100, 25: 200, 80: 400, 140: 800}
+  assert (wrn.epochs, wrn.batch_size, wrn.weight_decay) == (200, 100, 5e-4)
+  assert wrn.learning_rate == {0: 0.1, 60: 0.02, 120: 0.004, 160: 0.0008}
+  assert (wrn.momentum, wrn.nesterov, wrn.augment) == (0.9, True, True)
+  r50 = configs.get('resnet50_imagenet_dsr_s0.8')
+  assert (r50.arch, r50.dataset, r50.sparsity) == ('resnet50', 'imagenet2012', 0.8)
+  assert (r50.target_pruned, r50.stop_epoch) == (400_000, 95)
+  assert r50.period == {0: 1000, 25: 2000, 50: 4000, 75: 8000}
+  assert (r50.epochs, r50.batch_size, r50.weight_decay) == (100, 256, 1e-4)
+  assert r50.learning_rate == {0: 0.1, 30: 0.01, 60: 0.001, 90: 0.0001}
+  # Baselines share everything but the method's own settings.
+  static = configs.get('wrn28_2_cifar10_static_s0.9')
+  assert static.period is None and static.target_pruned is None
+  assert (static.learning_rate, static.epochs, static.batch_size) == (
+      wrn.learning_rate, wrn.epochs, wrn.batch_size)
+  assert configs.get('wrn28_2_cifar10_dense').sparsity == 0
+  assert configs.get('resnet50_imagenet_thin_s0.9').width_multiplier is None
+  # On a TPU no reallocation is late: steps per execution divide every period.
+  for name in configs.names():
+    config = configs.get(name)
+    if name.startswith(('wrn', 'resnet')) and config.method == 'dsr':
+      assert all(p % config.tpu_steps_per_execution == 0
+                 for p in config.period.values())
+
+
+def test_unknown_config_lists_valid_names():
+  with pytest.raises(LaunchError, match='unknown config') as info:
+    configs.get('wrn28_2_cifar10_dsr_s0.95')
+  for name in configs.names():
+    assert name in str(info.value)
+
+
+def test_overrides_parse_by_field_type():
+  base = configs.get('wrn28_2_cifar10_dsr_s0.9')
+  config = overrides.apply(base, [
+      'epochs=3', 'batch_size=64', 'sparsity=0.8', 'target_pruned=1_000',
+      'period={0: 10, 2: 20}', 'learning_rate=0.05', 'stop_epoch=none',
+      'augment=false', 'weight_decay=1e-4', 'dataset=cifar10'])
+  assert (config.epochs, config.batch_size, config.sparsity) == (3, 64, 0.8)
+  assert config.target_pruned == 1000 and isinstance(config.target_pruned, int)
+  assert config.period == {0: 10, 2: 20}
+  assert config.learning_rate == {0: 0.05}
+  assert config.stop_epoch is None and config.augment is False
+  assert config.weight_decay == 1e-4
+  assert config.name == base.name and base.epochs == 200  # base untouched
+
+
+@pytest.mark.parametrize('item, message', [
+    ('epoch=3', r"unknown key 'epoch'; valid keys are: arch, dataset, .*epochs"),
+    ('epochs', 'not of the form key=value'),
+    ('=3', 'not of the form key=value'),
+    ('epochs=1.5', "epochs must be an int, got '1.5'"),
+    ('sparsity=high', "sparsity must be a number, got 'high'"),
+    ('augment=maybe', "augment must be true or false, got 'maybe'"),
+    ('period={0: 1.5}', r'period must be a dict \{epoch: int\}'),
+    ('learning_rate={0: 0.1', 'learning_rate must be a dict'),
+    ('sparsity=1.0', r'`sparsity` must be in \(0, 1\)'),
+    ('epochs=0', '`epochs` must be an int >= 1, got 0'),
+    ('depth=27', r'`depth` must be such that \(depth - 4\) % 6 == 0'),
+    ('period={1: 100}', '`period` must be a dict'),
+    ('width_multiplier=0.5', "applies only to method 'thin'"),
+    ('image_size=64', "only 'imagenet2012' can be resized"),
+    ('name=x', "unknown key 'name'"),
+])
+def test_bad_overrides_name_the_key(item, message):
+  with pytest.raises(LaunchError, match=message):
+    overrides.apply(configs.get('wrn28_2_cifar10_dsr_s0.9'), [item])
+
+
+def test_override_inconsistent_with_method():
+  with pytest.raises(LaunchError, match="`sparsity` must be 0 for method 'dense'"):
+    overrides.apply(configs.get('wrn28_2_cifar10_dense'), ['sparsity=0.5'])
+  with pytest.raises(LaunchError, match="`target_pruned` must be None"):
+    overrides.apply(configs.get('wrn28_2_cifar10_static_s0.9'),
+                    ['target_pruned=5'])
+  with pytest.raises(LaunchError, match='`weight_decay` must be 0'):
+    overrides.apply(configs.get('lenet_digits_dsr'), ['weight_decay=1e-4'])
+
+
+def test_configs_cli_without_tensorflow():
+  code = ('import sys; from launch import configs; '
+          'assert "tensorflow" not in sys.modules; '
+          'sys.exit(configs.main(sys.argv[1:]))')
+  listed = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, check=True)
+  assert listed.stdout.split() == configs.names()
+  shown = subprocess.run([sys.executable, '-c', code, 'lenet_digits_dsr'],
+                         capture_output=True, text=True, check=True)
+  assert '"target_pruned": 250' in shown.stdout
+  bad = subprocess.run([sys.executable, '-c', code, 'nope'],
+                       capture_output=True, text=True)
+  assert bad.returncode == 2 and "unknown config 'nope'" in bad.stderr
+
+
+# ------------------------------------------------------------------ models
+def _initial_active(config, sparse_sizes):
+  return sum(max(1, round((1 - config.sparsity) * n)) for n in sparse_sizes)
+
+
+@pytest.mark.parametrize('name', configs.names())
+def test_every_config_builds_its_model(name):
+  keras.backend.clear_session()
+  config = configs.get(name)
+  shape, classes, sparse, trainable, tensors = FAMILIES[_family(name)]
+  built = modeling.method(config.method).build(config, shape, classes)
+  model = built.model
+  assert model.output_shape == (None, classes)
+  report = tf_dsr.sparsity_report(model)
+  if config.method == 'dense':
+    assert report.model_total == trainable and not report.tensors
+  elif config.method == 'thin':
+    assert report.model_total < trainable and not report.tensors
+    # The target is the sparse model's active count (checked below for the
+    # sparse configs), and the thin model is within 2% of it.
+    assert abs(report.model_total - built.target_params) <= (
+        0.02 * built.target_params)
+    assert 0 < built.width_multiplier < 1
+  else:
+    assert len(report.tensors) == tensors
+    assert report.sparse_total == sparse and report.model_total == trainable
+    sizes = [t.total for t in report.tensors]
+    assert report.sparse_active == _initial_active(config, sizes)
+    assert report.model_active == trainable - sparse + report.sparse_active
+
+
+def test_thin_target_is_the_sparse_active_count():
+  """The thin model matches what the sparse model of the same sparsity keeps."""
+  for sparsity in ('0.5', '0.9'):
+    sparse = modeling.method('static').build(
+        configs.get(f'wrn28_2_cifar10_static_s{sparsity}'), (32, 32, 3), 10)
+    thin = modeling.method('thin').build(
+        configs.get(f'wrn28_2_cifar10_thin_s{sparsity}'), (32, 32, 3), 10)
+    assert thin.target_params == tf_dsr.sparsity_report(sparse.model).model_active
+  # WRN-28-2 at 0.9 keeps 145,152 + 16,090 = 161,242 +- rounding: 161,245.
+  assert thin.target_params == 161_245
+
+
+def test_search_width_on_a_known_curve():
+  # params = 100 c**2 + 10 with an integer channel count c = round(100 m), so
+  # the count moves in steps: c = 49 gives 240,110 and c = 50 gives 250,010.
+  count = lambda m: 100 * round(100 * m) ** 2 + 10
+  multiplier, params = modeling.search_width(count, 250_010, tolerance=0.001)
+  assert params == 250_010 and round(100 * multiplier) == 50
+  # 245,010 falls between the steps: 240,110 is 2.00% below (4,900 / 245,010),
+  # 250,010 is 2.04% above, so only the first is within a 2% tolerance.
+  multiplier, params = modeling.search_width(count, 245_010, tolerance=0.02)
+  assert params == 240_110 and round(100 * multiplier) == 49
+  with pytest.raises(LaunchError, match='closest is'):
+    modeling.search_width(count, 245_010, tolerance=0.001)
+
+
+def test_learning_rate_schedule_by_epoch():
+  schedule = modeling.PiecewiseByEpoch({0: 0.1, 2: 0.01, 5: 0.001}, 10)
+  rates = [float(schedule(tf.constant(step))) for step in (0, 19, 20, 49, 50, 999)]
+  assert rates == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+  restored = modeling.PiecewiseByEpoch.from_config(schedule.get_config())
+  assert float(restored(tf.constant(20))) == pytest.approx(0.01)
