@@ -60,9 +60,23 @@ def count_entries(weight, mask, threshold):
           tf.reduce_sum(rows // 65536))
 
 
-def _prune(weight, mask, threshold, active, below):
-  """Pruned and surviving entries, given the counts of `count_entries`."""
+def would_empty(counts):
+  """True when pruning at H would empty some tensor (given `count_entries`)."""
+  return tf.reduce_any(tf.stack([(active > 0) & (active == below)
+                                 for active, below, _ in counts]))
+
+
+def _prune(weight, mask, threshold, active, below, keep_largest=True):
+  """Pruned and surviving entries, given the counts of `count_entries`.
+
+  With `keep_largest=False` the caller guarantees that no tensor would be
+  emptied (`would_empty` is False), which spares a conditional per tensor
+  whose operands XLA would have to materialise.
+  """
   magnitude = tf.abs(tf.cast(weight, tf.float32))
+  if not keep_largest:
+    pruned = mask & (magnitude < tf.cast(threshold, tf.float32))
+    return mask & ~pruned, pruned, below
   emptied = (active > 0) & (active == below)
 
   def largest():
