@@ -265,6 +265,11 @@ class BaseReallocator:
     as TPUs and XLA require. Returns the first replica's outputs.
     """
     def copies(variable):
+      # Mixed precision: pass the float32 variable that a Keras
+      # AutoCastVariable wraps. Its trace type equals only itself, so passing
+      # the wrapper would retrace (and recompile) at every call.
+      if hasattr(variable, 'true_dtype'):
+        variable = variable._variable  # pylint: disable=protected-access
       return list(getattr(variable, 'values', None) or [variable])
 
     state = self.state

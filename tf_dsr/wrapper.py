@@ -149,7 +149,11 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
           trainable=False,
           experimental_autocast=False)
       with tf.init_scope():
-        kernel.assign(tf.cast(kernel, dtype) * mask)
+        # `numpy()` reads the stored (float32) value. Under a mixed-precision
+        # policy Keras builds layers inside its autocast scope, where reading
+        # `kernel` as a tensor gives its float16/bfloat16 cast, which would
+        # round every initial weight to 16 bits.
+        kernel.assign(tf.convert_to_tensor(kernel.numpy(), dtype) * mask)
       self._sparse_weights.append((kernel, mask))
       self._substitution_targets.append(attribute)
 
