@@ -58,3 +58,21 @@ def assert_masked_weights_zero(model):
 @pytest.fixture
 def data():
   return tiny_data()
+
+
+def assert_reset_where_moved(pairs, slots, before, read=lambda v: v.numpy()):
+  """After a reallocation that started from masks `before` (with every slot set
+  to 1): slots are 0 where an entry was pruned or regrown and untouched where
+  it survived, and regrown kernel entries are 0. Returns the number regrown."""
+  num_regrown = 0
+  for (kernel, mask), group, old in zip(pairs, slots, before):
+    new = mask.numpy()
+    kept = (old > 0) & (new > 0)
+    for slot in group:
+      value = slot.numpy()
+      assert (value[~kept] == 0).all()
+      assert (value[kept] == 1).all()
+    regrown = (new > 0) & (old == 0)
+    assert (read(kernel)[regrown] == 0).all()
+    num_regrown += int(regrown.sum())
+  return num_regrown

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import tf_dsr
 from tf_dsr import keras
+from tests.conftest import assert_reset_where_moved
 from tests.conftest import masks_of
 from tests.conftest import sparse_pairs
 from tests.conftest import sparse_tiny_cnn
@@ -163,19 +164,8 @@ def test_optimizer_state_is_found_and_reset(policy, name):
   realloc.state.threshold.assign(5e-2)
   stats = realloc.reallocate()
   assert stats.pruned > 0
-  num_regrown = 0
-  for (kernel, mask), group, old in zip(pairs, slots, before):
-    new = mask.numpy()
-    kept = (old > 0) & (new > 0)
-    for slot in group:
-      value = slot.numpy()
-      # Pruned and regrown positions are zero, surviving ones untouched.
-      assert (value[~kept] == 0).all()
-      assert (value[kept] == 1).all()
-    regrown = (new > 0) & (old == 0)
-    assert (_true_values(kernel)[regrown] == 0).all()
-    num_regrown += int(regrown.sum())
-  assert num_regrown == stats.pruned
+  assert assert_reset_where_moved(pairs, slots, before,
+                                  read=_true_values) == stats.pruned
 
 
 def _probes(compute_dtype):

@@ -8,6 +8,7 @@ import tensorflow as tf
 import tf_dsr
 from tf_dsr import keras
 from tests.conftest import assert_masked_weights_zero
+from tests.conftest import assert_reset_where_moved
 from tests.conftest import masks_of
 from tests.conftest import sparse_pairs
 from tests.conftest import sparse_tiny_cnn
@@ -78,16 +79,7 @@ def test_optimizer_state_is_reset_where_weights_moved(name):
   realloc.state.threshold.assign(5e-2)
   stats = realloc.reallocate()
   assert stats.pruned > 0
-  for (kernel, mask), group, old in zip(pairs, slots, before):
-    new = mask.numpy()
-    kept = (old > 0) & (new > 0)
-    for slot in group:
-      value = slot.numpy()
-      # Pruned and regrown positions are zero, surviving ones untouched.
-      assert (value[~kept] == 0).all()
-      assert (value[kept] == 1).all()
-    regrown = (new > 0) & (old == 0)
-    assert (kernel.numpy()[regrown] == 0).all()
+  assert assert_reset_where_moved(pairs, slots, before) == stats.pruned
 
 
 def test_invariants_over_many_reallocations_while_training():
