@@ -3,16 +3,22 @@
 Mostafa & Wang, ICML 2019, https://arxiv.org/abs/1902.05967; the settings are
 those of DSR_SPEC.md section 5. Names read `{model}_{dataset}_{method}[_s{sparsity}]`:
 
-- `wrn28_2_cifar10_dense` and `wrn28_2_cifar10_{dsr,static,thin}_s{0.5,...,0.9}`
-- `resnet50_imagenet_dense` and `resnet50_imagenet_{dsr,static,thin}_s{0.8,0.9}`
-- `lenet_digits_{dense,static,dsr}` (the quick start) and `lenet_mnist_{...}`
-- `small_cnn_digits_dsr`: a few seconds on a CPU, for tests and smoke runs
+- `wrn28_2_cifar10_dense` and `wrn28_2_cifar10_{METHOD}_s{0.5,...,0.9}`
+- `resnet50_imagenet_dense` and `resnet50_imagenet_{METHOD}_s{0.8,0.9}`
+- `lenet_digits_{dense,METHOD}` (the quick start; sparsity 0.9) and
+  `lenet_mnist_{dense,static,dsr}`
+- `small_cnn_digits_{dense,METHOD}`: a few seconds on a CPU, for tests, smoke
+  runs and the `small` experiment suite (sparsity 0.5)
 
-Methods: `dense` trains the full model; `dsr` trains it sparse with Dynamic
-Sparse Reparameterization; `static` trains it sparse with the random initial
-mask frozen; `thin` trains a narrower dense model with as many parameters as
-the sparse model has active ones (the width is searched at launch unless
-`width_multiplier` is given).
+Methods (the comparisons of DSR_SPEC sections 6-8): `dense` trains the full
+model; `dsr` trains it sparse with Dynamic Sparse Reparameterization; `static`
+trains it sparse with the random initial mask frozen (or, with `masks_from`,
+a run's exported final masks: the controls of section 7); `set` (Mocanu et
+al. 2018) and `deepr` (Bellec et al. 2018) are the other dynamic sparse
+rules; `prune` trains dense and prunes by magnitude to the target sparsity
+(Zhu & Gupta 2017, tfmot's `PolynomialDecay`); `thin` trains a narrower dense
+model with as many parameters as the sparse model has active ones (the width
+is searched at launch unless `width_multiplier` is given).
 
 `python -m launch.configs` lists the names; `python -m launch.configs NAME`
 prints one config. This module does not import TensorFlow.
@@ -28,11 +34,14 @@ from launch.errors import LaunchError
 
 ARCHS = ('lenet_300_100', 'resnet50', 'small_cnn', 'wide_resnet')
 DATASETS = ('cifar10', 'digits', 'imagenet2012', 'mnist')
-METHODS = ('dense', 'dsr', 'static', 'thin')
-SPARSE_METHODS = ('dsr', 'static', 'thin')
+METHODS = ('dense', 'deepr', 'dsr', 'prune', 'set', 'static', 'thin')
+SPARSE_METHODS = ('deepr', 'dsr', 'prune', 'set', 'static', 'thin')
+# Methods that move masks with a tf_dsr reallocation rule on a period.
+REALLOCATING = ('deepr', 'dsr', 'set')
+INITIAL_VALUES = ('random', 'saved')
 # Archs whose builder has a `weight_decay` argument / a width multiplier.
 _DECAY_ARCHS = ('resnet50', 'wide_resnet')
-_WIDTH_ARCHS = ('resnet50', 'wide_resnet')
+_WIDTH_ARCHS = ('lenet_300_100', 'resnet50', 'small_cnn', 'wide_resnet')
 _AUGMENTED = ('cifar10', 'imagenet2012')  # Datasets with the paper's augmentation.
 
 
@@ -51,10 +60,11 @@ class ExperimentConfig:
       kernels DSR makes sparse).
     dataset: 'cifar10', 'imagenet2012', 'mnist' (tfds) or 'digits'
       (scikit-learn, no download).
-    method: 'dense', 'dsr', 'static' or 'thin'.
-    sparsity: initial fraction of zeros in each sparse kernel ('dsr',
-      'static'); for 'thin', the sparse model whose active parameter count the
-      thin model matches. 0 for 'dense'.
+    method: one of `METHODS` (see the module docstring).
+    sparsity: initial fraction of zeros in each sparse kernel ('dsr', 'set',
+      'deepr', 'static'); the final one for 'prune'; for 'thin', the sparse
+      model whose active parameter count the thin model matches. 0 for
+      'dense'.
     depth: WRN depth (wide_resnet only).
     width: WRN widening factor (wide_resnet only).
     width_multiplier: 'thin' only: the channel multiplier; None searches the
@@ -62,11 +72,24 @@ class ExperimentConfig:
     weight_decay: SGD weight decay on the kernels (wide_resnet and resnet50).
     image_size: input side for imagenet2012 (None: 224); other datasets keep
       their native size.
-    target_pruned: N_p, the weights each DSR reallocation aims to prune.
+    target_pruned: N_p, the weights each DSR reallocation aims to prune
+      ('dsr'; for 'set' it sets the default drop fraction N_p / active).
     tolerance: DSR's tolerance delta around N_p.
     initial_threshold: DSR's initial pruning threshold H.
-    period: DSR reallocation period in steps, by epoch.
-    stop_epoch: no reallocation from this 0-based epoch on (None: never stop).
+    period: reallocation period in steps, by epoch ('dsr', 'set', 'deepr').
+    stop_epoch: no reallocation from this 0-based epoch on (None: never
+      stop); the masks stay frozen after it.
+    drop_fraction: 'set' only: fraction of each tensor's active weights
+      dropped per reallocation (None: N_p / active count, DSR's churn).
+    l1: 'deepr' only: the L1 coefficient alpha.
+    temperature: 'deepr' only: the temperature T of the noise, by epoch.
+    prune_begin_epoch: 'prune' only: the epoch gradual pruning starts.
+    prune_end_epoch: 'prune' only: the epoch it reaches `sparsity`.
+    prune_frequency: 'prune' only: steps between mask updates.
+    masks_from: 'static' only: a model_dir whose exported final masks
+      (`final_masks.npz`) the run freezes instead of random ones.
+    initial_values: 'random' (a fresh initialisation) or 'saved' (with
+      `masks_from`: that run's initial values, `initial_weights.npz`).
     epochs: training epochs.
     batch_size: global batch size, split evenly across replicas.
     learning_rate: learning rate by epoch.
@@ -98,6 +121,14 @@ class ExperimentConfig:
   initial_threshold: float = 1e-3
   period: Optional[Dict[int, int]] = None
   stop_epoch: Optional[int] = None
+  drop_fraction: Optional[float] = None
+  l1: Optional[float] = None
+  temperature: Optional[Dict[int, float]] = None
+  prune_begin_epoch: Optional[int] = None
+  prune_end_epoch: Optional[int] = None
+  prune_frequency: Optional[int] = None
+  masks_from: Optional[str] = None
+  initial_values: str = 'random'
   epochs: int = 1
   batch_size: int = 32
   learning_rate: Dict[int, float] = dataclasses.field(
@@ -153,6 +184,21 @@ def _check_by_epoch(config, field, value_ok, expected):
     _fail(field, value, what)
 
 
+# Fields that only some methods use; None for every other method.
+METHOD_FIELDS = {
+    'target_pruned': ('dsr', 'set'),
+    'period': REALLOCATING,
+    'stop_epoch': REALLOCATING,
+    'drop_fraction': ('set',),
+    'l1': ('deepr',),
+    'temperature': ('deepr',),
+    'prune_begin_epoch': ('prune',),
+    'prune_end_epoch': ('prune',),
+    'prune_frequency': ('prune',),
+    'masks_from': ('static',),
+}
+
+
 def _validate(c):
   """Raises LaunchError naming the first bad field of config `c`."""
   for field, choices in (('arch', ARCHS), ('dataset', DATASETS),
@@ -192,18 +238,41 @@ def _validate(c):
     if c.dataset != 'imagenet2012':
       _fail('image_size', c.image_size, "None: only 'imagenet2012' can be resized")
     _check_int(c, 'image_size', 32)
-  if c.method == 'dsr':
-    _check_int(c, 'target_pruned', 1)
+  for field, methods in METHOD_FIELDS.items():
+    if c.method not in methods and getattr(c, field) is not None:
+      _fail(field, getattr(c, field), 'None: it applies only to method' +
+            (f' {methods[0]!r}' if len(methods) == 1 else f's {list(methods)}'))
+  if c.method in REALLOCATING:
     _check_by_epoch(c, 'period', lambda v: _is_int(v) and v > 0, 'steps > 0')
     _check_int(c, 'stop_epoch', 0, optional=True)
+  if c.method == 'dsr':
+    _check_int(c, 'target_pruned', 1)
     if not _is_number(c.tolerance) or not 0 < c.tolerance < 1:
       _fail('tolerance', c.tolerance, 'in (0, 1)')
     if not _is_number(c.initial_threshold) or c.initial_threshold <= 0:
       _fail('initial_threshold', c.initial_threshold, 'a number > 0')
-  else:
-    for field in ('target_pruned', 'period', 'stop_epoch'):
-      if getattr(c, field) is not None:
-        _fail(field, getattr(c, field), "None: it applies only to method 'dsr'")
+  if c.method == 'set':
+    _check_int(c, 'target_pruned', 1, optional=c.drop_fraction is not None)
+    if c.drop_fraction is not None and not (
+        _is_number(c.drop_fraction) and 0 < c.drop_fraction < 1):
+      _fail('drop_fraction', c.drop_fraction, 'in (0, 1) or None')
+  if c.method == 'deepr':
+    if not _is_number(c.l1) or c.l1 < 0:
+      _fail('l1', c.l1, 'a number >= 0')
+    _check_by_epoch(c, 'temperature', lambda v: _is_number(v) and v >= 0,
+                    'T >= 0')
+  if c.method == 'prune':
+    _check_int(c, 'prune_begin_epoch', 0)
+    _check_int(c, 'prune_end_epoch', c.prune_begin_epoch + 1)
+    _check_int(c, 'prune_frequency', 1)
+  if c.initial_values not in INITIAL_VALUES:
+    _fail('initial_values', c.initial_values, f'one of {list(INITIAL_VALUES)}')
+  if c.initial_values == 'saved' and c.masks_from is None:
+    _fail('initial_values', c.initial_values, "'random' unless `masks_from` "
+          'names the run whose initial values to use')
+  if c.masks_from is not None and (not isinstance(c.masks_from, str) or
+                                   not c.masks_from):
+    _fail('masks_from', c.masks_from, 'a model_dir or None')
   _check_int(c, 'epochs', 1)
   _check_int(c, 'batch_size', 1)
   _check_by_epoch(c, 'learning_rate', lambda v: _is_number(v) and v > 0,
@@ -229,17 +298,45 @@ def _name(prefix, method, sparsity):
   return f'{prefix}_{method}' + (f'_s{sparsity:g}' if method != 'dense' else '')
 
 
+def _method_fields(method, target_pruned, period, stop_epoch, deepr, prune):
+  """The method-specific fields of a family's config.
+
+  Args:
+    method: a method of `METHODS`.
+    target_pruned, period, stop_epoch: DSR's N_p, period by epoch and stop
+      epoch; SET uses the same, so that its churn equals DSR's (its drop
+      fraction defaults to N_p / active count).
+    deepr: `(l1, temperature by epoch)`; DeepR runs after every step and never
+      stops, as in Bellec et al. 2018.
+    prune: `(begin epoch, end epoch, frequency in steps)` of gradual pruning.
+  """
+  if method in ('dsr', 'set'):
+    return dict(target_pruned=target_pruned, period=dict(period),
+                stop_epoch=stop_epoch)
+  if method == 'deepr':
+    return dict(period={0: 1}, l1=deepr[0], temperature=dict(deepr[1]))
+  if method == 'prune':
+    return dict(prune_begin_epoch=prune[0], prune_end_epoch=prune[1],
+                prune_frequency=prune[2])
+  return {}
+
+
 def _wrn28_2_cifar10(method, sparsity=0.0):
-  """WRN-28-2 on CIFAR-10 (DSR_SPEC section 5, left column)."""
-  dsr = method == 'dsr'
+  """WRN-28-2 on CIFAR-10 (DSR_SPEC section 5, left column).
+
+  DeepR: alpha 1e-5 and T annealed to 0 at the learning-rate drops; gradual
+  pruning from epoch 5 to 100, every 100 steps (Zhu & Gupta prune over the
+  first half of training).
+  """
   return ExperimentConfig(
       name=_name('wrn28_2_cifar10', method, sparsity),
       arch='wide_resnet', depth=28, width=2, dataset='cifar10', method=method,
       sparsity=sparsity, weight_decay=5e-4, epochs=200, batch_size=100,
       learning_rate={0: 0.1, 60: 0.02, 120: 0.004, 160: 0.0008},
-      target_pruned=20_000 if dsr else None,
-      period={0: 100, 25: 200, 80: 400, 140: 800} if dsr else None,
-      stop_epoch=190 if dsr else None, shuffle_buffer=50_000)
+      shuffle_buffer=50_000,
+      **_method_fields(method, 20_000, {0: 100, 25: 200, 80: 400, 140: 800},
+                       190, (1e-5, {0: 1e-7, 60: 1e-8, 120: 0.0}),
+                       (5, 100, 100)))
 
 
 def _resnet50_imagenet(method, sparsity=0.0):
@@ -248,17 +345,17 @@ def _resnet50_imagenet(method, sparsity=0.0):
   The paper's thin baselines used width multipliers 0.54 (s0.8) and 0.46
   (s0.9); the launcher searches the multiplier that matches the parameter
   count of this code's sparse model instead (override `width_multiplier` to
-  use the paper's).
+  use the paper's). Gradual pruning runs from epoch 2 to 50 every 2,000 steps.
   """
-  dsr = method == 'dsr'
   return ExperimentConfig(
       name=_name('resnet50_imagenet', method, sparsity),
       arch='resnet50', dataset='imagenet2012', method=method, sparsity=sparsity,
       weight_decay=1e-4, epochs=100, batch_size=256,
       learning_rate={0: 0.1, 30: 0.01, 60: 0.001, 90: 0.0001},
-      target_pruned=400_000 if dsr else None,
-      period={0: 1000, 25: 2000, 50: 4000, 75: 8000} if dsr else None,
-      stop_epoch=95 if dsr else None, shuffle_buffer=10_000)
+      shuffle_buffer=10_000,
+      **_method_fields(method, 400_000, {0: 1000, 25: 2000, 50: 4000, 75: 8000},
+                       95, (1e-6, {0: 1e-8, 30: 1e-9, 60: 0.0}),
+                       (2, 50, 2000)))
 
 
 def _lenet_digits(method):
@@ -270,35 +367,42 @@ def _lenet_digits(method):
   prunes 2.8%-14% of its active weights per reallocation) every 20 steps,
   which gives 50 reallocations before they stop after epoch 24, leaving the
   last 20% of training to the frozen masks (the paper: the last 5% of a run
-  with about 370 reallocations).
+  with about 370 reallocations). SET uses the same N_p and period; DeepR
+  alpha 1e-4 and T 1e-6 until epoch 20; pruning from epoch 2 to 20.
   """
-  dsr = method == 'dsr'
   return ExperimentConfig(
       name=f'lenet_digits_{method}', arch='lenet_300_100', dataset='digits',
       method=method, sparsity=0.0 if method == 'dense' else 0.9,
       epochs=30, batch_size=32, learning_rate={0: 0.05, 20: 0.01},
-      target_pruned=250 if dsr else None, period={0: 20} if dsr else None,
-      stop_epoch=24 if dsr else None, augment=False, shuffle_buffer=2_000)
+      augment=False, shuffle_buffer=2_000,
+      **_method_fields(method, 250, {0: 20}, 24,
+                       (1e-4, {0: 1e-6, 20: 0.0}), (2, 20, 10)))
 
 
 def _lenet_mnist(method):
   """LeNet-300-100 on MNIST at sparsity 0.9 (266,200 sparse weights)."""
-  dsr = method == 'dsr'
   return ExperimentConfig(
       name=f'lenet_mnist_{method}', arch='lenet_300_100', dataset='mnist',
       method=method, sparsity=0.0 if method == 'dense' else 0.9,
       epochs=20, batch_size=100, learning_rate={0: 0.05, 10: 0.01},
-      target_pruned=1_000 if dsr else None, period={0: 100} if dsr else None,
-      stop_epoch=18 if dsr else None, augment=False, shuffle_buffer=60_000)
+      augment=False, shuffle_buffer=60_000,
+      **_method_fields(method, 1_000, {0: 100}, 18,
+                       (1e-4, {0: 1e-6, 15: 0.0}), (1, 12, 50)))
 
 
-def _small_cnn_digits_dsr():
-  """A tiny conv net on digits: the cheapest end-to-end DSR run (~87% in 10 epochs)."""
+def _small_cnn_digits(method):
+  """A tiny conv net on digits (8x8x1 images): the cheapest end-to-end runs.
+
+  Sparse methods at 0.5 (2,464 active of 4,928 sparse weights); 30 epochs of
+  42 steps, and the same DSR/SET/DeepR/pruning timing as `lenet_digits`.
+  """
   return ExperimentConfig(
-      name='small_cnn_digits_dsr', arch='small_cnn', dataset='digits',
-      method='dsr', sparsity=0.5, epochs=10, batch_size=32,
-      learning_rate={0: 0.1}, target_pruned=50, period={0: 10}, stop_epoch=8,
-      augment=False, shuffle_buffer=2_000)
+      name=f'small_cnn_digits_{method}', arch='small_cnn', dataset='digits',
+      method=method, sparsity=0.0 if method == 'dense' else 0.5, epochs=30,
+      batch_size=32, learning_rate={0: 0.1, 20: 0.02}, augment=False,
+      shuffle_buffer=2_000,
+      **_method_fields(method, 50, {0: 10}, 24, (1e-4, {0: 1e-6, 20: 0.0}),
+                       (2, 20, 10)))
 
 
 def _build_registry():
@@ -306,9 +410,10 @@ def _build_registry():
   for method in SPARSE_METHODS:
     configs += [_wrn28_2_cifar10(method, s) for s in (0.5, 0.6, 0.7, 0.8, 0.9)]
     configs += [_resnet50_imagenet(method, s) for s in (0.8, 0.9)]
+  for method in ('dense',) + SPARSE_METHODS:
+    configs += [_lenet_digits(method), _small_cnn_digits(method)]
   for method in ('dense', 'static', 'dsr'):
-    configs += [_lenet_digits(method), _lenet_mnist(method)]
-  configs.append(_small_cnn_digits_dsr())
+    configs.append(_lenet_mnist(method))
   return {c.name: c for c in sorted(configs, key=lambda c: c.name)}
 
 

@@ -1,19 +1,28 @@
 """From a config to a compiled Keras model: architecture, sparse policy, method.
 
-Each method (`dense`, `dsr`, `static`, `thin`) is a small class with two
-steps: `build` makes the model (sparse ones through `tf_dsr.sparsify` with the
-paper's sparse policy, `models.sparse_kernel_layers`), and `attach` binds what
-keeps its masks (DSR's `ReallocationCallback`, or frozen masks). `attach` must
-run before a checkpoint is restored, since it creates the DSR state the
-checkpoint holds.
+Each method (`dense`, `thin`, `static`, `dsr`, `set`, `deepr`, `prune`) is a
+small class with two steps: `build` makes the model (sparse ones through
+`tf_dsr.sparsify`, or tfmot's `prune_low_magnitude` for `prune`, on the
+paper's sparse policy `models.sparse_kernel_layers`), and `attach` binds what
+keeps its masks (a `ReallocationCallback` running the method's
+`tf_dsr.REALLOCATORS` rule, frozen masks, or tfmot's `UpdatePruningStep`).
+`attach` must run before a checkpoint is restored, since it creates the state
+the checkpoint holds.
+
+The controls of the follow-up study (DSR_SPEC section 7) are `static` runs
+with `masks_from`: the masks a run exported at its end, with a fresh
+initialisation or (`initial_values='saved'`) that run's values at step 0.
 """
 
 import contextlib
 import dataclasses
 import math
+import os
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
+import tensorflow_model_optimization as tfmot
 import tf_dsr
 from tf_dsr import keras
 
@@ -38,13 +47,15 @@ def _resnet50(config, input_shape, num_classes, width_multiplier):
 
 
 def _lenet_300_100(config, input_shape, num_classes, width_multiplier):
-  del config, width_multiplier
-  return models.lenet_300_100(input_shape=input_shape, num_classes=num_classes)
+  del config
+  return models.lenet_300_100(input_shape=input_shape, num_classes=num_classes,
+                              width_multiplier=width_multiplier)
 
 
 def _small_cnn(config, input_shape, num_classes, width_multiplier):
-  del config, width_multiplier
-  return models.small_cnn(input_shape=input_shape, num_classes=num_classes)
+  del config
+  return models.small_cnn(input_shape=input_shape, num_classes=num_classes,
+                          width_multiplier=width_multiplier)
 
 
 _ARCHS = {
@@ -158,27 +169,94 @@ def freeze_masks(model):
   return tf_dsr.StaticReallocator(model)
 
 
+# What a run exports for the controls (see `launch.outputs`).
+INITIAL_WEIGHTS = 'initial_weights.npz'
+FINAL_MASKS = 'final_masks.npz'
+
+
+def weights_by_name(model):
+  """`{variable name: value}` of every weight of `model` (masks included)."""
+  return {v.name: v.numpy() for v in model.weights}
+
+
+def masks_by_name(model):
+  """`{mask variable name: value}` of every DynamicSparseWrapper mask."""
+  return {mask.name: mask.numpy()
+          for wrapper in tf_dsr.reallocators.collect_wrappers(model)
+          for _, mask in wrapper.sparse_weights}
+
+
+def load_arrays(path):
+  """The arrays of an `.npz` file as a dict; LaunchError if it is missing."""
+  if not tf.io.gfile.exists(path):
+    raise LaunchError(f'{path} does not exist: `masks_from` must name the '
+                      'model_dir of a finished run of a sparse method.')
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    with np.load(f) as arrays:
+      return {k: arrays[k] for k in arrays.files}
+
+
+def _assign_by_name(variables, values, what):
+  by_name = {v.name: v for v in variables}
+  missing = sorted(set(by_name) - set(values))
+  if missing:
+    raise LaunchError(f'{what} has no value for {missing[:3]}...: it comes from '
+                      'a different architecture or sparse policy.')
+  for name, variable in by_name.items():
+    if tuple(variable.shape) != values[name].shape:
+      raise LaunchError(f'{what}: {name} has shape {values[name].shape}, the '
+                        f'model {tuple(variable.shape)}.')
+    variable.assign(values[name])
+
+
+def apply_exported_structure(model, config, fresh_kernels):
+  """Sets the masks (and values) of a control run from `config.masks_from`.
+
+  Args:
+    model: the sparsified model, built.
+    config: the run's config (`masks_from`, `initial_values`).
+    fresh_kernels: `{kernel name: value}` of this run's dense initialisation.
+  """
+  masks = load_arrays(os.path.join(config.masks_from, FINAL_MASKS))
+  if config.initial_values == 'saved':
+    initial = load_arrays(os.path.join(config.masks_from, INITIAL_WEIGHTS))
+    _assign_by_name(model.weights, initial, INITIAL_WEIGHTS)
+  wrappers = tf_dsr.reallocators.collect_wrappers(model)
+  _assign_by_name([m for w in wrappers for _, m in w.sparse_weights], masks,
+                  FINAL_MASKS)
+  for wrapper in wrappers:
+    for kernel, mask in wrapper.sparse_weights:
+      value = (kernel.numpy() if config.initial_values == 'saved' else
+               fresh_kernels[kernel.name])
+      kernel.assign(value * mask.numpy())
+
+
 class Dense:
   """The full dense model.
 
-  `build(config, input_shape, num_classes, scope)` creates the model's
-  variables under `scope()` (a distribution strategy's scope); any scratch
-  models a method builds on the way are created outside it.
+  `build(config, input_shape, num_classes, scope, steps_per_epoch)` creates
+  the model's variables under `scope()` (a distribution strategy's scope);
+  any scratch models a method builds on the way are created outside it.
   """
 
-  def build(self, config, input_shape, num_classes, scope=contextlib.nullcontext):
+  def build(self, config, input_shape, num_classes, scope=contextlib.nullcontext,
+            steps_per_epoch=None):
+    del steps_per_epoch
     with scope():
       return Built(build_dense(config, input_shape, num_classes))
 
-  def attach(self, model, config, log_dir=None, verbose=True):
-    del model, config, log_dir, verbose
+  def attach(self, model, config, log_dir=None, verbose=True,
+             steps_per_epoch=None):
+    del model, config, log_dir, verbose, steps_per_epoch
     return []
 
 
 class Thin(Dense):
   """A narrower dense model with as many parameters as the sparse model's active ones."""
 
-  def build(self, config, input_shape, num_classes, scope=contextlib.nullcontext):
+  def build(self, config, input_shape, num_classes, scope=contextlib.nullcontext,
+            steps_per_epoch=None):
+    del steps_per_epoch
     full = build_dense(config, input_shape, num_classes)
     target = sparse_active_count(full, config.arch, config.sparsity)
     counts = {1.0: trainable_count(full)}
@@ -200,45 +278,133 @@ class Thin(Dense):
 
 
 class Static(Dense):
-  """The sparse model with its random initial masks frozen (static sparse)."""
+  """The sparse model with its initial masks frozen (static sparse).
 
-  def build(self, config, input_shape, num_classes, scope=contextlib.nullcontext):
+  The masks are random, or with `config.masks_from` those another run
+  exported (the controls of DSR_SPEC section 7).
+  """
+
+  def build(self, config, input_shape, num_classes, scope=contextlib.nullcontext,
+            steps_per_epoch=None):
+    del steps_per_epoch
     with scope():
       model = build_dense(config, input_shape, num_classes)
       sparse = set(models.sparse_kernel_layers(model, config.arch))
-      return Built(tf_dsr.sparsify(
+      fresh = {model.get_layer(name).kernel.name:
+               model.get_layer(name).kernel.numpy() for name in sparse}
+      model = tf_dsr.sparsify(
           model, config.sparsity, exclude=lambda layer: layer.name not in sparse,
-          seed=config.seed))
+          seed=config.seed)
+      if config.masks_from:
+        apply_exported_structure(model, config, fresh)
+      return Built(model)
 
-  def attach(self, model, config, log_dir=None, verbose=True):
-    del config, log_dir, verbose
+  def attach(self, model, config, log_dir=None, verbose=True,
+             steps_per_epoch=None):
+    del config, log_dir, verbose, steps_per_epoch
     freeze_masks(model)
     return []
 
 
-class DynamicSparse(Static):
-  """The sparse model trained with Dynamic Sparse Reparameterization."""
+def by_step(values, steps_per_epoch):
+  """A callable step -> value of a by-epoch dict (the piece the step's epoch is in)."""
+  starts = sorted(values)
 
-  def attach(self, model, config, log_dir=None, verbose=True):
+  def value(step):
+    epoch = step // max(int(steps_per_epoch or 1), 1)
+    return values[[s for s in starts if s <= epoch][-1]]
+
+  return value
+
+
+def use_xla():
+  """Compile reallocations with XLA on accelerators (TPUs need it); on a CPU
+  XLA's compile time (seconds per run) outweighs its speed-up."""
+  return bool(tf.config.list_logical_devices('TPU') or
+              tf.config.list_logical_devices('GPU'))
+
+
+class DynamicSparse(Static):
+  """The sparse model with its masks moved by a `tf_dsr.REALLOCATORS` rule.
+
+  Args:
+    rule: 'dsr' (Mostafa & Wang 2019), 'set' (Mocanu et al. 2018) or 'deepr'
+      (Bellec et al. 2018).
+  """
+
+  def __init__(self, rule='dsr'):
+    self.rule = rule
+
+  def options(self, config, steps_per_epoch):
+    """The rule's own arguments of `tf_dsr.ReallocationCallback`."""
+    if self.rule == 'dsr':
+      return dict(target_pruned=config.target_pruned,
+                  tolerance=config.tolerance,
+                  initial_threshold=config.initial_threshold)
+    if self.rule == 'set':
+      return dict(target_pruned=config.target_pruned,
+                  drop_fraction=config.drop_fraction)
+    return dict(alpha=config.l1,
+                temperature=by_step(config.temperature, steps_per_epoch))
+
+  def attach(self, model, config, log_dir=None, verbose=True,
+             steps_per_epoch=None):
     callback = tf_dsr.ReallocationCallback(
-        target_pruned=config.target_pruned, tolerance=config.tolerance,
-        initial_threshold=config.initial_threshold, period=dict(config.period),
-        stop_epoch=config.stop_epoch, seed=config.seed, log_dir=log_dir,
-        verbose=verbose)
-    callback.set_model(model)  # Creates the DSR state before any restore.
+        period=dict(config.period), stop_epoch=config.stop_epoch,
+        seed=config.seed, log_dir=log_dir, verbose=verbose and self.rule != 'deepr',
+        method=self.rule, jit_compile=use_xla(),
+        **self.options(config, steps_per_epoch))
+    callback.set_model(model)  # Creates the state before any restore.
     return [callback]
+
+
+class Prune(Dense):
+  """Compressed sparse: gradual magnitude pruning of the dense model.
+
+  Zhu & Gupta, "To prune, or not to prune", 2017,
+  https://arxiv.org/abs/1710.01878, with tfmot's `prune_low_magnitude` and
+  `PolynomialDecay` (from 0 to `config.sparsity` between
+  `prune_begin_epoch` and `prune_end_epoch`, every `prune_frequency` steps)
+  on the same kernels the sparse methods make sparse.
+  """
+
+  def build(self, config, input_shape, num_classes, scope=contextlib.nullcontext,
+            steps_per_epoch=None):
+    steps = max(int(steps_per_epoch or 1), 1)
+    schedule = tfmot.sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=config.sparsity,
+        begin_step=config.prune_begin_epoch * steps,
+        end_step=config.prune_end_epoch * steps,
+        frequency=config.prune_frequency)
+    with scope():
+      model = build_dense(config, input_shape, num_classes)
+      sparse = set(models.sparse_kernel_layers(model, config.arch))
+      model = keras.models.clone_model(
+          model, clone_function=lambda layer: (
+              tfmot.sparsity.keras.prune_low_magnitude(
+                  layer, pruning_schedule=schedule)
+              if layer.name in sparse else layer))
+    return Built(model)
+
+  def attach(self, model, config, log_dir=None, verbose=True,
+             steps_per_epoch=None):
+    del model, config, log_dir, verbose, steps_per_epoch
+    return [tfmot.sparsity.keras.UpdatePruningStep()]
 
 
 METHODS = {
     'dense': Dense(),
-    'dsr': DynamicSparse(),
+    'deepr': DynamicSparse('deepr'),
+    'dsr': DynamicSparse('dsr'),
+    'prune': Prune(),
+    'set': DynamicSparse('set'),
     'static': Static(),
     'thin': Thin(),
 }
 
 
 def method(name):
-  """The method object for `name` ('dense', 'dsr', 'static' or 'thin')."""
+  """The method object for `name` (a key of `METHODS`)."""
   if name not in METHODS:
     raise LaunchError(f'unknown method {name!r}; valid methods are {list(METHODS)}.')
   return METHODS[name]
@@ -285,31 +451,43 @@ def compile_model(model, config, steps_per_epoch, steps_per_execution=1):
   optimizer.build(model.trainable_variables)  # Slots exist before a restore.
 
 
+def _pruned_kernels(layer):
+  """`[(kernel, mask)]` of a tf_dsr or tfmot wrapper; [] for other layers."""
+  if isinstance(layer, tf_dsr.DynamicSparseWrapper):
+    return layer.sparse_weights
+  if isinstance(layer, tf_dsr._tfmot.PruneLowMagnitude):  # pylint: disable=protected-access
+    return [(weight, mask) for weight, mask, _ in layer.pruning_vars]
+  return []
+
+
 def parameter_counts(model):
   """Total and active trainable parameters, overall and per layer.
+
+  A masked kernel (of tf_dsr's or tfmot's wrapper) counts its mask's active
+  entries; every other parameter counts as active.
 
   Returns:
     A JSON-friendly dict: total, active, sparse_total, sparse_active, and
     per_layer: [{name, active, total, sparse}] for every layer with trainable
     weights (a wrapped layer is listed under its own name).
   """
-  report = tf_dsr.sparsity_report(model)
-  inactive = {}
-  for tensor in report.tensors:
-    wrapper = tensor.name.split('/')[0]
-    inactive[wrapper] = inactive.get(wrapper, 0) + tensor.total - tensor.active
   per_layer = []
   for layer in model.layers:
     total = trainable_count(layer)
     if not total:
       continue
-    sparse = isinstance(layer, tf_dsr.DynamicSparseWrapper)
+    pairs = _pruned_kernels(layer)
+    inactive = sum(int((m.numpy() <= 0.5).sum()) for _, m in pairs)
     per_layer.append({
-        'name': layer.layer.name if sparse else layer.name,
-        'active': total - inactive.get(layer.name, 0),
+        'name': layer.layer.name if pairs else layer.name,
+        'active': total - inactive,
         'total': total,
-        'sparse': sparse,
+        'sparse': bool(pairs),
+        'sparse_total': sum(k.shape.num_elements() for k, _ in pairs),
     })
-  return {'total': report.model_total, 'active': report.model_active,
-          'sparse_total': report.sparse_total,
-          'sparse_active': report.sparse_active, 'per_layer': per_layer}
+  sparse_total = sum(l.pop('sparse_total') for l in per_layer)
+  total = sum(l['total'] for l in per_layer)
+  active = sum(l['active'] for l in per_layer)
+  return {'total': total, 'active': active, 'sparse_total': sparse_total,
+          'sparse_active': sparse_total - (total - active),
+          'per_layer': per_layer}

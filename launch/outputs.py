@@ -10,6 +10,9 @@ Layout of `--model_dir`:
     logs/dsr           DSR scalars per reallocation (H, K, active, densities)
     saved_model/       the final model with masks baked in (SavedModel)
     results.json       final top-1/top-5, parameter counts, wall time
+    initial_weights.npz  every weight at step 0 (sparse methods; by name)
+    final_masks.npz    the final masks (sparse methods; by name): with
+                       initial_weights.npz, what the controls start from
 
 Only a complete checkpoint is ever listed in `checkpoints/checkpoint` (the
 manager updates that index after writing), and `saved_model/` and
@@ -18,9 +21,12 @@ interrupted run leaves nothing that a later `--resume` would trip on. Paths go
 through `tf.io.gfile`, so `gs://` directories work too.
 """
 
+import io
 import json
 import os
 import uuid
+
+import numpy as np
 
 import tensorflow as tf
 
@@ -48,6 +54,8 @@ class RunDir:
     self.saved_model = os.path.join(path, 'saved_model')
     self.results = os.path.join(path, 'results.json')
     self.config = os.path.join(path, 'config.json')
+    self.initial_weights = os.path.join(path, 'initial_weights.npz')
+    self.final_masks = os.path.join(path, 'final_masks.npz')
 
   def latest_checkpoint(self):
     """Path prefix of the newest complete checkpoint, or None."""
@@ -101,6 +109,16 @@ class RunDir:
     temporary = f'{path}.tmp-{uuid.uuid4().hex}'
     with tf.io.gfile.GFile(temporary, 'w') as f:
       json.dump(data, f, indent=2, sort_keys=False)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+  def write_arrays(self, path, arrays):
+    """Writes `{name: array}` as an `.npz` file through a temporary file and a rename."""
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    temporary = f'{path}.tmp-{uuid.uuid4().hex}'
+    with tf.io.gfile.GFile(temporary, 'wb') as f:
+      f.write(buffer.getvalue())
     tf.io.gfile.rename(temporary, path, overwrite=True)
 
   def export(self, model):

@@ -59,6 +59,7 @@ def _results(config, overrides, model, built, final, data, strategy, steps,
       'params': modeling.parameter_counts(model),
       'epochs': config.epochs,
       'steps': steps,
+      'seed': config.seed,
       'strategy': type(strategy).__name__,
       'replicas': strategy.num_replicas_in_sync,
       'wall_time_seconds': round(time.time() - start, 3),
@@ -68,7 +69,7 @@ def _results(config, overrides, model, built, final, data, strategy, steps,
                        'params': modeling.trainable_count(model),
                        'target_params': built.target_params}
   state = getattr(model, 'dynamic_sparsity_state', None)
-  if config.method == 'dsr' and state is not None:
+  if config.method in configs.REALLOCATING and state is not None:
     results['dsr'] = {'reallocations': int(state.reallocations.numpy()),
                       'threshold': float(state.threshold.numpy()),
                       'last_step': int(state.last_step.numpy())}
@@ -83,13 +84,14 @@ def _build(config, data, strategy, steps_per_execution, dsr_log_dir, verbose):
   """
   method = modeling.method(config.method)
   built = method.build(config, data.input_shape, data.num_classes,
-                       strategy.scope)
+                       strategy.scope, steps_per_epoch=data.steps_per_epoch)
   model = built.model
   with strategy.scope():
     modeling.compile_model(model, config, data.steps_per_epoch,
                            steps_per_execution)
     callbacks = method.attach(model, config, log_dir=dsr_log_dir,
-                              verbose=verbose == 1)
+                              verbose=verbose == 1,
+                              steps_per_epoch=data.steps_per_epoch)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch')
   if built.width_multiplier is not None:
     _say(verbose, f'thin model: width multiplier {built.width_multiplier} gives '
@@ -113,7 +115,7 @@ def _output_callbacks(write_dir, checkpoint, is_chief):
 
 
 def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
-        resume=False, overrides=(), verbose=1):
+        resume=False, overrides=(), verbose=1, export=True):
   """Trains, evaluates and exports one experiment.
 
   Args:
@@ -126,6 +128,7 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
     overrides: the `key=value` strings `config` was made with (recorded).
     verbose: 0 silent, 1 progress bars and one line per reallocation, 2 one
       line per epoch.
+    export: write the stripped SavedModel (experiment grids may skip it).
 
   Returns:
     The results dict that is also written to `results.json`.
@@ -176,6 +179,10 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
       run_dir.write_json(run_dir.config, {'config': config.name,
                                           'overrides': list(overrides),
                                           'settings': settings})
+      if not checkpoint_path and modeling.masks_by_name(model):
+        # The weights at step 0, for the controls of DSR_SPEC section 7.
+        run_dir.write_arrays(run_dir.initial_weights,
+                             modeling.weights_by_name(model))
     callbacks += _output_callbacks(write_dir, checkpoint, is_chief)
 
   if initial_epoch < config.epochs:
@@ -188,7 +195,11 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
   results = _results(config, overrides, model, built, final, data, strategy,
                      int(model.optimizer.iterations.numpy()), start)
   if write_dir and is_chief:
-    write_dir.export(tf_dsr.strip_dynamic_sparsity(model))
+    masks = modeling.masks_by_name(model)
+    if masks:
+      write_dir.write_arrays(write_dir.final_masks, masks)
+    if export:
+      write_dir.export(tf_dsr.strip_dynamic_sparsity(model))
     results['wall_time_seconds'] = round(time.time() - start, 3)
     write_dir.write_json(write_dir.results, results)
   if scratch:

@@ -42,6 +42,7 @@ class Checker(keras.callbacks.Callback):
     self.checked_after_reallocation += 1
     state = self.model.dynamic_sparsity_state
     variables = [state.threshold, state.reallocations, state.last_step]
+    variables += list(getattr(state, 'sign', []))  # DeepR's fixed signs.
     for kernel, mask in sparse_pairs(self.model):
       variables += [kernel, mask]
       for k, m in zip(kernel.values, mask.values):
@@ -56,12 +57,17 @@ def main():
   # XLA-compiled reallocation; the Keras train step is not compiled here, as
   # XLA cannot compile one function over two logical CPU devices.
   jit = sys.argv[1] == 'jit'
+  method = sys.argv[2] if len(sys.argv) > 2 else 'dsr'
   strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
   with strategy.scope():
     model = sparse_tiny_cnn(sparsity=0.8)
   x, y = tiny_data(n=128)
-  cb = tf_dsr.ReallocationCallback(target_pruned=30, period=2,
-                                   initial_threshold=2e-2, jit_compile=jit)
+  if method == 'deepr':  # After every step, with noise (T > 0).
+    cb = tf_dsr.ReallocationCallback(method='deepr', period=1, alpha=1e-3,
+                                     temperature=1e-3, jit_compile=jit)
+  else:
+    cb = tf_dsr.ReallocationCallback(target_pruned=30, period=2,
+                                     initial_threshold=2e-2, jit_compile=jit)
   checker = Checker(cb)
   model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb, checker])
   print(json.dumps({
@@ -73,6 +79,8 @@ def main():
       'disagreements': checker.disagreements,
       'masked_nonzero': checker.masked_nonzero,
       'mirrored_masks': all(hasattr(m, 'values') for _, m in sparse_pairs(model)),
+      'mirrored_signs': [hasattr(v, 'values') for v in getattr(
+          model.dynamic_sparsity_state, 'sign', [])],
   }))
 
 

@@ -59,6 +59,9 @@ def _cli(*args):
     ('wrn28_2_cifar10_static_s0.9', []),
     ('wrn28_2_cifar10_dsr_s0.9', []),
     ('wrn28_2_cifar10_thin_s0.9', []),
+    ('wrn28_2_cifar10_set_s0.9', []),
+    ('wrn28_2_cifar10_deepr_s0.9', []),
+    ('wrn28_2_cifar10_prune_s0.9', []),
     # ResNet-50 at 32x32 inputs: one step; its parameter counts do not depend
     # on the input size (tests/test_launch_configs.py checks them at 224).
     ('resnet50_imagenet_dsr_s0.9', ['image_size=32']),
@@ -76,8 +79,12 @@ def test_one_training_step(name, extra):
   params = results['params']
   assert params['active'] == sum(l['active'] for l in params['per_layer'])
   assert params['total'] == sum(l['total'] for l in params['per_layer'])
-  if '_dsr' in name:
+  if '_dsr' in name or '_set' in name:
     assert results['dsr']['reallocations'] == 0  # The first period is longer.
+  if '_deepr' in name:
+    assert results['dsr']['reallocations'] == 1  # DeepR runs after every step.
+  if '_prune' in name:  # Dense at the start of gradual pruning.
+    assert params['active'] == params['total'] and params['sparse_total']
   if '_thin' in name:
     thin = results['thin']
     assert abs(thin['params'] - thin['target_params']) <= 0.02 * thin['target_params']
@@ -128,7 +135,8 @@ def runs(tmp_path_factory):
 def test_run_writes_checkpoints_logs_export_and_results(runs):
   model_dir = runs['a']
   assert sorted(os.listdir(model_dir)) == [
-      'checkpoints', 'config.json', 'logs', 'results.json', 'saved_model']
+      'checkpoints', 'config.json', 'final_masks.npz', 'initial_weights.npz',
+      'logs', 'results.json', 'saved_model']
   state = tf.train.get_checkpoint_state(os.path.join(model_dir, 'checkpoints'))
   assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
       'ckpt-1', 'ckpt-2']

@@ -46,10 +46,10 @@ def _family(name):
 
 def test_registry_has_every_paper_run():
   expected = {'wrn28_2_cifar10_dense', 'resnet50_imagenet_dense',
-              'lenet_digits_dense', 'lenet_digits_static', 'lenet_digits_dsr',
-              'lenet_mnist_dense', 'lenet_mnist_static', 'lenet_mnist_dsr',
-              'small_cnn_digits_dsr'}
-  for method in ('dsr', 'static', 'thin'):
+              'lenet_mnist_dense', 'lenet_mnist_static', 'lenet_mnist_dsr'}
+  for method in configs.METHODS:
+    expected |= {f'lenet_digits_{method}', f'small_cnn_digits_{method}'}
+  for method in ('deepr', 'dsr', 'prune', 'set', 'static', 'thin'):
     expected |= {f'wrn28_2_cifar10_{method}_s{s}'
                  for s in ('0.5', '0.6', '0.7', '0.8', '0.9')}
     expected |= {f'resnet50_imagenet_{method}_s{s}' for s in ('0.8', '0.9')}
@@ -174,6 +174,13 @@ def test_every_config_builds_its_model(name):
   report = tf_dsr.sparsity_report(model)
   if config.method == 'dense':
     assert report.model_total == trainable and not report.tensors
+  elif config.method == 'prune':
+    # tfmot's wrappers on the same kernels, dense at the start.
+    counts = modeling.parameter_counts(model)
+    assert (counts['sparse_total'], counts['total']) == (sparse, trainable)
+    assert counts['active'] == trainable and len(report.tensors) == tensors
+    assert sum(l['sparse'] for l in counts['per_layer']) == tensors
+    assert all(t.name.startswith('prune_low_magnitude_') for t in report.tensors)
   elif config.method == 'thin':
     assert report.model_total < trainable and not report.tensors
     # The target is the sparse model's active count (checked below for the

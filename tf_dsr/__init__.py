@@ -7,6 +7,7 @@ from tf_dsr._tfmot import keras
 from tf_dsr.callbacks import ReallocationCallback
 from tf_dsr.reallocators import REALLOCATORS
 from tf_dsr.reallocators import BaseReallocator
+from tf_dsr.reallocators import DeepRReallocator
 from tf_dsr.reallocators import get_reallocator
 from tf_dsr.reallocators import ReallocationStats
 from tf_dsr.reallocators import Reallocator
@@ -24,6 +25,7 @@ __version__ = '0.1.0'
 
 __all__ = [
     'BaseReallocator',
+    'DeepRReallocator',
     'DynamicSparseWrapper',
     'DynamicSparsityState',
     'PeriodSchedule',

@@ -57,9 +57,10 @@ class ReallocationCallback(keras.callbacks.Callback):
     verbose: if true, print one line per reallocation.
     jit_compile: compile the reallocation with XLA.
     method: the reallocation rule, a name of `tf_dsr.REALLOCATORS`: 'dsr'
-      (the default), 'set' or 'static'.
+      (the default), 'set', 'deepr' or 'static'.
     **method_options: further arguments of that rule's class (for example
-      `drop_fraction` for 'set').
+      `drop_fraction` for 'set', `alpha` and `temperature` for 'deepr', which
+      is meant to run with `period=1`).
 
   Attributes:
     reallocator: the `Reallocator`, once `fit` has started.

@@ -89,7 +89,12 @@ class BaseReallocator:
   A reallocation rule is three hooks over tensors (no variables, no
   assignment): `drop` chooses the entries to deactivate, `budget` spreads the
   regrowth over the tensors, and `next_threshold` adapts H (for rules that
-  use it). Regrowth is always uniform among entries inactive before the call,
+  use it). Rules with more state use three optional hooks:
+  `auxiliary_variables` declares per-tensor variables (kept on the model's
+  state, passed per replica into the compiled function, read through
+  `self.auxiliary` and renewed by `update_auxiliary`), `call_inputs` gives
+  per-call scalars such as the learning rate, and `update` changes the active
+  weights before the drop (DeepR's L1 term and noise). Regrowth is always uniform among entries inactive before the call,
   at value 0, with the optimizer's per-weight state zeroed wherever an entry
   moved; the total active count never changes. This class gathers the
   `DynamicSparseWrapper`s of a model, runs the rule in one compiled function
@@ -127,8 +132,74 @@ class BaseReallocator:
       wrapper._reallocation_bound = True  # pylint: disable=protected-access
     self._function = None
     self._function_key = None
+    self._auxiliary = None  # kind -> one variable per sparse tensor.
+    self._traced_auxiliary = None
 
   # Hooks: tensors in, tensors out.
+
+  def auxiliary_variables(self):
+    """Per-tensor auxiliary state a rule keeps between calls.
+
+    Returns:
+      A dict from a kind (an identifier, e.g. 'sign') to
+      `(dtype, initializer)`, where `initializer(kernel, mask, seed)` maps one
+      sparse tensor's float32 kernel, bool mask and `[2]` seed to the initial
+      value. The base creates one variable per sparse tensor and kind, under
+      the model's distribution strategy, attached to
+      `model.dynamic_sparsity_state` as the list attribute `kind` (so
+      checkpoints carry them), and passes each replica's copies to the
+      compiled function; read them in hooks through `self.auxiliary`. By
+      default, none.
+    """
+    return {}
+
+  @property
+  def auxiliary(self):
+    """While the reallocation is traced: kind -> list of tensors (one per sparse tensor)."""
+    if self._traced_auxiliary is None:
+      raise RuntimeError('`auxiliary` is only available inside the hooks, while '
+                         'the reallocation is traced.')
+    return self._traced_auxiliary
+
+  def call_inputs(self, step):
+    """Per-call scalars (e.g. a learning rate), as a dict of float32 values.
+
+    Computed in Python before each call and passed to the compiled function,
+    so changing values cause no retrace. By default, none.
+
+    Args:
+      step: the global step of the call.
+    """
+    del step
+    return {}
+
+  def update(self, weights, masks, inputs, seed):
+    """Changes the active weights before the drop; by default not at all.
+
+    Args:
+      weights: float32 kernels.
+      masks: bool masks.
+      inputs: the dict of float32 scalar tensors from `call_inputs`.
+      seed: `[2]` seed of this call (fold in a tag and the tensor index).
+
+    Returns:
+      The new float32 kernels (inactive entries must stay 0).
+    """
+    del masks, inputs, seed
+    return weights
+
+  def update_auxiliary(self, result, seed):
+    """New values of the auxiliary variables after a drop and grow.
+
+    Args:
+      result: the `reallocation.Reallocation` of this call.
+      seed: `[2]` seed of this call.
+
+    Returns:
+      kind -> list of tensors; by default the values are unchanged.
+    """
+    del result, seed
+    return self.auxiliary
 
   def drop(self, weights, masks, threshold, counts):
     """Chooses the entries to deactivate.
@@ -192,6 +263,29 @@ class BaseReallocator:
         tensors.append((name, kernel, mask))
     return tensors
 
+  def _auxiliary_variables(self, tensors):
+    """kind -> list of variables, created (and attached to the state) on first use."""
+    if self._auxiliary is None:
+      self._auxiliary = {}
+      specs = self.auxiliary_variables()
+      for kind, (dtype, initializer) in specs.items():
+        existing = getattr(self.state, kind, None)
+        if existing is None:
+          values = []
+          with self.model.distribute_strategy.scope():
+            for i, (name, kernel, mask) in enumerate(tensors):
+              seed = tf.constant([self.seed, i], tf.int64)
+              initial = initializer(
+                  tf.cast(tf.convert_to_tensor(kernel), tf.float32),
+                  tf.convert_to_tensor(mask) > 0.5, seed)
+              values.append(tf.Variable(
+                  tf.cast(initial, dtype), trainable=False,
+                  name=f'{kind}_{name.replace("/", "_")}'))
+          setattr(self.state, kind, values)
+          existing = getattr(self.state, kind)
+        self._auxiliary[kind] = list(existing)
+    return self._auxiliary
+
   def expected_regrowth_fraction(self, num_weights):
     """Expected fraction of the sparse weights one call regrows.
 
@@ -222,28 +316,42 @@ class BaseReallocator:
   def _build_function(self):
     """The compiled reallocation; it takes one replica's variables as arguments."""
 
-    def apply(step, kernels, masks, slots, threshold_var, count_var, step_var):
+    def apply(step, kernels, masks, slots, auxiliary, inputs, threshold_var,
+              count_var, step_var):
       values = [tf.convert_to_tensor(k) for k in kernels]
-      weights = [tf.cast(v, tf.float32) for v in values]
       old = [m > 0.5 for m in masks]
-      threshold = tf.convert_to_tensor(threshold_var)
-      counts = [reallocation.count_entries(w, m, threshold)
-                for w, m in zip(weights, old)]
-      nonfinite = tf.stack([c[2] for c in counts])
-
-      # A non-finite weight anywhere leaves everything as it was. Selecting
-      # with `ok` inside the update passes costs nothing, where a tf.cond
-      # around them would split XLA's fusions.
-      ok = tf.reduce_all(nonfinite == 0)
       seed = tf.random.experimental.stateless_fold_in(
           tf.constant([self.seed, 0], tf.int64), count_var)
-      result = self.plan(weights, old, threshold, seed, counts)
+      self._traced_auxiliary = {
+          kind: [tf.convert_to_tensor(v) for v in group]
+          for kind, group in auxiliary.items()}
+      try:
+        weights = self.update([tf.cast(v, tf.float32) for v in values], old,
+                              inputs, seed)
+        threshold = tf.convert_to_tensor(threshold_var)
+        counts = [reallocation.count_entries(w, m, threshold)
+                  for w, m in zip(weights, old)]
+        nonfinite = tf.stack([c[2] for c in counts])
+
+        # A non-finite weight anywhere leaves everything as it was. Selecting
+        # with `ok` inside the update passes costs nothing, where a tf.cond
+        # around them would split XLA's fusions.
+        ok = tf.reduce_all(nonfinite == 0)
+        result = self.plan(weights, old, threshold, seed, counts)
+        new_auxiliary = self.update_auxiliary(result, seed)
+      finally:
+        self._traced_auxiliary = None
       for i, (kernel, mask) in enumerate(zip(kernels, masks)):
         kept = (result.masks[i] & ~result.grown_masks[i]) | ~ok
+        new = tf.where(ok, tf.cast(weights[i], values[i].dtype), values[i])
         mask.assign(tf.cast(tf.where(ok, result.masks[i], old[i]), mask.dtype))
-        kernel.assign(tf.where(kept, values[i], tf.zeros_like(values[i])))
+        kernel.assign(tf.where(kept, new, tf.zeros_like(new)))
         for slot in slots[i]:
           slot.assign(tf.where(kept, slot, tf.zeros_like(slot)))
+      for kind, group in auxiliary.items():
+        for variable, value in zip(group, new_auxiliary[kind]):
+          variable.assign(tf.where(ok, tf.cast(value, variable.dtype),
+                                   tf.convert_to_tensor(variable)))
       threshold_var.assign(tf.where(ok, result.threshold, threshold))
       count_var.assign_add(tf.cast(ok, tf.int64))
       step_var.assign(tf.where(ok, step, step_var))
@@ -255,7 +363,7 @@ class BaseReallocator:
 
     return tf.function(apply, jit_compile=self.jit_compile, autograph=False)
 
-  def _run_on_every_replica(self, step, tensors, slots):
+  def _run_on_every_replica(self, step, tensors, slots, auxiliary, inputs):
     """Runs the reallocation once per local copy of the variables.
 
     Under `tf.distribute` each variable has one copy per local device. Every
@@ -276,6 +384,10 @@ class BaseReallocator:
     kernels = [copies(k) for _, k, _ in tensors]
     masks = [copies(m) for _, _, m in tensors]
     slot_copies = [[copies(s) for s in group] for group in slots]
+    auxiliary_copies = {kind: [copies(v) for v in group]
+                        for kind, group in auxiliary.items()}
+    inputs = {key: tf.constant(value, tf.float32)
+              for key, value in inputs.items()}
     state_copies = [copies(v) for v in (state.threshold, state.reallocations,
                                         state.last_step)]
     outputs = None
@@ -284,7 +396,9 @@ class BaseReallocator:
         result = self._function(
             tf.constant(step, tf.int64), [k[r] for k in kernels],
             [m[r] for m in masks], [[s[r] for s in group] for group in slot_copies],
-            *[v[r] for v in state_copies])
+            {kind: [v[r] for v in group]
+             for kind, group in auxiliary_copies.items()},
+            inputs, *[v[r] for v in state_copies])
       if outputs is None:
         outputs = result
     return outputs
@@ -306,12 +420,14 @@ class BaseReallocator:
     optimizer = self.optimizer
     slots = [tuple(optimizer_state.slot_variables(optimizer, kernel))
              for _, kernel, _ in tensors]
+    auxiliary = self._auxiliary_variables(tensors)
     key = self.trace_key([mask for _, _, mask in tensors])
     if self._function is None or key != self._function_key:
       self._function = self._build_function()
       self._function_key = key
     (pruned, candidates, threshold_used, threshold, active, regrown, skipped,
-     nonfinite) = self._run_on_every_replica(step, tensors, slots)
+     nonfinite) = self._run_on_every_replica(step, tensors, slots, auxiliary,
+                                             self.call_inputs(step))
     names = [name for name, _, _ in tensors]
     nonfinite = nonfinite.numpy()
     if nonfinite.any():
@@ -485,8 +601,139 @@ class SETReallocator(BaseReallocator):
     return pruned, tf.constant(sizes, tf.int64)
 
 
+def _random_signs(shape, seed):
+  """+1 or -1 with equal odds, from a stateless stream."""
+  coin = tf.random.stateless_uniform(shape, seed) < 0.5
+  return tf.where(coin, tf.ones(shape), -tf.ones(shape))
+
+
+def _initial_signs(kernel, mask, seed):
+  """The sign of each weight; a random sign where the weight is 0."""
+  del mask
+  return tf.where(kernel > 0, tf.ones_like(kernel), tf.where(
+      kernel < 0, -tf.ones_like(kernel), _random_signs(kernel.shape, seed)))
+
+
+class DeepRReallocator(BaseReallocator):
+  """Deep Rewiring: fixed-sign connections that die when they cross zero.
+
+  Bellec, Kappel, Maass & Legenstein, "Deep Rewiring: Training very sparse
+  deep networks", ICLR 2018, https://arxiv.org/abs/1711.05136. Every weight
+  carries a fixed sign s (kept in the auxiliary variables `sign` of
+  `model.dynamic_sparsity_state`, one per sparse tensor, so checkpoints carry
+  them). Each call, meant to run after every training step:
+
+  1. applies the L1 term and the Langevin noise of DeepR to every active
+     weight: `w <- w - lr * alpha * s + sqrt(2 * lr * T) * N(0, 1)`, with
+     `lr` the optimizer's current learning rate and `T` the temperature;
+  2. removes every active connection whose weight now has the opposite sign
+     to s (its parameter theta = s * w crossed zero);
+  3. activates as many dormant connections, uniformly at random over the
+     whole network (each tensor's share proportional to its free entries),
+     at weight 0 with a fresh random sign.
+
+  The noise is stateless, keyed by (seed, reallocation index, tensor index),
+  so every replica draws the same numbers. The total active count is fixed.
+
+  Args:
+    model: a tf_keras model containing `DynamicSparseWrapper` layers.
+    alpha: the L1 coefficient, >= 0.
+    temperature: T >= 0: a number, or a callable from the global step to T
+      (a schedule).
+    learning_rate: the lr of the update; None reads the optimizer's current
+      learning rate at each call.
+    **kwargs: as for `BaseReallocator` (seed, optimizer, jit_compile, ...).
+  """
+
+  def __init__(self, model, alpha=1e-4, temperature=0.0, learning_rate=None,
+               **kwargs):
+    for argument, value in (('alpha', alpha), ('learning_rate', learning_rate)):
+      if value is None and argument == 'learning_rate':
+        continue
+      if (isinstance(value, bool) or not isinstance(value, numbers.Real) or
+          not math.isfinite(value) or value < 0):
+        raise ValueError(f'`{argument}` must be a finite number >= 0, got '
+                         f'{value!r}.')
+    if not callable(temperature) and (
+        isinstance(temperature, bool) or
+        not isinstance(temperature, numbers.Real) or
+        not math.isfinite(temperature) or temperature < 0):
+      raise ValueError('`temperature` must be a finite number >= 0 or a '
+                       f'callable from step to temperature, got {temperature!r}.')
+    super().__init__(model, **kwargs)
+    self.alpha = float(alpha)
+    self.temperature = temperature
+    self.learning_rate = learning_rate
+
+  def auxiliary_variables(self):
+    return {'sign': (tf.float32, _initial_signs)}
+
+  def expected_regrowth_fraction(self, num_weights):
+    del num_weights
+    return 0.005
+
+  def current_learning_rate(self):
+    """The lr of the update: the given one, or the optimizer's at its current step."""
+    if self.learning_rate is not None:
+      return float(self.learning_rate)
+    optimizer = self.optimizer
+    if optimizer is None:
+      raise ValueError('DeepR needs `learning_rate` or a model compiled with an '
+                       'optimizer.')
+    lr = optimizer.learning_rate
+    if callable(lr) and not isinstance(lr, tf.Variable):
+      lr = lr(optimizer.iterations)
+    return float(tf.convert_to_tensor(lr))
+
+  def call_inputs(self, step):
+    temperature = self.temperature
+    if callable(temperature):
+      temperature = temperature(max(int(step), 0))
+    if not math.isfinite(temperature) or temperature < 0:
+      raise ValueError(f'DeepR temperature at step {step} must be a finite '
+                       f'number >= 0, got {temperature!r}.')
+    return {'learning_rate': self.current_learning_rate(),
+            'temperature': float(temperature)}
+
+  def update(self, weights, masks, inputs, seed):
+    lr, temperature = inputs['learning_rate'], inputs['temperature']
+    scale = tf.sqrt(2.0 * lr * temperature)
+    noise_seed = tf.random.experimental.stateless_fold_in(seed, 7919)
+    updated = []
+    for i, (weight, mask, sign) in enumerate(
+        zip(weights, masks, self.auxiliary['sign'])):
+      noise = tf.random.stateless_normal(
+          weight.shape, tf.random.experimental.stateless_fold_in(noise_seed, i))
+      step = -lr * self.alpha * sign + scale * noise
+      updated.append(tf.where(mask, weight + step, tf.zeros_like(weight)))
+    return updated
+
+  def drop(self, weights, masks, threshold, counts):
+    del threshold, counts
+    flipped = [m & (w * s < 0)
+               for w, m, s in zip(weights, masks, self.auxiliary['sign'])]
+    return flipped, tf.stack(
+        [tf.reduce_sum(tf.cast(f, tf.int64)) for f in flipped])
+
+  def budget(self, num_pruned, survivors, capacity, seed):
+    del survivors
+    return reallocation.allocate(tf.reduce_sum(num_pruned),
+                                 tf.maximum(capacity, 1), capacity, seed)
+
+  def update_auxiliary(self, result, seed):
+    sign_seed = tf.random.experimental.stateless_fold_in(seed, 104729)
+    signs = []
+    for i, (sign, grown) in enumerate(
+        zip(self.auxiliary['sign'], result.grown_masks)):
+      fresh = _random_signs(
+          sign.shape, tf.random.experimental.stateless_fold_in(sign_seed, i))
+      signs.append(tf.where(grown, fresh, sign))
+    return {'sign': signs}
+
+
 #: Reallocation rules by the names the launcher and callback use.
 REALLOCATORS = {
+    'deepr': DeepRReallocator,
     'dsr': Reallocator,
     'set': SETReallocator,
     'static': StaticReallocator,

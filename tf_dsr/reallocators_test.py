@@ -58,7 +58,8 @@ def test_registry_names_and_unknown_name():
   assert tf_dsr.get_reallocator('dsr') is tf_dsr.Reallocator
   assert tf_dsr.get_reallocator('set') is tf_dsr.SETReallocator
   assert tf_dsr.get_reallocator('static') is tf_dsr.StaticReallocator
-  with pytest.raises(ValueError, match=r"`method`.*\['dsr', .*'nope'"):
+  assert tf_dsr.get_reallocator('deepr') is tf_dsr.DeepRReallocator
+  with pytest.raises(ValueError, match=r"`method`.*\['deepr', 'dsr', .*'nope'"):
     tf_dsr.get_reallocator('nope')
   with pytest.raises(ValueError, match='`method`'):
     tf_dsr.ReallocationCallback(method='nope')
@@ -83,3 +84,79 @@ def test_callback_runs_set_and_keeps_per_layer_counts():
            tf_dsr.reallocators.collect_wrappers(model)
            for _, m in w.sparse_weights]
   assert after == before
+
+
+def test_deepr_removes_connections_that_change_sign():
+  # index:    0     1     2    3     4    5    6    7
+  kernel = [0.5, -0.1, 0.0, -0.3, 0.02, 0.0, 0.0, 0.9]
+  mask = [1, 1, 0, 1, 1, 0, 0, 1]  # 5 active
+  sign = [1, -1, 1, 1, -1, 1, -1, 1]
+  # Active entries 3 (-0.3 with sign +1) and 4 (0.02 with sign -1) have
+  # crossed zero since their sign was fixed: both go, and two of the dormant
+  # entries 2, 5, 6 come back at 0 with a fresh random sign. No L1 term and
+  # T = 0, so the other weights are untouched.
+  model, k, m = _dense_model(kernel, mask)
+  realloc = tf_dsr.DeepRReallocator(model, alpha=0.0, temperature=0.0,
+                                    learning_rate=0.1, seed=3)
+  (sign_var,) = model.dynamic_sparsity_state.sign if hasattr(
+      model.dynamic_sparsity_state, 'sign') else (None,)
+  assert sign_var is None  # Created on the first call...
+  realloc.reallocate()  # ... which drops nothing: signs start as the weights'.
+  np.testing.assert_array_equal(m.numpy().reshape(-1), mask)
+  (sign_var,) = model.dynamic_sparsity_state.sign
+  np.testing.assert_array_equal(sign_var.numpy().reshape(-1)[[0, 1, 3, 4, 7]],
+                                [1, -1, -1, 1, 1])
+  sign_var.assign(np.array(sign, np.float32).reshape(4, 2))
+  stats = realloc.reallocate(step=5)
+  new = m.numpy().reshape(-1)
+  assert stats.pruned == 2 and stats.total_active == 5
+  assert new[[0, 1, 7]].tolist() == [1, 1, 1]
+  assert new[[3, 4]].tolist() == [0, 0]
+  assert new[[2, 5, 6]].sum() == 2
+  values = k.numpy().reshape(-1)
+  np.testing.assert_array_equal(values[[2, 3, 4, 5, 6]], 0)
+  assert values[[0, 1, 7]].tolist() == pytest.approx([0.5, -0.1, 0.9])
+  signs = sign_var.numpy().reshape(-1)
+  assert signs[[0, 1, 3, 4, 7]].tolist() == [1, -1, 1, -1, 1]  # Kept.
+  assert set(np.abs(signs).tolist()) == {1.0}
+
+
+def test_deepr_l1_and_noise_keep_inactive_weights_zero():
+  kernel = [0.5, -0.5, 0.0, 0.0, 0.5, -0.5, 0.0, 0.0]
+  mask = [1, 1, 0, 0, 1, 1, 0, 0]
+  model, k, m = _dense_model(kernel, mask)
+  # L1 only: every active weight moves lr * alpha = 0.01 towards 0.
+  realloc = tf_dsr.DeepRReallocator(model, alpha=0.1, temperature=0.0,
+                                    learning_rate=0.1)
+  realloc.reallocate()
+  np.testing.assert_allclose(k.numpy().reshape(-1),
+                             [0.49, -0.49, 0, 0, 0.49, -0.49, 0, 0], atol=1e-7)
+  # Noise with a temperature schedule: sqrt(2 lr T) = 0.1 at T = 0.05.
+  realloc.temperature = lambda step: 0.05 if step >= 10 else 0.0
+  before = k.numpy().copy()
+  realloc.alpha = 0.0
+  realloc._function = None  # pylint: disable=protected-access  (alpha is traced)
+  realloc.reallocate(step=9)
+  np.testing.assert_array_equal(k.numpy(), before)  # T = 0 before step 10.
+  realloc.reallocate(step=10)
+  moved = k.numpy().reshape(-1) - before.reshape(-1)
+  active = m.numpy().reshape(-1) > 0
+  assert (k.numpy().reshape(-1)[~active] == 0).all()
+  assert int(active.sum()) == 4
+  assert np.abs(moved).max() > 1e-3
+
+
+def test_deepr_signs_are_checkpointed(tmp_path):
+  model, _, _ = _dense_model(np.linspace(-1, 1, 8), [1, 1, 1, 1, 0, 0, 0, 0])
+  tf_dsr.DeepRReallocator(model, learning_rate=0.1).reallocate()
+  (sign,) = model.dynamic_sparsity_state.sign
+  sign.assign(-sign)
+  path = tf.train.Checkpoint(model=model).write(str(tmp_path / 'ckpt'))
+  names = [n for n, _ in tf.train.list_variables(path)]
+  assert any('dynamic_sparsity_state/sign/0' in n for n in names), names
+  other, _, _ = _dense_model(np.zeros(8), [1] * 4 + [0] * 4)
+  tf.train.Checkpoint(model=other).read(path)
+  tf_dsr.DeepRReallocator(other, learning_rate=0.1)._auxiliary_variables(  # pylint: disable=protected-access
+      tf_dsr.DeepRReallocator(other, learning_rate=0.1).sparse_tensors())
+  np.testing.assert_array_equal(other.dynamic_sparsity_state.sign[0].numpy(),
+                                sign.numpy())

@@ -1,0 +1,142 @@
+"""launch.experiment: suites, resumable grids, and reports rebuilt from run directories.
+
+A tiny grid (LeNet-300-100 on digits; dense and DSR at two sparsities; two
+seeds; 6 steps per run) is run once; the tests check that finished runs are
+skipped, an unfinished one is rerun, and that report.md and the PNG plots are
+rebuilt from a copy of the run directories alone.
+"""
+
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+
+import pytest
+from matplotlib import image as mpimg
+
+from launch import configs
+from launch import experiment
+from launch import runner
+from launch.errors import LaunchError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ['epochs=2', 'steps_per_epoch=3', 'validation_freq=0', 'eval_steps=2',
+        'period=2', 'stop_epoch=none']
+
+
+def _grid(out):
+  return experiment.suite_runs('small', out, family='lenet_digits',
+                               methods=['dense', 'dsr'], seeds=2)
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  out = str(tmp_path_factory.mktemp('experiment'))
+  runs = _grid(out)
+  # `period` and `stop_epoch` reach the DSR runs only.
+  ran, _ = experiment.run_grid(runs, out, TINY, verbose=False)
+  return out, runs, ran
+
+
+def test_suites_resolve_to_valid_configs(tmp_path):
+  counts = {}
+  for suite in experiment.SUITES:
+    runs = experiment.suite_runs(suite, str(tmp_path))
+    counts[suite] = len(runs)
+    assert len({r.run_id for r in runs}) == len(runs), suite
+    for run in runs:
+      config = runner.resolve(run.config, run.overrides)
+      assert (config.method, config.seed) == (run.method, run.seed) or (
+          run.variant == 'dsr_structure_random_init')
+      assert config.sparsity == run.sparsity
+  # WRN-28-2: 5 seeds x (dense + 6 methods x 5 sparsities).
+  assert counts['wrn28_2_cifar10'] == 5 * (1 + 6 * 5)
+  assert counts['resnet50_imagenet'] == 1 + 6 * 2
+  # digits: 3 seeds x 2 models x (dense + 6 methods x 2 sparsities).
+  assert counts['small'] == 3 * 2 * (1 + 6 * 2)
+  # Controls: per sparsity and seed, DSR, the two structure controls, static;
+  # each control's source DSR run comes earlier in the grid.
+  controls = experiment.suite_runs('controls', str(tmp_path))
+  assert counts['controls'] == 2 * 5 * 4
+  seen = set()
+  for run in controls:
+    seen.add(run.run_id)
+    for item in run.overrides:
+      if item.startswith('masks_from='):
+        assert os.path.basename(item.split('=', 1)[1]) in seen
+  sweep = experiment.suite_runs('stop_epoch_sweep', str(tmp_path))
+  stops = sorted(configs.get('wrn28_2_cifar10_dsr_s0.9').stop_epoch
+                 if not r.variant else int(r.variant[4:])
+                 for r in sweep if r.method == 'dsr' and r.seed == 0)
+  assert stops == [10, 20, 50, 100, 150, 190]
+  with pytest.raises(LaunchError, match="unknown suite 'nope'"):
+    experiment.suite_runs('nope', str(tmp_path))
+
+
+def test_grid_runs_each_cell_once_and_skips_finished_runs(finished):
+  out, runs, ran = finished
+  assert ran == [r.run_id for r in runs] and len(runs) == 6
+  results = os.path.join(out, runs[1].run_id, 'results.json')
+  stamp = os.path.getmtime(results)
+  ran_again, skipped = experiment.run_grid(runs, out, TINY, verbose=False)
+  assert ran_again == [] and skipped == [r.run_id for r in runs]
+  assert os.path.getmtime(results) == stamp
+  # A run without results.json (interrupted after its checkpoint) is redone.
+  dense = runs[0]
+  os.remove(os.path.join(out, dense.run_id, 'results.json'))
+  ran_again, skipped = experiment.run_grid(runs, out, TINY, verbose=False)
+  assert ran_again == [dense.run_id] and len(skipped) == 5
+  assert os.path.exists(os.path.join(out, dense.run_id, 'results.json'))
+
+
+def test_report_is_rebuilt_from_run_directories_alone(finished, tmp_path):
+  out, runs, _ = finished
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(out, copy, ignore=shutil.ignore_patterns('*.png', '*.md'))
+  done = subprocess.run(
+      [sys.executable, '-m', 'launch.experiment', '--report_only',
+       f'--out={copy}'], capture_output=True, text=True, cwd=REPO,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO))
+  assert done.returncode == 0, done.stderr
+  report = open(os.path.join(copy, 'report.md')).read()
+  rows = re.findall(r'^\| lenet_digits \| (\S+) \| - \| ([\d.]+) \| ([\d,]+) \| '
+                    r'([\d.]+) ± ([\d.]+) \| (\d) \| ([\d.]+) s \|$', report,
+                    re.MULTILINE)
+  assert [(r[0], r[1]) for r in rows] == [('dense', '0'), ('DSR', '0.8'),
+                                          ('DSR', '0.9')]
+  for method, sparsity, active, mean, std, seeds, _ in rows:
+    results = [json.load(open(os.path.join(copy, r.run_id, 'results.json')))
+               for r in runs if r.sparsity == float(sparsity) and
+               experiment.LABELS[r.method] == method]
+    accuracies = [100 * r['top1'] for r in results]
+    assert seeds == '2' and len(results) == 2
+    assert float(mean) == pytest.approx(statistics.mean(accuracies), abs=0.006)
+    assert float(std) == pytest.approx(statistics.stdev(accuracies), abs=0.006)
+    assert int(active.replace(',', '')) == results[0]['params']['active']
+  # LeNet-300-100 on digits: 50,610 parameters; at 0.9 the kernels keep
+  # 1,920 + 3,000 + 100 plus 410 biases.
+  assert rows[0][2] == '50,610' and rows[2][2] == '5,430'
+
+  for name in ('accuracy_vs_sparsity_lenet_digits.png',
+               'dsr_density_lenet_digits.png'):
+    assert f']({name})' in report
+    pixels = mpimg.imread(os.path.join(copy, name))
+    assert pixels.shape == (440, 640, 4), name
+    assert pixels[..., :3].std() > 0.05  # Not a blank canvas.
+  # The density plot has one line per sparse layer, from the DSR scalars.
+  series = experiment.read_scalars(
+      os.path.join(copy, 'lenet_digits_dsr_s0.9_seed0', 'logs', 'dsr'),
+      'dsr_density/')
+  assert len(series) == 3
+  assert [s for s, _ in next(iter(series.values()))] == [2, 4, 6]
+
+
+def test_report_without_runs_is_an_error(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'launch.experiment', '--report_only',
+       f'--out={tmp_path}'], capture_output=True, text=True, cwd=REPO,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO))
+  assert done.returncode == 2 and 'error: no finished run' in done.stderr
