@@ -220,12 +220,18 @@ def _set_probes(model, value):
 class _RecordingReallocator(tf_dsr.Reallocator):
   """Records each trace of the compiled rule and the dtypes it sees.
 
-  `plan` runs only while the compiled reallocation is traced.
+  `careful_drop_needed` runs once per trace of the compiled reallocation;
+  `plan` once per branch of it (careful and fast), so twice per trace.
   """
 
   def __init__(self, *args, **kwargs):
     super().__init__(*args, **kwargs)
     self.traced_dtypes = []
+    self.traces = 0
+
+  def careful_drop_needed(self, counts):
+    self.traces += 1
+    return super().careful_drop_needed(counts)
 
   def plan(self, weights, masks, threshold, seed, counts):
     self.traced_dtypes.append([w.dtype for w in weights])
@@ -278,7 +284,8 @@ def test_compiled_reallocation_is_traced_once(policy):
   for _ in range(3):
     realloc.state.threshold.assign(5e-2)
     assert realloc.reallocate().pruned > 0
-  assert realloc.traced_dtypes == [[tf.float32, tf.float32]]
+  assert realloc.traces == 1
+  assert realloc.traced_dtypes == [[tf.float32, tf.float32]] * 2
 
 
 def test_reallocation_during_fit_reads_float32_master_weights(policy):

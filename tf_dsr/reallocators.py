@@ -132,6 +132,9 @@ class BaseReallocator:
       wrapper._reallocation_bound = True  # pylint: disable=protected-access
     self._function = None
     self._function_key = None
+    # Whether `drop` must guard against emptying a tensor; see
+    # `careful_drop_needed`. True outside tracing: always safe.
+    self.careful_drop = True
     self._auxiliary = None  # kind -> one variable per sparse tensor.
     self._traced_auxiliary = None
 
@@ -299,9 +302,21 @@ class BaseReallocator:
     return 0.02
 
   def draws_per_round(self, sizes):
-    """Static draw counts of the uniform growth: about twice the expected regrowth."""
+    """Static draw counts of the uniform growth, one per sparse tensor.
+
+    A draw lands on a free entry with probability about the tensor's
+    configured sparsity, so a tensor expected to regrow `f * n` entries gets
+    `1.25 * f * n / sparsity` draws (plus 64): one round nearly always
+    suffices, and a short round only costs a second one.
+
+    Args:
+      sizes: the number of entries of each sparse tensor.
+    """
     fraction = self.expected_regrowth_fraction(sum(sizes))
-    return [min(n, 64 + math.ceil(2 * fraction * n)) for n in sizes]
+    sparsities = [wrapper.sparsity for wrapper in self._wrappers
+                  for _ in wrapper.sparse_weights]
+    return [min(n, 64 + math.ceil(1.25 * fraction * n / max(s, 0.05)))
+            for n, s in zip(sizes, sparsities)]
 
   def trace_key(self, masks):
     """A hashable value that changes when the compiled function must be rebuilt.
@@ -313,53 +328,86 @@ class BaseReallocator:
     del masks
     return None
 
+  def careful_drop_needed(self, counts):
+    """A bool tensor, True when `drop` must guard against emptying a tensor.
+
+    The reallocation is traced twice, with `self.careful_drop` True and False,
+    and runs the careful version only when this is True: rules whose guard
+    costs a pass over the weights pay it only when it can matter. None (the
+    default) means no guard is ever needed.
+
+    Args:
+      counts: `reallocation.count_entries` of each tensor at the current H.
+    """
+    del counts
+    return None
+
   def _build_function(self):
     """The compiled reallocation; it takes one replica's variables as arguments."""
 
     def apply(step, kernels, masks, slots, auxiliary, inputs, threshold_var,
               count_var, step_var):
-      values = [tf.convert_to_tensor(k) for k in kernels]
-      old = [m > 0.5 for m in masks]
       seed = tf.random.experimental.stateless_fold_in(
           tf.constant([self.seed, 0], tf.int64), count_var)
+      threshold = tf.convert_to_tensor(threshold_var)
+
+      def read():
+        # Each branch below reads the variables itself, so that no
+        # weight-sized value has to be materialised as a branch operand.
+        values = [tf.convert_to_tensor(k) for k in kernels]
+        old = [m > 0.5 for m in masks]
+        weights = self.update([tf.cast(v, tf.float32) for v in values], old,
+                              inputs, seed)
+        return values, old, weights
+
+      def body(careful):
+        values, old, weights = read()
+        self.careful_drop = careful
+        result = self.plan(weights, old, threshold, seed, counts)
+        new_auxiliary = self.update_auxiliary(result, seed)
+        for i, (kernel, mask) in enumerate(zip(kernels, masks)):
+          kept = (result.masks[i] & ~result.grown_masks[i]) | ~ok
+          new = tf.where(ok, tf.cast(weights[i], values[i].dtype), values[i])
+          mask.assign(tf.cast(tf.where(ok, result.masks[i], old[i]),
+                              mask.dtype))
+          kernel.assign(tf.where(kept, new, tf.zeros_like(new)))
+          for slot in slots[i]:
+            slot.assign(tf.where(kept, slot, tf.zeros_like(slot)))
+        for kind, group in auxiliary.items():
+          for variable, value in zip(group, new_auxiliary[kind]):
+            variable.assign(tf.where(ok, tf.cast(value, variable.dtype),
+                                     tf.convert_to_tensor(variable)))
+        threshold_var.assign(tf.where(ok, result.threshold, threshold))
+        count_var.assign_add(tf.cast(ok, tf.int64))
+        step_var.assign(tf.where(ok, step, step_var))
+        zero = tf.constant(0, tf.int64)
+        return (tf.where(ok, result.pruned, zero),
+                tf.where(ok, result.candidates, zero),
+                tf.where(ok, result.threshold, threshold), result.active,
+                result.regrown, result.skipped)
+
       self._traced_auxiliary = {
           kind: [tf.convert_to_tensor(v) for v in group]
           for kind, group in auxiliary.items()}
       try:
-        weights = self.update([tf.cast(v, tf.float32) for v in values], old,
-                              inputs, seed)
-        threshold = tf.convert_to_tensor(threshold_var)
+        _, old, weights = read()
         counts = [reallocation.count_entries(w, m, threshold)
                   for w, m in zip(weights, old)]
         nonfinite = tf.stack([c[2] for c in counts])
-
-        # A non-finite weight anywhere leaves everything as it was. Selecting
-        # with `ok` inside the update passes costs nothing, where a tf.cond
-        # around them would split XLA's fusions.
+        # A non-finite weight anywhere leaves everything as it was: the
+        # updates select with `ok`, which costs nothing inside their passes.
         ok = tf.reduce_all(nonfinite == 0)
-        result = self.plan(weights, old, threshold, seed, counts)
-        new_auxiliary = self.update_auxiliary(result, seed)
+        careful = self.careful_drop_needed(counts)
+        if careful is None:
+          outputs = body(True)
+        else:
+          outputs = tf.cond(careful, lambda: body(True), lambda: body(False))
       finally:
         self._traced_auxiliary = None
-      for i, (kernel, mask) in enumerate(zip(kernels, masks)):
-        kept = (result.masks[i] & ~result.grown_masks[i]) | ~ok
-        new = tf.where(ok, tf.cast(weights[i], values[i].dtype), values[i])
-        mask.assign(tf.cast(tf.where(ok, result.masks[i], old[i]), mask.dtype))
-        kernel.assign(tf.where(kept, new, tf.zeros_like(new)))
-        for slot in slots[i]:
-          slot.assign(tf.where(kept, slot, tf.zeros_like(slot)))
-      for kind, group in auxiliary.items():
-        for variable, value in zip(group, new_auxiliary[kind]):
-          variable.assign(tf.where(ok, tf.cast(value, variable.dtype),
-                                   tf.convert_to_tensor(variable)))
-      threshold_var.assign(tf.where(ok, result.threshold, threshold))
-      count_var.assign_add(tf.cast(ok, tf.int64))
-      step_var.assign(tf.where(ok, step, step_var))
-      zero = tf.constant(0, tf.int64)
-      return (tf.where(ok, result.pruned, zero),
-              tf.where(ok, result.candidates, zero), threshold,
-              tf.where(ok, result.threshold, threshold), result.active,
-              result.regrown, result.skipped, nonfinite)
+        self.careful_drop = True
+      pruned, candidates, new_threshold, active, regrown, skipped = outputs
+      return (pruned, candidates, threshold, new_threshold, active, regrown,
+              skipped, nonfinite)
 
     return tf.function(apply, jit_compile=self.jit_compile, autograph=False)
 
@@ -499,8 +547,12 @@ class Reallocator(BaseReallocator):
   def expected_regrowth_fraction(self, num_weights):
     return min(1.0, self.target_pruned / max(num_weights, 1))
 
+  def careful_drop_needed(self, counts):
+    return reallocation.would_empty(counts)
+
   def drop(self, weights, masks, threshold, counts):
-    pruned = [reallocation._prune(w, m, threshold, active, below)  # pylint: disable=protected-access
+    pruned = [reallocation._prune(w, m, threshold, active, below,  # pylint: disable=protected-access
+                                  keep_largest=self.careful_drop)
               for w, m, (active, below, _) in zip(weights, masks, counts)]
     return [p for _, p, _ in pruned], tf.stack([k for _, _, k in pruned])
 
