@@ -13,7 +13,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import tensorflow as tf
 
 import tf_dsr
@@ -81,7 +80,6 @@ def main():
   for fn in runs.values():  # compile and warm up
     fn(); fn()
   times = {name: [] for name in runs}
-  stats = None
   for _ in range(args.repeats):
     for name, fn in runs.items():
       times[name].append(timed(fn))
