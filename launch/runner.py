@@ -6,6 +6,7 @@ start and the tests call it directly. See `launch.outputs` for what it writes.
 
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -17,6 +18,7 @@ from tf_dsr import keras
 
 from launch import configs
 from launch import data as data_lib
+from launch import digests
 from launch import modeling
 from launch import outputs
 from launch import overrides as overrides_lib
@@ -60,7 +62,10 @@ def _results(config, overrides, model, built, final, data, strategy, steps,
       'epochs': config.epochs,
       'steps': steps,
       'seed': config.seed,
-      'strategy': type(strategy).__name__,
+      # TF names its MultiWorkerMirroredStrategy class CollectiveAllReduceStrategy.
+      'strategy': ('MultiWorkerMirroredStrategy' if isinstance(
+          strategy, tf.distribute.MultiWorkerMirroredStrategy) else
+                   type(strategy).__name__),
       'replicas': strategy.num_replicas_in_sync,
       'wall_time_seconds': round(time.time() - start, 3),
   }
@@ -115,7 +120,7 @@ def _output_callbacks(write_dir, checkpoint, is_chief):
 
 
 def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
-        resume=False, overrides=(), verbose=1, export=True):
+        resume=False, overrides=(), verbose=1, export=True, digest_dir=None):
   """Trains, evaluates and exports one experiment.
 
   Args:
@@ -129,12 +134,15 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
     verbose: 0 silent, 1 progress bars and one line per reallocation, 2 one
       line per epoch.
     export: write the stripped SavedModel (experiment grids may skip it).
+    digest_dir: if set, every process appends digests of its masks, H and
+      weights to `digest_dir/worker-<task>.jsonl` (see `launch.digests`).
 
   Returns:
     The results dict that is also written to `results.json`.
 
   Raises:
     LaunchError: for bad input, before anything is written to `model_dir`.
+    ClusterError: a multi-worker run lost a worker.
   """
   start = time.time()
   if resume and not model_dir:
@@ -184,26 +192,34 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
         run_dir.write_arrays(run_dir.initial_weights,
                              modeling.weights_by_name(model))
     callbacks += _output_callbacks(write_dir, checkpoint, is_chief)
+  if digest_dir:
+    reallocation = next((c for c in callbacks
+                         if isinstance(c, tf_dsr.ReallocationCallback)), None)
+    callbacks.append(digests.DigestWriter(
+        os.path.join(digest_dir, f'worker-{task}.jsonl'), reallocation))
 
-  if initial_epoch < config.epochs:
-    model.fit(data.train, epochs=config.epochs, initial_epoch=initial_epoch,
-              steps_per_epoch=data.steps_per_epoch,
-              validation_data=data.eval if config.validation_freq else None,
-              validation_freq=config.validation_freq or 1,
-              callbacks=callbacks, verbose=verbose)
-  final = model.evaluate(data.eval, verbose=0, return_dict=True)
-  results = _results(config, overrides, model, built, final, data, strategy,
-                     int(model.optimizer.iterations.numpy()), start)
-  if write_dir and is_chief:
-    masks = modeling.masks_by_name(model)
-    if masks:
-      write_dir.write_arrays(write_dir.final_masks, masks)
-    if export:
-      write_dir.export(tf_dsr.strip_dynamic_sparsity(model))
-    results['wall_time_seconds'] = round(time.time() - start, 3)
-    write_dir.write_json(write_dir.results, results)
-  if scratch:
-    shutil.rmtree(scratch, ignore_errors=True)
+  try:
+    with strategy_lib.lost_workers_stop_cleanly(strategy, model_dir):
+      if initial_epoch < config.epochs:
+        model.fit(data.train, epochs=config.epochs, initial_epoch=initial_epoch,
+                  steps_per_epoch=data.steps_per_epoch,
+                  validation_data=data.eval if config.validation_freq else None,
+                  validation_freq=config.validation_freq or 1,
+                  callbacks=callbacks, verbose=verbose)
+      final = model.evaluate(data.eval, verbose=0, return_dict=True)
+      results = _results(config, overrides, model, built, final, data, strategy,
+                         int(model.optimizer.iterations.numpy()), start)
+      if write_dir and is_chief:
+        masks = modeling.masks_by_name(model)
+        if masks:
+          write_dir.write_arrays(write_dir.final_masks, masks)
+        if export:
+          write_dir.export(tf_dsr.strip_dynamic_sparsity(model))
+        results['wall_time_seconds'] = round(time.time() - start, 3)
+        write_dir.write_json(write_dir.results, results)
+  finally:
+    if scratch:  # Also when training failed.
+      shutil.rmtree(scratch, ignore_errors=True)
   params = results['params']
   _say(verbose, f'{config.name}: top-1 {results["top1"]:.4f}, top-5 '
        f'{results["top5"]:.4f}, active parameters {params["active"]:,} of '

@@ -13,11 +13,14 @@ Every failure to set a strategy up is a `LaunchError` with a message that says
 what to fix.
 """
 
+import contextlib
 import json
 import os
+import re
 
 import tensorflow as tf
 
+from launch.errors import ClusterError
 from launch.errors import LaunchError
 
 _TF_CONFIG_EXAMPLE = (
@@ -150,3 +153,47 @@ def worker(strategy):
   chief = task_type in (None, 'chief') or (
       task_type == 'worker' and task_id == 0 and 'chief' not in jobs)
   return chief, task_id
+
+
+# What TensorFlow raises in the survivors when a worker of the cluster is gone.
+_LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                       tf.errors.CancelledError, tf.errors.DeadlineExceededError)
+
+
+def _lost_worker_message(error, model_dir):
+  text = getattr(error, 'message', '') or str(error)
+  tasks = sorted(set(re.findall(r'/job:\w+/replica:\d+/task:\d+', text)))
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  reason = next((l for l in lines if 'unhealthy' in l or 'heartbeat' in l),
+                lines[-1] if lines else type(error).__name__)
+  where = f' (unresponsive: {", ".join(tasks)})' if tasks else ''
+  resume = (f' from the last checkpoint in {model_dir}' if model_dir else '')
+  return (f'the multi-worker cluster lost a worker{where}: {reason[:300]} '
+          f'[{type(error).__name__}]. Training stopped on this worker too. '
+          f'Restart every worker with --resume to continue{resume}.')
+
+
+@contextlib.contextmanager
+def lost_workers_stop_cleanly(strategy, model_dir=None):
+  """Turns TensorFlow's errors about a lost worker into a `ClusterError`.
+
+  Under `MultiWorkerMirroredStrategy`, TensorFlow's coordination service
+  notices within seconds that a worker stopped sending heartbeats and aborts
+  the collectives of the others, which then raise `UnavailableError` (or
+  `AbortedError`, `CancelledError`, `DeadlineExceededError`) from inside
+  `fit`. This context turns those into a `ClusterError` that names the lost
+  tasks and says how to resume. With other strategies it changes nothing.
+
+  Args:
+    strategy: the run's strategy.
+    model_dir: the run's model directory, named in the message.
+
+  Yields:
+    Nothing.
+  """
+  try:
+    yield
+  except _LOST_WORKER_ERRORS as error:
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+      raise
+    raise ClusterError(_lost_worker_message(error, model_dir)) from None

@@ -9,7 +9,9 @@
 (repeatable) changes any of their fields. See `launch.outputs` for what is
 written to `--model_dir`. Bad input (unknown config or key, a dataset that is
 not prepared, `--resume` with no checkpoint, no TPU) prints `error: ...` and
-exits with status 2 before anything is written.
+exits with status 2 before anything is written. A multi-worker run that loses
+a worker stops every other worker within seconds with `error: ...` and status
+1; restart all of them with `--resume`.
 """
 
 import sys
@@ -20,6 +22,7 @@ from absl import logging
 
 from launch import runner
 from launch import strategy as strategy_lib
+from launch.errors import ClusterError
 from launch.errors import LaunchError
 
 FLAGS = flags.FLAGS
@@ -35,6 +38,9 @@ flags.DEFINE_enum('strategy', 'default', strategy_lib.NAMES,
                   'Distribution strategy.')
 flags.DEFINE_string('tpu', 'local', 'With --strategy=tpu: "local" on a TPU VM, '
                     'or the TPU name for a pod slice.')
+flags.DEFINE_string('digest_dir', None, 'If set, every process appends '
+                    'digests of its masks, H and weights after each '
+                    'reallocation to DIR/worker-<task>.jsonl (launch.digests).')
 flags.DEFINE_bool('resume', False, 'Continue the run in --model_dir from its '
                   'last checkpoint.')
 
@@ -47,10 +53,13 @@ def main(argv):
     config = runner.resolve(FLAGS.config, FLAGS.override)
     runner.run(config, model_dir=FLAGS.model_dir, data_dir=FLAGS.data_dir,
                strategy=FLAGS.strategy, tpu=FLAGS.tpu, resume=FLAGS.resume,
-               overrides=FLAGS.override)
+               overrides=FLAGS.override, digest_dir=FLAGS.digest_dir)
   except LaunchError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(2)
+  except ClusterError as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == '__main__':

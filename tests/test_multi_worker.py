@@ -1,0 +1,201 @@
+"""Multi-worker training with worker processes on 127.0.0.1, and a lost worker.
+
+- Two and three `launch.train --strategy=multi_worker` processes, each with
+  its own `TF_CONFIG`, train the small CNN with DSR. Every worker writes a
+  digest of its masks, H, weights and optimizer state at the start, after
+  every reallocation and at the end (`launch.digests`). All workers' digests
+  are equal, line for line, and equal to a single-process run with the same
+  global batch and seed: `MirroredStrategy` over as many logical CPU devices
+  as there are workers, which splits each global batch the same way and sums
+  gradients in the same order, so the runs agree bit for bit. Against the
+  one-device default strategy (which sums the whole batch's gradient in
+  another order) masks, H and steps agree; weights differ in the last bits.
+- A worker killed with SIGKILL mid-run makes the other stop within seconds
+  with `error: the multi-worker cluster lost a worker ...` and status 1.
+
+Every process is started and stopped by the test, with time limits.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from launch import digests
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 2 epochs of 6 steps of 24 digits, a reallocation every 2 steps: 6 of them.
+SHORT = ['epochs=2', 'steps_per_epoch=6', 'batch_size=24', 'period=2',
+         'eval_steps=1']
+TIME_LIMIT = 240  # Seconds for a whole cluster run.
+
+# One process with `n` logical CPU devices (argv[1]), then launch.train.
+_LOGICAL_DEVICES_MAIN = textwrap.dedent('''
+    import sys
+    import tensorflow as tf
+    n = int(sys.argv[1])
+    if n > 1:
+      cpu = tf.config.list_physical_devices('CPU')[0]
+      tf.config.set_logical_device_configuration(
+          cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    from absl import app
+    from launch import train
+    app.run(train.main, argv=['train'] + sys.argv[2:])
+''')
+
+
+def _env(**extra):
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO, **extra)
+
+
+def _free_ports(n):
+  sockets = [socket.socket() for _ in range(n)]
+  try:
+    for s in sockets:
+      s.bind(('127.0.0.1', 0))
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
+
+
+def _train_args(model_dir, digest_dir, overrides, strategy):
+  return ['--config=small_cnn_digits_dsr', f'--model_dir={model_dir}',
+          f'--strategy={strategy}', f'--digest_dir={digest_dir}',
+          *[f'--override={o}' for o in overrides]]
+
+
+class _Cluster:
+  """`n` worker processes of one run on 127.0.0.1; killed on exit."""
+
+  def __init__(self, n, tmp_path, overrides):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    ports = _free_ports(n)
+    workers = [f'127.0.0.1:{p}' for p in ports]
+    self.model_dir = tmp_path / 'run'
+    self.digest_dir = tmp_path / 'digests'
+    self.logs = [tmp_path / f'worker-{i}.log' for i in range(n)]
+    self.processes = []
+    for i in range(n):
+      tf_config = json.dumps({'cluster': {'worker': workers},
+                              'task': {'type': 'worker', 'index': i}})
+      with open(self.logs[i], 'w') as log:
+        self.processes.append(subprocess.Popen(
+            [sys.executable, '-m', 'launch.train',
+             *_train_args(self.model_dir, self.digest_dir, overrides,
+                          'multi_worker')],
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            env=_env(TF_CONFIG=tf_config)))
+
+  def wait(self, process, deadline):
+    try:
+      return process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+      self.kill()
+      pytest.fail(f'worker did not finish in time; log:\n{self.log_tail()}')
+
+  def log_tail(self):
+    return '\n'.join(f'--- {p.name}\n{p.read_text()[-3000:]}' for p in self.logs)
+
+  def digests(self, i):
+    return digests.read(str(self.digest_dir / f'worker-{i}.jsonl'))
+
+  def kill(self):
+    for p in self.processes:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.kill()
+
+
+def _single_process(tmp_path, devices, strategy):
+  model_dir, digest_dir = tmp_path / 'run', tmp_path / 'digests'
+  done = subprocess.run(
+      [sys.executable, '-c', _LOGICAL_DEVICES_MAIN, str(devices),
+       *_train_args(model_dir, digest_dir, SHORT, strategy)],
+      capture_output=True, text=True, cwd=REPO, env=_env(),
+      timeout=TIME_LIMIT)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return digests.read(str(digest_dir / 'worker-0.jsonl'))
+
+
+def _decisions(records):
+  """What DSR decided: events, steps, reallocation counts, H and masks."""
+  keys = ('event', 'step', 'reallocations', 'threshold', 'masks', 'iterations')
+  return [{k: r[k] for k in keys} for r in records]
+
+
+@pytest.mark.parametrize('workers', [2, 3])
+def test_workers_agree_with_each_other_and_with_one_process(tmp_path, workers):
+  with _Cluster(workers, tmp_path / 'cluster', SHORT) as cluster:
+    deadline = time.monotonic() + TIME_LIMIT
+    codes = [cluster.wait(p, deadline) for p in cluster.processes]
+    assert codes == [0] * workers, cluster.log_tail()
+    per_worker = [cluster.digests(i) for i in range(workers)]
+
+  ours = per_worker[0]
+  # start, 6 reallocations (steps 2, 4, ..., 12), end.
+  assert [r['event'] for r in ours] == (
+      ['start'] + ['reallocation'] * 6 + ['end'])
+  assert [r['step'] for r in ours[1:-1]] == [2, 4, 6, 8, 10, 12]
+  assert [r['reallocations'] for r in ours[1:-1]] == [1, 2, 3, 4, 5, 6]
+  # The state really moved: every reallocation changed the weights, and the
+  # masks changed at least once (digests of identical states are equal).
+  assert len({r['weights'] for r in ours}) == len(ours) - 1  # end == last.
+  assert len({r['masks'] for r in ours}) > 1
+  for i, other in enumerate(per_worker[1:], 1):
+    assert other == ours, f'worker {i} disagrees with worker 0'
+
+  reference = _single_process(tmp_path / 'single', workers, 'mirrored')
+  assert reference == ours
+
+  results = json.loads((tmp_path / 'cluster' / 'run' / 'results.json')
+                       .read_text())
+  assert results['strategy'] == 'MultiWorkerMirroredStrategy'
+  assert results['replicas'] == workers and results['steps'] == 12
+  assert results['dsr']['reallocations'] == 6
+  assert float.fromhex(ours[-1]['threshold']) == results['dsr']['threshold']
+
+  if workers == 2:
+    one_device = _single_process(tmp_path / 'one_device', 1, 'default')
+    assert _decisions(one_device) == _decisions(ours)
+
+
+def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path):
+  long_run = [o for o in SHORT if not o.startswith('epochs=')] + ['epochs=500']
+  with _Cluster(2, tmp_path, long_run) as cluster:
+    victim, survivor = cluster.processes[1], cluster.processes[0]
+    digest_file = cluster.digest_dir / 'worker-1.jsonl'
+    deadline = time.monotonic() + TIME_LIMIT
+    # Wait until training runs: worker 1 has written two reallocations.
+    while not (digest_file.exists() and
+               digest_file.read_text().count('"reallocation"') >= 2):
+      assert victim.poll() is None and survivor.poll() is None, (
+          cluster.log_tail())
+      assert time.monotonic() < deadline, cluster.log_tail()
+      time.sleep(0.2)
+    victim.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    code = cluster.wait(survivor, killed + 120)
+    took = time.monotonic() - killed
+    log = cluster.logs[0].read_text()
+
+  assert code == 1, log[-3000:]
+  assert took < 120
+  assert 'error: the multi-worker cluster lost a worker' in log, log[-3000:]
+  assert '/job:worker/replica:0/task:1' in log  # Names the lost worker.
+  assert 'Restart every worker with --resume' in log
+  assert 'Traceback' not in log
