@@ -7,8 +7,9 @@ scikit-learn's 8x8 handwritten digits, which ship with the package.
 Determinism contract: the training stream is infinite and epoch `e`'s batches
 are a pure function of `(seed, e)`: a stateless shuffle keyed by both and
 stateless augmentation keyed by `(seed, e, position)`, independent of
-TensorFlow's global seed. A run resumed at epoch `e`
-therefore sees exactly the batches an uninterrupted run sees from epoch `e` on.
+TensorFlow's global seed. A run resumed at epoch `e`, step `k` (part-way
+through the epoch, from a mid-epoch backup) therefore sees exactly the batches
+an uninterrupted run sees from there on.
 Batches are global: under a distribution strategy Keras splits each one across
 the replicas (and, with several workers, each worker keeps its share of the
 same global stream).
@@ -71,6 +72,8 @@ class Data:
     eval_examples: evaluation examples `eval` yields.
     num_classes: number of labels.
     input_shape: shape of one input image.
+    initial_epoch: the epoch `train` starts in.
+    initial_step: the batch of `initial_epoch` it starts at.
   """
   train: tf.data.Dataset
   eval: tf.data.Dataset
@@ -79,6 +82,8 @@ class Data:
   eval_examples: int
   num_classes: int
   input_shape: Tuple[int, ...]
+  initial_epoch: int = 0
+  initial_step: int = 0
 
 
 def _normalize(image, mean, std):
@@ -288,7 +293,7 @@ def shuffle_blocks(examples, block_size, key):
 
 
 def train_stream(src, batch_size, steps_per_epoch, seed, shuffle_buffer,
-                 initial_epoch=0):
+                 initial_epoch=0, initial_step=0):
   """Infinite global batches; epoch e's batches depend only on (seed, e).
 
   Args:
@@ -299,21 +304,32 @@ def train_stream(src, batch_size, steps_per_epoch, seed, shuffle_buffer,
     seed: non-negative int.
     shuffle_buffer: shuffle block in examples (see `shuffle_blocks`).
     initial_epoch: the first epoch the stream yields.
+    initial_step: the first batch of `initial_epoch` it yields (a run resumed
+      part-way through an epoch); the examples before it are skipped before
+      preprocessing.
 
   Returns:
     A `tf.data.Dataset` of (images, labels) batches.
   """
   base_seed = tf.constant(seed, tf.int64)
+  first_epoch = tf.constant(initial_epoch, tf.int64)
+  skip_examples = tf.constant(initial_step * batch_size, tf.int64)
 
   def epoch_batches(epoch):
     key = tf.stack([base_seed, epoch])
     order_key = tf.random.experimental.stateless_fold_in(key, -1)
     examples = shuffle_blocks(src.train, shuffle_buffer, order_key).enumerate()
+    # Positions (and so the augmentation seeds) are kept when skipping.
+    examples = examples.skip(
+        tf.where(tf.equal(epoch, first_epoch), skip_examples, 0))
     examples = examples.map(
         lambda i, example: src.train_map(
             *example, tf.random.experimental.stateless_fold_in(key, i)),
         num_parallel_calls=AUTOTUNE, deterministic=True)
-    return examples.batch(batch_size, drop_remainder=True).take(steps_per_epoch)
+    steps = tf.where(tf.equal(epoch, first_epoch),
+                     tf.constant(steps_per_epoch - initial_step, tf.int64),
+                     tf.constant(steps_per_epoch, tf.int64))
+    return examples.batch(batch_size, drop_remainder=True).take(steps)
 
   stream = tf.data.Dataset.counter(initial_epoch).flat_map(epoch_batches)
   return stream.prefetch(AUTOTUNE).with_options(_options())
@@ -329,7 +345,8 @@ def eval_batches(src, batch_size, steps=None, drop_remainder=False):
   return batches.prefetch(AUTOTUNE).with_options(_options())
 
 
-def load(config, data_dir=None, initial_epoch=0, drop_remainder=False):
+def load(config, data_dir=None, initial_epoch=0, drop_remainder=False,
+         initial_step=0):
   """The training stream and evaluation batches of `config`.
 
   Args:
@@ -339,6 +356,9 @@ def load(config, data_dir=None, initial_epoch=0, drop_remainder=False):
     initial_epoch: first epoch of the training stream (a resumed run's).
     drop_remainder: drop the last partial evaluation batch (TPUs need static
       shapes).
+    initial_step: first batch of `initial_epoch` (a run resumed part-way
+      through an epoch); the number of steps per epoch means the start of
+      the next epoch.
 
   Returns:
     A `Data`.
@@ -363,10 +383,13 @@ def load(config, data_dir=None, initial_epoch=0, drop_remainder=False):
     raise LaunchError(f'no evaluation batch of {config.batch_size} fits the '
                       f'{src.num_eval} evaluation examples of {config.dataset!r}.')
   eval_examples = min(eval_steps * config.batch_size, src.num_eval)
+  if initial_step >= steps:  # A backup taken after an epoch's last batch.
+    initial_epoch, initial_step = initial_epoch + 1, 0
   return Data(
       train=train_stream(src, config.batch_size, steps, config.seed,
-                         config.shuffle_buffer, initial_epoch),
+                         config.shuffle_buffer, initial_epoch, initial_step),
       eval=eval_batches(src, config.batch_size, eval_steps, drop_remainder),
       steps_per_epoch=steps, num_train=src.num_train,
       eval_examples=eval_examples, num_classes=src.num_classes,
-      input_shape=src.input_shape)
+      input_shape=src.input_shape, initial_epoch=initial_epoch,
+      initial_step=initial_step)

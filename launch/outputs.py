@@ -5,6 +5,10 @@ Layout of `--model_dir`:
     config.json        the resolved config and overrides (written at start)
     checkpoints/       tf.train.CheckpointManager: model (masks and DSR state
                        included), optimizer, epoch counter; one per epoch
+    backup/            with --backup_steps: keras BackupAndRestore's backup
+                       every N steps and at every epoch end (same contents,
+                       plus the position in the epoch); removed when
+                       training ends
     logs/train, logs/validation   Keras TensorBoard scalars (loss, top-1,
                        top-5, learning rate)
     logs/dsr           DSR scalars per reallocation (H, K, active, densities)
@@ -14,16 +18,19 @@ Layout of `--model_dir`:
     final_masks.npz    the final masks (sparse methods; by name): with
                        initial_weights.npz, what the controls start from
 
-Only a complete checkpoint is ever listed in `checkpoints/checkpoint` (the
-manager updates that index after writing), and `saved_model/` and
+Only a complete checkpoint is ever listed in `checkpoints/checkpoint` and
+`backup/chief/checkpoint` (a CheckpointManager writes the checkpoint's files,
+then replaces that index file by an atomic rename), and `saved_model/` and
 `results.json` are written under temporary names and renamed, so an
 interrupted run leaves nothing that a later `--resume` would trip on. Paths go
 through `tf.io.gfile`, so `gs://` directories work too.
 """
 
+import dataclasses
 import io
 import json
 import os
+from typing import Optional
 import uuid
 
 import numpy as np
@@ -35,8 +42,28 @@ from tf_dsr import keras
 from launch.errors import LaunchError
 
 EPOCH_KEY = 'epoch/.ATTRIBUTES/VARIABLE_VALUE'
+# What keras.callbacks.BackupAndRestore records of its position.
+BACKUP_EPOCH_KEY = 'ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE'
+BACKUP_BATCH_KEY = 'ckpt_saved_batch/.ATTRIBUTES/VARIABLE_VALUE'
 # Settings a resumed run may change: they do not affect the trained weights.
 RESUMABLE_CHANGES = ('epochs', 'eval_steps', 'validation_freq')
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+  """Where a run starts: fresh, or from a checkpoint or a mid-epoch backup.
+
+  Attributes:
+    checkpoint: the checkpoint to restore, or None for a fresh run.
+    epoch: the epoch training starts in.
+    step: the batch of `epoch` training starts at (0 but after a mid-epoch
+      backup; it may equal the steps per epoch, meaning the next epoch).
+    backup: whether `checkpoint` is a `BackupAndRestore` backup.
+  """
+  checkpoint: Optional[str] = None
+  epoch: int = 0
+  step: int = 0
+  backup: bool = False
 
 
 class RunDir:
@@ -56,6 +83,21 @@ class RunDir:
     self.config = os.path.join(path, 'config.json')
     self.initial_weights = os.path.join(path, 'initial_weights.npz')
     self.final_masks = os.path.join(path, 'final_masks.npz')
+    self.backup = os.path.join(path, 'backup')
+
+  def latest_backup(self):
+    """`(path, epoch, batch)` of the newest complete mid-epoch backup, or None.
+
+    `epoch` is the epoch the backup was taken in and `batch` the index of the
+    last batch of it that was trained.
+    """
+    chief = os.path.join(self.backup, 'chief')
+    path = (tf.train.latest_checkpoint(chief) if tf.io.gfile.isdir(chief)
+            else None)
+    if path is None:
+      return None
+    return (path, int(tf.train.load_variable(path, BACKUP_EPOCH_KEY)),
+            int(tf.train.load_variable(path, BACKUP_BATCH_KEY)))
 
   def latest_checkpoint(self):
     """Path prefix of the newest complete checkpoint, or None."""
@@ -66,30 +108,39 @@ class RunDir:
   def check_start(self, resume, settings):
     """Validates `--resume` against the directory's state, before anything is written.
 
+    A run resumes from its newest state: the mid-epoch backup when there is
+    one (it is written at every epoch end before the epoch checkpoint, and
+    removed when training ends, so it is never older), else the newest
+    epoch checkpoint. A run that was stopped before it saved anything (its
+    config.json is there) starts over, so a restart script may always pass
+    `--resume`.
+
     Args:
       resume: whether the user asked to resume.
       settings: the JSON form of the requested config.
 
     Returns:
-      `(checkpoint, epoch)`: the checkpoint to restore and the epochs it has
-      completed, or `(None, 0)` for a fresh run.
+      A `Start`.
 
     Raises:
       LaunchError: `--resume` without a checkpoint, a fresh run over an
         existing one, or a resumed run whose config differs in a setting that
         affects training.
     """
-    latest = self.latest_checkpoint()
-    if resume and latest is None:
-      raise LaunchError(f'--resume: no checkpoint in {self.checkpoints}; start '
-                        'the run without --resume.')
-    if not resume and latest is not None:
+    latest, backup = self.latest_checkpoint(), self.latest_backup()
+    found = backup[0] if backup else latest
+    started = tf.io.gfile.exists(self.config)
+    if resume and found is None and not started:
+      raise LaunchError(f'--resume: no checkpoint in {self.checkpoints} (nor '
+                        f'a backup in {self.backup}); start the run without '
+                        '--resume.')
+    if not resume and found is not None:
       raise LaunchError(f'--model_dir {self.path} already holds a run '
-                        f'(checkpoint {os.path.basename(latest)}); pass --resume '
+                        f'(checkpoint {os.path.basename(found)}); pass --resume '
                         'to continue it, or choose another --model_dir.')
-    if latest is None:
-      return None, 0
-    if tf.io.gfile.exists(self.config):
+    if not resume:
+      return Start()
+    if started:
       with tf.io.gfile.GFile(self.config) as f:
         saved = json.load(f)['settings']
       changed = sorted(k for k in set(saved) | set(settings)
@@ -101,7 +152,13 @@ class RunDir:
         raise LaunchError(f'--resume: the config differs from the run in '
                           f'{self.path} ({details}); only '
                           f'{", ".join(RESUMABLE_CHANGES)} may change.')
-    return latest, int(tf.train.load_variable(latest, EPOCH_KEY))
+    if found is None:  # Stopped before its first checkpoint: start over.
+      return Start()
+    if backup:
+      path, epoch, batch = backup
+      return Start(checkpoint=path, epoch=epoch, step=batch + 1, backup=True)
+    return Start(checkpoint=latest,
+                 epoch=int(tf.train.load_variable(latest, EPOCH_KEY)))
 
   def write_json(self, path, data):
     """Writes `data` as JSON to `path` through a temporary file and a rename."""
@@ -150,3 +207,56 @@ class EpochCheckpoint(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     self.epoch.assign(epoch + 1)
     self.manager.save(checkpoint_number=epoch + 1)
+
+
+class MidEpochBackup(keras.callbacks.BackupAndRestore):
+  """Keras's `BackupAndRestore`, every `every_steps` steps and at each epoch end.
+
+  Place it after the callbacks that change the model at a batch's end (the
+  `ReallocationCallback`): a backup taken after step s then holds step s's
+  reallocation. On resume, `fit` restores the backup in `on_train_begin` and
+  continues at the batch after it; the run's data stream must start there too
+  (`launch.data.load(..., initial_step=)`).
+
+  Two fixes over the base class: the position saved is the last batch of the
+  execution (the base class records its first, which repeats steps after a
+  resume when `steps_per_execution > 1`), and steps are counted as steps, not
+  as executions. The backup at each epoch end keeps it at least as new as the
+  epoch checkpoint written after it.
+
+  Args:
+    backup_dir: directory of the backups (read by every worker, written by
+      the chief).
+    every_steps: steps between mid-epoch backups; 0 for epoch ends only.
+    steps_per_epoch: training steps per epoch.
+  """
+
+  def __init__(self, backup_dir, every_steps, steps_per_epoch):
+    super().__init__(backup_dir, save_freq=every_steps or 'epoch',
+                     delete_checkpoint=True)
+    self.every_steps = every_steps
+    self.steps_per_epoch = steps_per_epoch
+    self._last_backup_batch = None
+
+  def _implements_train_batch_hooks(self):
+    return bool(self.every_steps)
+
+  def on_epoch_begin(self, epoch, logs=None):
+    super().on_epoch_begin(epoch, logs)
+    self._last_backup_batch = None
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if self._last_backup_batch is None:  # Batch 0, or where a resume starts.
+      self._last_backup_batch = batch - 1
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self.every_steps and batch - self._last_backup_batch >= self.every_steps:
+      self._back_up_after(batch)
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._back_up_after(self.steps_per_epoch - 1)
+
+  def _back_up_after(self, batch):
+    self._training_state._ckpt_saved_batch.assign(batch)
+    self._training_state.back_up(epoch=self._current_epoch)
+    self._last_backup_batch = batch

@@ -120,7 +120,8 @@ def _output_callbacks(write_dir, checkpoint, is_chief):
 
 
 def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
-        resume=False, overrides=(), verbose=1, export=True, digest_dir=None):
+        resume=False, overrides=(), verbose=1, export=True, digest_dir=None,
+        backup_steps=0):
   """Trains, evaluates and exports one experiment.
 
   Args:
@@ -129,13 +130,17 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
     data_dir: tfds data directory (None: tfds' default).
     strategy: a strategy name of `launch.strategy`.
     tpu: the TPU for strategy 'tpu'.
-    resume: continue the run in `model_dir` from its last checkpoint.
+    resume: continue the run in `model_dir` from its newest checkpoint or
+      backup, exactly where it stopped.
     overrides: the `key=value` strings `config` was made with (recorded).
     verbose: 0 silent, 1 progress bars and one line per reallocation, 2 one
       line per epoch.
     export: write the stripped SavedModel (experiment grids may skip it).
     digest_dir: if set, every process appends digests of its masks, H and
       weights to `digest_dir/worker-<task>.jsonl` (see `launch.digests`).
+    backup_steps: with `model_dir`, also back up every this many steps (and
+      at each epoch end) with Keras's BackupAndRestore, so that `resume`
+      continues part-way through an epoch; 0 for epoch checkpoints only.
 
   Returns:
     The results dict that is also written to `results.json`.
@@ -153,8 +158,9 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
     raise LaunchError('TensorBoard logs need the tensorboard package, which '
                       'TensorFlow >= 2.21 no longer installs: pip install '
                       'tensorboard.')
-  checkpoint_path, initial_epoch = (
-      run_dir.check_start(resume, settings) if run_dir else (None, 0))
+  if backup_steps < 0:
+    raise LaunchError(f'backup_steps must be >= 0, got {backup_steps}.')
+  begin = run_dir.check_start(resume, settings) if run_dir else outputs.Start()
 
   strategy = strategy_lib.create(strategy, tpu)
   on_tpu = strategy_lib.is_tpu(strategy)
@@ -166,7 +172,9 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
                       f'{replicas} replicas of {type(strategy).__name__}.')
   steps_per_execution = _steps_per_execution(config, on_tpu)
   keras.utils.set_random_seed(config.seed)
-  data = data_lib.load(config, data_dir, initial_epoch, drop_remainder=on_tpu)
+  data = data_lib.load(config, data_dir, begin.epoch, drop_remainder=on_tpu,
+                       initial_step=begin.step)
+  initial_epoch = data.initial_epoch
 
   is_chief, task = strategy_lib.worker(strategy)
   scratch = None
@@ -179,18 +187,30 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
       config, data, strategy, steps_per_execution,
       write_dir.dsr_logs if write_dir else None, verbose)
   model = built.model
-  if checkpoint_path:
-    checkpoint.restore(checkpoint_path).assert_existing_objects_matched()
-    _say(verbose, f'resumed from {checkpoint_path} after epoch {initial_epoch}')
+  if begin.backup:
+    # BackupAndRestore restores this again when `fit` starts; restoring here
+    # too covers a run whose last backup was its last step (no `fit` left).
+    tf.train.Checkpoint(model=model).restore(
+        begin.checkpoint).expect_partial().assert_existing_objects_matched()
+    _say(verbose, f'resumed from backup {begin.checkpoint} at epoch '
+         f'{initial_epoch}, step {data.initial_step} of the epoch')
+  elif begin.checkpoint:
+    checkpoint.restore(begin.checkpoint).assert_existing_objects_matched()
+    _say(verbose, f'resumed from {begin.checkpoint} after epoch {initial_epoch}')
   if write_dir:
     if is_chief:
       run_dir.write_json(run_dir.config, {'config': config.name,
                                           'overrides': list(overrides),
                                           'settings': settings})
-      if not checkpoint_path and modeling.masks_by_name(model):
+      if not begin.checkpoint and modeling.masks_by_name(model):
         # The weights at step 0, for the controls of DSR_SPEC section 7.
         run_dir.write_arrays(run_dir.initial_weights,
                              modeling.weights_by_name(model))
+    if backup_steps or begin.backup:
+      # After the method's callbacks, so a backup holds that step's
+      # reallocation; before the epoch checkpoint, so it is never older.
+      callbacks.append(outputs.MidEpochBackup(run_dir.backup, backup_steps,
+                                              data.steps_per_epoch))
     callbacks += _output_callbacks(write_dir, checkpoint, is_chief)
   if digest_dir:
     reallocation = next((c for c in callbacks
@@ -206,6 +226,17 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
                   validation_data=data.eval if config.validation_freq else None,
                   validation_freq=config.validation_freq or 1,
                   callbacks=callbacks, verbose=verbose)
+        if (run_dir and is_chief and tf.io.gfile.isdir(run_dir.backup) and
+            not tf.io.gfile.listdir(run_dir.backup)):
+          tf.io.gfile.rmtree(run_dir.backup)  # Keras leaves it empty.
+      elif begin.backup and write_dir:
+        # Stopped between the last epoch's backup and its checkpoint: write
+        # that checkpoint now, and drop the backup as `fit` would have.
+        for callback in callbacks:
+          if isinstance(callback, outputs.EpochCheckpoint):
+            callback.on_epoch_end(initial_epoch - 1)
+        if is_chief:
+          tf.io.gfile.rmtree(run_dir.backup)
       final = model.evaluate(data.eval, verbose=0, return_dict=True)
       results = _results(config, overrides, model, built, final, data, strategy,
                          int(model.optimizer.iterations.numpy()), start)

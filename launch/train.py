@@ -41,6 +41,10 @@ flags.DEFINE_string('tpu', 'local', 'With --strategy=tpu: "local" on a TPU VM, '
 flags.DEFINE_string('digest_dir', None, 'If set, every process appends '
                     'digests of its masks, H and weights after each '
                     'reallocation to DIR/worker-<task>.jsonl (launch.digests).')
+flags.DEFINE_integer('backup_steps', 0, 'Also back up the run every N steps '
+                     '(and at each epoch end) with Keras BackupAndRestore, so '
+                     'that --resume continues mid-epoch after a preemption; 0: '
+                     'epoch checkpoints only.', lower_bound=0)
 flags.DEFINE_bool('resume', False, 'Continue the run in --model_dir from its '
                   'last checkpoint.')
 
@@ -53,7 +57,8 @@ def main(argv):
     config = runner.resolve(FLAGS.config, FLAGS.override)
     runner.run(config, model_dir=FLAGS.model_dir, data_dir=FLAGS.data_dir,
                strategy=FLAGS.strategy, tpu=FLAGS.tpu, resume=FLAGS.resume,
-               overrides=FLAGS.override, digest_dir=FLAGS.digest_dir)
+               overrides=FLAGS.override, digest_dir=FLAGS.digest_dir,
+               backup_steps=FLAGS.backup_steps)
   except LaunchError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(2)

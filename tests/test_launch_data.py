@@ -62,7 +62,14 @@ def test_cifar_stream_is_deterministic_and_resumable():
     epochs = _batches(full.train, 9)  # Three epochs of three batches.
     again = _batches(data.load(config).train, 9)
     resumed = _batches(data.load(config, initial_epoch=1).train, 6)
+    # From a mid-epoch backup: epoch 1 after its first two batches.
+    mid_epoch = _batches(
+        data.load(config, initial_epoch=1, initial_step=2).train, 4)
     evaluation = _batches(full.eval, 3)
+  assert len(mid_epoch) == 4
+  for (x, y), (x2, y2) in zip(epochs[5:], mid_epoch):  # Augmented alike.
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
   for (x, y), (x2, y2) in zip(epochs, again):
     np.testing.assert_array_equal(x, x2)
     np.testing.assert_array_equal(y, y2)

@@ -92,7 +92,8 @@ class ReallocationCallback(keras.callbacks.Callback):
     self.history = []
     self._writer = None
     self._epoch = 0
-    self._epoch_start_step = 0
+    self._epoch_begin_iterations = 0
+    self._epoch_start_step = None
     self._seen_step = 0
     # Keep batch logs as tensors: no host sync per step.
     self._supports_tf_logs = True
@@ -110,13 +111,23 @@ class ReallocationCallback(keras.callbacks.Callback):
       self.reallocator = self._reallocator_class(model, **options)
 
   def on_train_begin(self, logs=None):
-    self._seen_step = int(self.model.optimizer.iterations.numpy())
     if self.log_dir and self._writer is None:
       self._writer = tf.summary.create_file_writer(self.log_dir)
 
   def on_epoch_begin(self, epoch, logs=None):
+    # The step counter is read here rather than at train begin: a callback
+    # such as BackupAndRestore restores it in its own `on_train_begin`, which
+    # may run after this one's. One read per epoch, no sync per step.
     self._epoch = epoch
-    self._epoch_start_step = self._seen_step
+    self._epoch_begin_iterations = int(self.model.optimizer.iterations.numpy())
+    self._epoch_start_step = None
+
+  def on_train_batch_begin(self, batch, logs=None):
+    if self._epoch_start_step is None:
+      # The first batch index of an epoch is 0, or later in an epoch that
+      # BackupAndRestore resumed part-way through.
+      self._epoch_start_step = self._epoch_begin_iterations - batch
+      self._seen_step = self._epoch_begin_iterations
 
   def _active(self, step):
     if self.stop_epoch is not None and self._epoch >= self.stop_epoch:
@@ -124,6 +135,8 @@ class ReallocationCallback(keras.callbacks.Callback):
     return self.stop_step is None or step < self.stop_step
 
   def on_train_batch_end(self, batch, logs=None):
+    if self._epoch_start_step is None:  # Driven without on_train_batch_begin.
+      self._epoch_start_step = self._seen_step = self._epoch_begin_iterations
     step = self._epoch_start_step + batch + 1
     first = self._seen_step + 1
     self._seen_step = step

@@ -1,0 +1,144 @@
+"""Preemption: a run killed with SIGKILL again and again finishes exactly as one
+that never stopped.
+
+One uninterrupted `launch.train` run (small CNN, DSR, 16 epochs of 4 steps,
+a reallocation every 3 steps, a mid-epoch backup every 2 steps) is the
+reference. The same run is then started and killed 24 times in a row, each
+restart with `--resume`, at points drawn with a fixed seed from six kinds
+(`tests/preemption_run.py`): during a training step, during a reallocation,
+during the write of a mid-epoch backup or of an epoch checkpoint, and between
+writing either's files and updating its index. After every kill, every
+checkpoint and backup listed in an index loads completely (no half-written
+checkpoint is ever listed). Finally the run is resumed to its end, and:
+
+- the final epoch checkpoint holds bit-identical values to the reference's
+  for every variable (weights, masks, H, reallocation count, last step,
+  optimizer step and slots, epoch counter);
+- the final digests (masks, H, step, weights, optimizer) are equal;
+- every reallocation any of the 25 processes completed and logged has the
+  digest the reference logged at that step;
+- results.json reports the same steps and DSR state; final_masks.npz is equal.
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from launch import digests
+
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, 'tests', 'preemption_run.py')
+EPOCHS, STEPS_PER_EPOCH = 16, 4
+OVERRIDES = [f'epochs={EPOCHS}', f'steps_per_epoch={STEPS_PER_EPOCH}',
+             'batch_size=24', 'period=3', 'eval_steps=1', 'validation_freq=0']
+# How many kills of each kind, and the range of the event count to die at.
+# Small counts keep each process's progress small (a kill at an epoch
+# checkpoint costs up to an epoch), so all 24 happen before the run ends.
+_PLAN = {'step': (5, (1, 2)), 'reallocation': (5, (1, 1)),
+         'backup_write': (4, (1, 2)), 'backup_index': (4, (1, 2)),
+         'checkpoint_write': (3, (1, 1)), 'checkpoint_index': (3, (1, 1))}
+KILLS = sum(count for count, _ in _PLAN.values())
+
+
+def _run(phase, n, seed, model_dir, digest_dir, resume):
+  args = [sys.executable, SCRIPT, phase, str(n), str(seed),
+          '--config=small_cnn_digits_dsr', f'--model_dir={model_dir}',
+          f'--digest_dir={digest_dir}', '--backup_steps=2',
+          *[f'--override={o}' for o in OVERRIDES]]
+  if resume:
+    args.append('--resume')
+  return subprocess.run(
+      args, capture_output=True, text=True, cwd=REPO, timeout=300,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO))
+
+
+def _listed_checkpoints(directory):
+  state = tf.train.get_checkpoint_state(str(directory))
+  return list(state.all_model_checkpoint_paths) if state else []
+
+
+def _assert_loads_completely(path):
+  reader = tf.train.load_checkpoint(path)
+  for name in reader.get_variable_to_shape_map():
+    reader.get_tensor(name)  # Raises on a truncated or missing shard.
+
+
+def _checkpoint_values(path):
+  reader = tf.train.load_checkpoint(path)
+  return {name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          # How many times this process saved: not training state.
+          if not name.startswith('save_counter')}
+
+
+def test_killed_at_random_points_resumes_to_the_same_end(tmp_path):
+  reference = _run('none', 0, 0, tmp_path / 'reference', tmp_path / 'ref_dig',
+                   resume=False)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+
+  model_dir, digest_dir = tmp_path / 'run', tmp_path / 'run_dig'
+  rng = random.Random(20261124)
+  kinds = [kind for kind, (count, _) in _PLAN.items() for _ in range(count)]
+  rng.shuffle(kinds)
+  killed = []
+  for i, phase in enumerate(kinds):
+    n = rng.randint(*_PLAN[phase][1])
+    done = _run(phase, n, rng.randrange(2**31), model_dir, digest_dir,
+                resume=(model_dir / 'config.json').exists())
+    marker = f'[fault] SIGKILL {phase} {n}'
+    assert done.returncode == -9 and marker in done.stderr, (
+        f'kill {i} ({phase} {n}) did not happen: exit {done.returncode}\n'
+        f'{done.stderr[-3000:]}')
+    assert 'Traceback' not in done.stderr, done.stderr[-3000:]
+    killed.append(phase)
+    for directory in (model_dir / 'checkpoints', model_dir / 'backup' / 'chief'):
+      for path in _listed_checkpoints(directory):
+        _assert_loads_completely(path)
+
+  assert len(killed) == KILLS == 24 and set(killed) == set(_PLAN)
+  final = _run('none', 0, 0, model_dir, digest_dir, resume=True)
+  assert final.returncode == 0, final.stderr[-3000:]
+  assert not (model_dir / 'backup').exists()  # Removed when training ended.
+
+  # The last epoch checkpoint: every variable bit-identical.
+  last = f'ckpt-{EPOCHS}'
+  ours = _checkpoint_values(str(model_dir / 'checkpoints' / last))
+  theirs = _checkpoint_values(str(tmp_path / 'reference' / 'checkpoints' /
+                                  last))
+  assert sorted(ours) == sorted(theirs)
+  assert any('mask' in name for name in ours)
+  assert any('threshold' in name for name in ours)
+  for name, value in theirs.items():
+    np.testing.assert_array_equal(ours[name], value, err_msg=name)
+
+  run_records = digests.read(str(digest_dir / 'worker-0.jsonl'))
+  ref_records = digests.read(str(tmp_path / 'ref_dig' / 'worker-0.jsonl'))
+  assert run_records[-1] == ref_records[-1]
+  assert ref_records[-1]['iterations'] == 64
+  assert ref_records[-1]['reallocations'] == 21  # Steps 3, 6, ..., 63.
+  # Each reallocation logged by any process of the chain (some were redone
+  # after a kill) has the state the reference had after that reallocation.
+  by_step = {r['step']: r for r in ref_records if r['event'] == 'reallocation'}
+  logged = [r for r in run_records if r['event'] == 'reallocation']
+  assert {r['step'] for r in logged} == set(by_step)
+  for record in logged:
+    assert record == by_step[record['step']]
+
+  results = json.loads((model_dir / 'results.json').read_text())
+  expected = json.loads((tmp_path / 'reference' / 'results.json').read_text())
+  assert results['steps'] == expected['steps'] == 64
+  assert results['dsr'] == expected['dsr']
+  assert results['top1'] == expected['top1']
+  with np.load(model_dir / 'final_masks.npz') as a, np.load(
+      tmp_path / 'reference' / 'final_masks.npz') as b:
+    assert sorted(a.files) == sorted(b.files)
+    for name in a.files:
+      np.testing.assert_array_equal(a[name], b[name])
