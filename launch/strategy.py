@@ -160,12 +160,20 @@ _LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
                        tf.errors.CancelledError, tf.errors.DeadlineExceededError)
 
 
+# Words of the line that says why, in TensorFlow's long error messages.
+_CAUSES = ('unhealthy', 'heartbeat', 'connection', 'socket', 'peer',
+           'unavailable', 'timed out', 'deadline', 'aborted')
+
+
 def _lost_worker_message(error, model_dir):
   text = getattr(error, 'message', '') or str(error)
   tasks = sorted(set(re.findall(r'/job:\w+/replica:\d+/task:\d+', text)))
   lines = [l.strip() for l in text.splitlines() if l.strip()]
-  reason = next((l for l in lines if 'unhealthy' in l or 'heartbeat' in l),
-                lines[-1] if lines else type(error).__name__)
+  noise = ('[[', 'File ', 'Detected at', 'Graph execution error', 'Stack',
+           '<stack', 'Additional GRPC', ':UNKNOWN')
+  plain = [l for l in lines if not l.startswith(noise)]
+  reason = next((l for l in plain if any(k in l.lower() for k in _CAUSES)),
+                plain[0] if plain else type(error).__name__)
   where = f' (unresponsive: {", ".join(tasks)})' if tasks else ''
   resume = (f' from the last checkpoint in {model_dir}' if model_dir else '')
   return (f'the multi-worker cluster lost a worker{where}: {reason[:300]} '

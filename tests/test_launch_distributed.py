@@ -11,8 +11,10 @@ import sys
 import textwrap
 
 import pytest
+import tensorflow as tf
 
 from launch import strategy
+from launch.errors import ClusterError
 from launch.errors import LaunchError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,3 +107,60 @@ def test_unknown_strategy():
                      r"strategies are \['default', 'mirrored', 'multi_worker', "
                      r"'tpu'\]"):
     strategy.create('gpu')
+
+
+def test_malformed_tf_config_cli_exits_2_and_writes_nothing(tmp_path):
+  model_dir = tmp_path / 'run'
+  done = subprocess.run(
+      [sys.executable, '-m', 'launch.train', '--config=small_cnn_digits_dsr',
+       f'--model_dir={model_dir}', '--strategy=multi_worker'],
+      capture_output=True, text=True, cwd=REPO,
+      env=_env() | {'TF_CONFIG': '{"cluster": {"worker": ["127.0.0.1:1"]'})
+  assert done.returncode == 2
+  assert 'error: TF_CONFIG is not valid JSON' in done.stderr
+  assert 'for example TF_CONFIG=' in done.stderr
+  assert 'Traceback' not in done.stderr and not model_dir.exists()
+
+
+# What TensorFlow raises in a survivor when its peer is gone (abridged).
+_PEER_RESET = """Graph execution error:
+
+Detected at node CollectiveReduceV2 defined at (most recent call last):
+<stack traces unavailable>
+Collective ops is aborted by: recvmsg:Connection reset by peer
+Additional GRPC error information from remote target /job:worker/replica:0/task:0 while calling /tensorflow.WorkerService/CompleteInstance:
+:UNKNOWN:Error received from peer  {grpc_status:14}
+\t [[{{node CollectiveReduceV2}}]] [Op:__inference_test_function_4301]"""
+_NO_HEARTBEAT = """Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks are unhealthy (stopped sending heartbeats):
+/job:worker/replica:0/task:1
+The tasks have crashed. Check the task logs for an earlier error."""
+
+
+@pytest.mark.parametrize('error, lost, reason', [
+    (tf.errors.UnavailableError(None, None, _PEER_RESET),
+     '/job:worker/replica:0/task:0', 'recvmsg:Connection reset by peer'),
+    (tf.errors.UnavailableError(None, None, _NO_HEARTBEAT),
+     '/job:worker/replica:0/task:1', 'tasks are unhealthy'),
+    (tf.errors.DeadlineExceededError(None, None, 'Collective timed out'),
+     None, 'Collective timed out'),
+])
+def test_lost_worker_errors_become_one_clear_cluster_error(error, lost, reason):
+  multi_worker = tf.distribute.MultiWorkerMirroredStrategy.__new__(
+      tf.distribute.MultiWorkerMirroredStrategy)  # Only its type is used.
+  with pytest.raises(ClusterError) as info:
+    with strategy.lost_workers_stop_cleanly(multi_worker, '/runs/a'):
+      raise error
+  message = str(info.value)
+  assert message.startswith('the multi-worker cluster lost a worker')
+  assert reason in message and type(error).__name__ in message
+  assert (f'(unresponsive: {lost})' in message) if lost else (
+      'unresponsive' not in message)
+  assert message.endswith('Restart every worker with --resume to continue '
+                          'from the last checkpoint in /runs/a.')
+
+
+def test_other_strategies_keep_tensorflow_errors():
+  error = tf.errors.UnavailableError(None, None, 'no device')
+  with pytest.raises(tf.errors.UnavailableError):
+    with strategy.lost_workers_stop_cleanly(tf.distribute.get_strategy()):
+      raise error

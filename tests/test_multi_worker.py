@@ -174,28 +174,28 @@ def test_workers_agree_with_each_other_and_with_one_process(tmp_path, workers):
     assert _decisions(one_device) == _decisions(ours)
 
 
-def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path):
+@pytest.mark.parametrize('victim', [1, 0], ids=['worker', 'chief'])
+def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path, victim):
   long_run = [o for o in SHORT if not o.startswith('epochs=')] + ['epochs=500']
   with _Cluster(2, tmp_path, long_run) as cluster:
-    victim, survivor = cluster.processes[1], cluster.processes[0]
-    digest_file = cluster.digest_dir / 'worker-1.jsonl'
+    dead, alive = cluster.processes[victim], cluster.processes[1 - victim]
+    digest_file = cluster.digest_dir / f'worker-{victim}.jsonl'
     deadline = time.monotonic() + TIME_LIMIT
-    # Wait until training runs: worker 1 has written two reallocations.
+    # Wait until training runs: the victim has written two reallocations.
     while not (digest_file.exists() and
                digest_file.read_text().count('"reallocation"') >= 2):
-      assert victim.poll() is None and survivor.poll() is None, (
-          cluster.log_tail())
+      assert dead.poll() is None and alive.poll() is None, cluster.log_tail()
       assert time.monotonic() < deadline, cluster.log_tail()
       time.sleep(0.2)
-    victim.send_signal(signal.SIGKILL)
+    dead.send_signal(signal.SIGKILL)
     killed = time.monotonic()
-    code = cluster.wait(survivor, killed + 120)
+    code = cluster.wait(alive, killed + 120)
     took = time.monotonic() - killed
-    log = cluster.logs[0].read_text()
+    log = cluster.logs[1 - victim].read_text()
 
   assert code == 1, log[-3000:]
   assert took < 120
   assert 'error: the multi-worker cluster lost a worker' in log, log[-3000:]
-  assert '/job:worker/replica:0/task:1' in log  # Names the lost worker.
+  assert f'/job:worker/replica:0/task:{victim}' in log  # Names the lost one.
   assert 'Restart every worker with --resume' in log
   assert 'Traceback' not in log
