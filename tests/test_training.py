@@ -193,6 +193,64 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
   assert float(model.dynamic_sparsity_state.threshold.numpy()) == expected_h
 
 
+class _Preempted(Exception):
+  pass
+
+
+class _PreemptAt(keras.callbacks.Callback):
+  """Stops `fit` by raising after global step `step` (callbacks before it ran)."""
+
+  def __init__(self, step):
+    super().__init__()
+    self.step = step
+
+  def on_train_batch_end(self, batch, logs=None):
+    if int(self.model.optimizer.iterations.numpy()) == self.step:
+      raise _Preempted()
+
+
+def test_keras_backup_and_restore_resumes_mid_epoch_exactly(tmp_path):
+  # 8 steps per epoch, 3 epochs, a reallocation every 3 steps (3, 6, ..., 24)
+  # and a Keras backup every 2 steps. Preempted after step 11: the backup of
+  # step 10 (epoch 1, batch 1) is restored, and the callback must number the
+  # resumed epoch's steps from 11 (not from 0 or 10 + 2), so reallocations run
+  # at exactly the uninterrupted run's steps with its masks and state.
+  tf.config.experimental.enable_op_determinism()
+  x, y = tiny_data()
+  batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+
+  def fit(model, callbacks, data):
+    model.fit(data, epochs=3, steps_per_epoch=8, verbose=0,
+              callbacks=callbacks)
+
+  model = sparse_tiny_cnn(seed=5)
+  cb = tf_dsr.ReallocationCallback(target_pruned=20, period=3, seed=5)
+  fit(model, [cb], batches)
+  expected = [v.numpy() for v in model.weights]
+
+  backup_dir = str(tmp_path / 'backup')
+  model = sparse_tiny_cnn(seed=5)
+  first = tf_dsr.ReallocationCallback(target_pruned=20, period=3, seed=5)
+  with pytest.raises(_Preempted):
+    fit(model, [first, keras.callbacks.BackupAndRestore(backup_dir, save_freq=2),
+                _PreemptAt(11)], batches)
+  assert [s.step for s in first.history] == [3, 6, 9]
+
+  # A new process: new model, callbacks; the data resumes after step 10, as
+  # launch.data's stream does (Keras does not skip the data it replays).
+  model = sparse_tiny_cnn(seed=5)
+  second = tf_dsr.ReallocationCallback(target_pruned=20, period=3, seed=5)
+  fit(model, [second, keras.callbacks.BackupAndRestore(backup_dir, save_freq=2)],
+      batches.skip(10))
+  assert [s.step for s in second.history] == [12, 15, 18, 21, 24]
+  state = model.dynamic_sparsity_state
+  assert int(state.reallocations.numpy()) == 8
+  assert int(state.last_step.numpy()) == 24
+  assert int(model.optimizer.iterations.numpy()) == 24
+  for variable, value in zip(model.weights, expected):
+    np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.name)
+
+
 def test_training_under_xla_compiled_steps():
   model = sparse_tiny_cnn()
   model.compile(model.optimizer, model.loss, jit_compile=True)
