@@ -14,7 +14,9 @@ Contract shared by this file:
 - Shapes are static and no function sorts a weight-sized tensor, so every
   function compiles with XLA (`jit_compile=True`), as TPUs need.
 - Random numbers come from stateless ops keyed by an explicit `[2]` int32 seed;
-  the caller folds in the reallocation index and the tensor index.
+  the caller folds in the reallocation index and the tensor index. They are
+  the same compiled or not (`fold_in`, `uniform`), so a compiled and an
+  uncompiled reallocation choose the same masks.
 """
 
 import collections
@@ -25,6 +27,24 @@ import tensorflow as tf
 # or always huge) can neither underflow to 0 nor overflow to inf.
 MIN_THRESHOLD = 2.0**-60
 MAX_THRESHOLD = 2.0**60
+
+# Named, not 'auto_select': under XLA 'auto_select' may pick another algorithm
+# than TensorFlow's own kernels, and fold_in's results then differ. Philox's
+# integer streams are identical compiled and not (tested); its float streams
+# are not (XLA makes floats from the bits its own way), hence `uniform`.
+RANDOM_ALG = 'philox'
+
+
+def fold_in(seed, data):
+  """A new `[2]` seed from `seed` and the integer `data`, as in `stateless_fold_in`."""
+  return tf.random.experimental.stateless_fold_in(seed, data, alg=RANDOM_ALG)
+
+
+def uniform(shape, seed):
+  """float64 uniform on [0, 1) from 32 random bits each, the same compiled or not."""
+  bits = tf.random.stateless_uniform(shape, seed, minval=None, maxval=None,
+                                     dtype=tf.uint32, alg=RANDOM_ALG)
+  return tf.cast(bits, tf.float64) * 2.0**-32
 
 
 # Counting is done by writing small integer codes into a [rows, _ROW] matrix
@@ -156,7 +176,7 @@ def cap_to_capacity(grow, weights, capacity, seed):
     int64 vector g with `sum(g) == sum(grow)` and `0 <= g <= capacity`.
   """
   num_tensors = grow.shape[0]
-  offsets = tf.random.stateless_uniform([num_tensors], seed, dtype=tf.float64)
+  offsets = uniform([num_tensors], seed)
 
   def body(i, grow):
     excess = tf.reduce_sum(tf.maximum(grow - capacity, 0))
@@ -191,10 +211,10 @@ def allocate(total, survivors, capacity, seed):
   Returns:
     int64 vector g with `sum(g) == total` and `0 <= g <= capacity`.
   """
-  offset = tf.random.stateless_uniform([], seed, dtype=tf.float64)
+  offset = uniform([], seed)
   grow = _split(total, survivors, offset)
   return cap_to_capacity(grow, survivors, capacity,
-                         tf.random.experimental.stateless_fold_in(seed, 1))
+                         fold_in(seed, 1))
 
 
 def _draw_round(size, target, seed, draws, round_index, taken, last_taken,
@@ -206,8 +226,8 @@ def _draw_round(size, target, seed, draws, round_index, taken, last_taken,
   gather tells whether a draw is the first to hit a candidate.
   """
   positions = tf.random.stateless_uniform(
-      [draws], tf.random.experimental.stateless_fold_in(seed, round_index),
-      minval=0, maxval=size, dtype=tf.int32, alg='philox')
+      [draws], fold_in(seed, round_index),
+      minval=0, maxval=size, dtype=tf.int32, alg=RANDOM_ALG)
   ids = round_index * draws + tf.range(draws, dtype=tf.int32)
   first_hits = tf.tensor_scatter_nd_min(first_hits, positions[:, None], ids)
   new = tf.gather(first_hits, positions) == ids
@@ -271,13 +291,13 @@ def grow_uniform(candidates, count, num_candidates, seed, draws_per_round):
   # The first round is unrolled: it is usually the only one, and on CPU a loop
   # carrying the scratch array costs more than the round itself.
   _, taken, last_taken, first_hits = _draw_round(
-      flat.shape[0], target, tf.random.experimental.stateless_fold_in(seed, 0),
+      flat.shape[0], target, fold_in(seed, 0),
       draws, tf.constant(0), tf.constant(0), tf.constant(-1), _unhit(flat))
   chosen = (first_hits >= 0) & (first_hits <= last_taken)
   chosen |= tf.cond(
       taken < target,
       lambda: _sample(flat & ~chosen, target - taken,
-                      tf.random.experimental.stateless_fold_in(seed, 1), draws),
+                      fold_in(seed, 1), draws),
       lambda: tf.zeros_like(flat))
   grown = tf.where(invert, flat & ~chosen, chosen)
   return tf.reshape(grown, tf.shape(candidates))
@@ -355,13 +375,13 @@ def drop_and_grow(masks, pruned, num_pruned, num_active, budget, seed,
   skipped = total_pruned > tf.reduce_sum(capacity)
   dropped = tf.where(skipped, tf.zeros_like(num_pruned), num_pruned)
   grow_counts = budget(dropped, survivors, capacity,
-                       tf.random.experimental.stateless_fold_in(seed, -1))
+                       fold_in(seed, -1))
 
   new_masks, pruned_masks, grown_masks = [], [], []
   for i, (mask, prune) in enumerate(zip(masks, pruned)):
     grown = grow_uniform(
         ~mask, grow_counts[i], capacity[i],
-        tf.random.experimental.stateless_fold_in(seed, i),
+        fold_in(seed, i),
         draws_per_round[i])
     prune = prune & ~skipped
     new_masks.append((mask & ~prune) | grown)

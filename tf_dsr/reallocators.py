@@ -347,7 +347,7 @@ class BaseReallocator:
 
     def apply(step, kernels, masks, slots, auxiliary, inputs, threshold_var,
               count_var, step_var):
-      seed = tf.random.experimental.stateless_fold_in(
+      seed = reallocation.fold_in(
           tf.constant([self.seed, 0], tf.int64), count_var)
       threshold = tf.convert_to_tensor(threshold_var)
 
@@ -655,7 +655,7 @@ class SETReallocator(BaseReallocator):
 
 def _random_signs(shape, seed):
   """+1 or -1 with equal odds, from a stateless stream."""
-  coin = tf.random.stateless_uniform(shape, seed) < 0.5
+  coin = reallocation.uniform(shape, seed) < 0.5
   return tf.where(coin, tf.ones(shape), -tf.ones(shape))
 
 
@@ -750,12 +750,15 @@ class DeepRReallocator(BaseReallocator):
   def update(self, weights, masks, inputs, seed):
     lr, temperature = inputs['learning_rate'], inputs['temperature']
     scale = tf.sqrt(2.0 * lr * temperature)
-    noise_seed = tf.random.experimental.stateless_fold_in(seed, 7919)
+    noise_seed = reallocation.fold_in(seed, 7919)
     updated = []
     for i, (weight, mask, sign) in enumerate(
         zip(weights, masks, self.auxiliary['sign'])):
+      # Gaussian noise: equal on every replica (all run the same function),
+      # but not bit-equal between a compiled and an uncompiled run.
       noise = tf.random.stateless_normal(
-          weight.shape, tf.random.experimental.stateless_fold_in(noise_seed, i))
+          weight.shape, reallocation.fold_in(noise_seed, i),
+          alg=reallocation.RANDOM_ALG)
       step = -lr * self.alpha * sign + scale * noise
       updated.append(tf.where(mask, weight + step, tf.zeros_like(weight)))
     return updated
@@ -773,12 +776,12 @@ class DeepRReallocator(BaseReallocator):
                                  tf.maximum(capacity, 1), capacity, seed)
 
   def update_auxiliary(self, result, seed):
-    sign_seed = tf.random.experimental.stateless_fold_in(seed, 104729)
+    sign_seed = reallocation.fold_in(seed, 104729)
     signs = []
     for i, (sign, grown) in enumerate(
         zip(self.auxiliary['sign'], result.grown_masks)):
       fresh = _random_signs(
-          sign.shape, tf.random.experimental.stateless_fold_in(sign_seed, i))
+          sign.shape, reallocation.fold_in(sign_seed, i))
       signs.append(tf.where(grown, fresh, sign))
     return {'sign': signs}
 
