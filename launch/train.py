@@ -4,6 +4,12 @@
   python -m launch.train --config=small_cnn_digits_dsr --model_dir=/tmp/run \
       --override epochs=2 --override batch_size=64
   python -m launch.train --config=wrn28_2_cifar10_dsr_s0.9 --model_dir=runs/wrn_dsr_s0.9 --resume
+  # Preemptible machines: back up every 500 steps; a restart loses at most 500.
+  python -m launch.train --config=resnet50_imagenet_dsr_s0.9 --model_dir=runs/r50 \
+      --backup_steps=500 --resume
+  # Several workers: TF_CONFIG on each; --digest_dir logs per-worker digests.
+  TF_CONFIG=... python -m launch.train --config=small_cnn_digits_dsr \
+      --model_dir=/tmp/run --strategy=multi_worker --digest_dir=/tmp/digests
 
 `python -m launch.configs` lists the configs; `--override key=value`
 (repeatable) changes any of their fields. See `launch.outputs` for what is
