@@ -7,11 +7,14 @@ up before TensorFlow initialises its devices, which a pytest process has long
 done. `main` does that first, then runs the modes named on the command
 line, in order:
 
-  mirrored           fit under MirroredStrategy (2 logical CPUs), uncompiled
-                     train step, steps_per_execution=2, once with the
-                     reallocation compiled and once without; reports whether
-                     the replicas' copies agree and how the two runs' masks
-                     compare.
+  mirrored           fit under MirroredStrategy (2 logical CPUs),
+                     steps_per_execution=2, three times: with the train step
+                     and the reallocation uncompiled; with the reallocation
+                     compiled; and with both compiled, the train step's
+                     forward and backward pass per replica (`ReplicaCompiled`,
+                     the most of the step XLA takes on CPUs, see below).
+                     Reports whether the replicas' copies agree and how the
+                     compiled runs' masks compare with the uncompiled one's.
   mirrored_xla_step  the same fit with the Keras train step compiled
                      (jit_compile=True); reports the error it raises. Name it
                      last: it fails half-way through a training step.
@@ -33,11 +36,42 @@ TARGET_PRUNED = 24
 INITIAL_THRESHOLD = 2e-2
 
 
-def build_model(seed=0, jit_compile=False, steps_per_execution=1):
+class ReplicaCompiled(keras.Model):
+  """A functional model whose train step compiles each replica's part.
+
+  `compile(jit_compile=True)` compiles the whole step, the gradients'
+  all-reduce included, which TensorFlow cannot do under MirroredStrategy on
+  CPU devices (see `mirrored_xla_step`). This step compiles what each replica
+  computes alone, the forward pass, loss and gradients, with XLA
+  (`tf.function(jit_compile=True)`, traced once per replica device) and
+  leaves the all-reduce and the optimizer update to the strategy, as an
+  uncompiled step does.
+  """
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.compiled_gradients = tf.function(self._gradients, jit_compile=True)
+
+  def _gradients(self, x, y):
+    with tf.GradientTape() as tape:
+      outputs = self(x, training=True)
+      loss = self.compute_loss(x, y, outputs)
+    return outputs, tape.gradient(loss, self.trainable_variables)
+
+  def train_step(self, data):
+    x, y = data
+    outputs, gradients = self.compiled_gradients(x, y)
+    self.optimizer.apply_gradients(zip(gradients, self.trainable_variables))
+    return self.compute_metrics(x, y, outputs, None)
+
+
+def build_model(seed=0, jit_compile=False, steps_per_execution=1,
+                replica_compiled=False):
   """A compiled 16 -> 32 -> 10 MLP with both kernels sparse (0.7).
 
   Two sparse tensors, so a reallocation also moves weights between layers.
-  Call under `strategy.scope()` for a distributed model.
+  Call under `strategy.scope()` for a distributed model. `replica_compiled`
+  makes it a `ReplicaCompiled` model over the same layers.
   """
   keras.utils.set_random_seed(seed)
   inputs = keras.Input((16,))
@@ -45,6 +79,8 @@ def build_model(seed=0, jit_compile=False, steps_per_execution=1):
   outputs = keras.layers.Dense(10, name='fc2')(x)
   model = tf_dsr.sparsify(keras.Model(inputs, outputs, name='mlp'), SPARSITY,
                           seed=seed)
+  if replica_compiled:
+    model = ReplicaCompiled(model.inputs, model.outputs, name='mlp')
   model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
                 keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 jit_compile=jit_compile,
@@ -110,12 +146,17 @@ class Probe(keras.callbacks.Callback):
 
 def train(train_jit, realloc_jit, steps_per_execution, period, n, epochs,
           batch_size=8, strategy=None):
-  """Builds, trains and returns `(model, callback, before, after)` probes."""
+  """Builds, trains and returns `(model, callback, before, after)` probes.
+
+  `train_jit`: False, True (`compile(jit_compile=True)`) or 'replica' (a
+  `ReplicaCompiled` model).
+  """
   if strategy is None:
     strategy = tf.distribute.get_strategy()
   with strategy.scope():
-    model = build_model(jit_compile=train_jit,
-                        steps_per_execution=steps_per_execution)
+    model = build_model(jit_compile=train_jit is True,
+                        steps_per_execution=steps_per_execution,
+                        replica_compiled=train_jit == 'replica')
   x, y = make_data(n)
   cb = tf_dsr.ReallocationCallback(
       target_pruned=TARGET_PRUNED, period=period,
@@ -132,8 +173,8 @@ def _replicas_agree(variable):
       np.array_equal(values[0], v) for v in values[1:])
 
 
-def _mirrored_run(strategy, realloc_jit):
-  model, cb, _, _ = train(train_jit=False, realloc_jit=realloc_jit,
+def _mirrored_run(strategy, realloc_jit, train_jit=False):
+  model, cb, _, _ = train(train_jit=train_jit, realloc_jit=realloc_jit,
                           steps_per_execution=2, period=4, n=128, epochs=2,
                           batch_size=16, strategy=strategy)
   state = model.dynamic_sparsity_state
@@ -144,8 +185,11 @@ def _mirrored_run(strategy, realloc_jit):
     for k, m in zip(kernel.values, mask.values):
       masked_nonzero += int((k.numpy()[m.numpy() == 0] != 0).sum())
   variables += [v for v in model.optimizer.variables if hasattr(v, 'values')]
+  compiled_gradients = getattr(model, 'compiled_gradients', None)
   return model, {
       'jit': cb.reallocator.jit_compile,
+      'replica_step_traces': (compiled_gradients.experimental_get_tracing_count()
+                              if compiled_gradients else 0),
       'mirrored': [hasattr(v, 'values') for v in variables],
       'checked': [v.name for v in variables],
       'disagreements': [v.name for v in variables if not _replicas_agree(v)],
@@ -157,21 +201,32 @@ def _mirrored_run(strategy, realloc_jit):
   }
 
 
-def mirrored(strategy):
-  """Compiled and uncompiled reallocation under MirroredStrategy."""
-  compiled, compiled_report = _mirrored_run(strategy, realloc_jit=True)
-  plain, plain_report = _mirrored_run(strategy, realloc_jit=False)
-  pairs = list(zip(sparse_pairs(compiled), sparse_pairs(plain)))
+def _compare(model, reference):
+  """How `model`'s masks, kernels and H differ from `reference`'s."""
+  pairs = list(zip(sparse_pairs(model), sparse_pairs(reference)))
   return {
-      'replicas': strategy.num_replicas_in_sync,
-      'compiled': compiled_report,
-      'uncompiled': plain_report,
       'mask_differences': [int((local(a) != local(b)).sum())
                            for (_, a), (_, b) in pairs],
       'kernel_max_difference': max(float(np.abs(local(a) - local(b)).max())
                                    for (a, _), (b, _) in pairs),
       'thresholds': [float(local(m.dynamic_sparsity_state.threshold))
-                     for m in (compiled, plain)],
+                     for m in (model, reference)],
+  }
+
+
+def mirrored(strategy):
+  """Compiled and uncompiled steps and reallocations under MirroredStrategy."""
+  compiled, compiled_report = _mirrored_run(strategy, realloc_jit=True)
+  replica, replica_report = _mirrored_run(strategy, realloc_jit=True,
+                                          train_jit='replica')
+  plain, plain_report = _mirrored_run(strategy, realloc_jit=False)
+  return {
+      'replicas': strategy.num_replicas_in_sync,
+      'compiled': compiled_report,
+      'replica_compiled': replica_report,
+      'uncompiled': plain_report,
+      'compiled_vs_uncompiled': _compare(compiled, plain),
+      'replica_compiled_vs_uncompiled': _compare(replica, plain),
   }
 
 

@@ -24,6 +24,8 @@ What is covered:
   with `steps_per_execution=2` and the reallocation compiled, both replicas
   hold identical masks, kernels, optimizer slots and DSR state after
   training, and the same masks, H and K as with the reallocation uncompiled.
+  The same holds when each replica's forward and backward pass is also
+  XLA-compiled (`compiled_run.ReplicaCompiled`).
 * The limit that keeps the Keras train step uncompiled under MirroredStrategy
   on CPUs: `fit` with `jit_compile=True` fails there in TF 2.21 (a test
   asserts the failure, so a TensorFlow that lifts it is noticed).
@@ -238,29 +240,36 @@ def mirrored(distributed):
   return distributed['mirrored']
 
 
-def test_mirrored_replicas_agree_with_compiled_reallocation(mirrored):
-  for name in ('compiled', 'uncompiled'):
-    run = mirrored[name]
-    assert run['jit'] == (name == 'compiled')
-    # Every checked variable is distributed (one copy per replica): the
-    # state, each kernel and mask, the optimizer's iterations and slots.
-    assert all(run['mirrored'])
-    assert len(run['checked']) == 12
-    # 128 examples, global batch 16 (8 per replica): 8 steps per epoch, 2
-    # epochs; executions of 2 steps; P = 4.
-    assert run['history_steps'] == [4, 8, 12, 16]
-    assert all(p > 0 for p in run['pruned'])
-    assert run['reallocations'] == [4, 4]  # per replica
-    assert run['last_step'] == [16, 16]
-    assert run['disagreements'] == []
-    assert run['masked_nonzero'] == 0
+@pytest.mark.parametrize('name', ['uncompiled', 'compiled',
+                                  'replica_compiled'])
+def test_mirrored_replicas_agree(mirrored, name):
+  run = mirrored[name]
+  assert run['jit'] == (name != 'uncompiled')
+  # The replica-compiled step traced its XLA function once per replica.
+  assert run['replica_step_traces'] == (2 if name == 'replica_compiled' else 0)
+  # Every checked variable is distributed (one copy per replica): the
+  # state, each kernel and mask, the optimizer's iterations and slots.
+  assert all(run['mirrored'])
+  assert len(run['checked']) == 12
+  # 128 examples, global batch 16 (8 per replica): 8 steps per epoch, 2
+  # epochs; executions of 2 steps; P = 4.
+  assert run['history_steps'] == [4, 8, 12, 16]
+  assert all(p > 0 for p in run['pruned'])
+  assert run['reallocations'] == [4, 4]  # per replica
+  assert run['last_step'] == [16, 16]
+  assert run['disagreements'] == []
+  assert run['masked_nonzero'] == 0
 
 
-def test_mirrored_compiled_reallocation_masks_match_uncompiled(mirrored):
-  assert mirrored['mask_differences'] == [0, 0]
-  assert mirrored['thresholds'][0] == mirrored['thresholds'][1]
-  assert (mirrored['compiled']['pruned'] == mirrored['uncompiled']['pruned'])
-  assert mirrored['kernel_max_difference'] < 1e-5
+@pytest.mark.parametrize('name', ['compiled', 'replica_compiled'])
+def test_mirrored_compiled_masks_match_uncompiled(mirrored, name):
+  """A compiled reallocation, alone or after XLA-compiled per-replica
+  forward and backward passes, chooses the uncompiled run's masks."""
+  comparison = mirrored[f'{name}_vs_uncompiled']
+  assert comparison['mask_differences'] == [0, 0]
+  assert comparison['thresholds'][0] == comparison['thresholds'][1]
+  assert mirrored[name]['pruned'] == mirrored['uncompiled']['pruned']
+  assert comparison['kernel_max_difference'] < 1e-5
 
 
 def test_mirrored_xla_train_step_fails_on_cpu_devices(distributed):
@@ -275,7 +284,8 @@ def test_mirrored_xla_train_step_fails_on_cpu_devices(distributed):
   `_use_merge_call`) still gave that error here; it has also been seen to
   fail with "Collectives are not yet implemented for CPU devices when
   compiling with XLA". Either message passes. That is why the
-  MirroredStrategy tests compile only the reallocation.
+  MirroredStrategy tests compile the reallocation and each replica's forward
+  and backward pass (`compiled_run.ReplicaCompiled`), not the whole step.
 
   If this test fails because `fit` succeeded, TensorFlow has lifted the
   limit: extend the MirroredStrategy tests to a compiled train step (and
