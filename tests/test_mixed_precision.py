@@ -7,7 +7,9 @@ working on the float32 values: the masks are plain float32 variables holding
 exactly 0 or 1, masked kernel entries are exactly 0, the pruning comparison
 `|w| < H` and the values written back use the float32 master weights (never
 their 16-bit cast), and under `mixed_float16` the optimizer Keras wraps in a
-`LossScaleOptimizer` still has its per-weight state found and reset.
+`LossScaleOptimizer` still has its per-weight state found and reset, and
+steps it skips because their gradients overflowed change no weight, leave no
+inf behind and still count in the reallocation schedule.
 """
 
 import numpy as np
@@ -330,3 +332,77 @@ def test_initial_kernels_keep_float32_precision(policy):
     rounded = tf.cast(tf.cast(active, policy.compute_dtype), tf.float32)
     assert (rounded.numpy() != active).any(), (
         f'{kernel.name}: every active weight is a {policy.compute_dtype} value')
+
+
+class _RecordSteps(keras.callbacks.Callback):
+  """Per step: the loss scale, and whether the optimizer moved any weight.
+
+  Placed after the `ReallocationCallback`: a reallocation also changes
+  kernels (pruned entries are set to 0), so only entries active both before
+  and after the step are compared.
+  """
+
+  def on_train_begin(self, logs=None):
+    self.rows = []
+    self._before = self._read()
+
+  def _read(self):
+    return [(k.numpy(), m.numpy()) for k, m in sparse_pairs(self.model)]
+
+  def on_train_batch_end(self, batch, logs=None):
+    after = self._read()
+    updated = any(
+        (k0[(m0 > 0) & (m1 > 0)] != k1[(m0 > 0) & (m1 > 0)]).any()
+        for (k0, m0), (k1, m1) in zip(self._before, after))
+    slots_finite = all(np.isfinite(v.numpy()).all()
+                       for v in self.model.optimizer.variables)
+    self.rows.append({
+        'step': int(self.model.optimizer.iterations.numpy()),
+        'scale': float(self.model.optimizer.loss_scale.numpy()),
+        'updated': updated,
+        'finite': slots_finite and all(np.isfinite(k).all() for k, _ in after),
+    })
+    self._before = after
+
+
+def test_overflowing_loss_scaled_steps_are_skipped_and_reallocation_goes_on():
+  """mixed_float16 with a loss scale far too large: the first steps'
+  gradients overflow float16, so the `LossScaleOptimizer` skips them and
+  halves the scale each time. DSR must neither see nor write an inf, and its
+  schedule must count the skipped steps (Keras's optimizer counts them)."""
+  keras.mixed_precision.set_global_policy('mixed_float16')
+  try:
+    initial_scale = 2.0**24
+    optimizer = keras.mixed_precision.LossScaleOptimizer(
+        keras.optimizers.SGD(0.05, momentum=0.9), initial_scale=initial_scale)
+    model = sparse_tiny_cnn(optimizer=optimizer)
+    total_active = sum(int(m.sum()) for m in masks_of(model))
+    x, y = tiny_data()
+    cb = tf_dsr.ReallocationCallback(target_pruned=30, period=2,
+                                     initial_threshold=5e-2)
+    check, record = _CheckInvariants(total_active), _RecordSteps()
+    model.fit(x, y, batch_size=16, epochs=4, verbose=0,
+              callbacks=[cb, check, record])
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+
+  rows = record.rows
+  assert [r['step'] for r in rows] == list(range(1, 17))
+  scales = [initial_scale] + [r['scale'] for r in rows]
+  skipped = [r['scale'] == previous / 2
+             for r, previous in zip(rows, scales)]
+  # Some steps overflowed, then training went on at a scale that fits
+  # (growth only comes after 2000 good steps, so it stays put).
+  assert skipped[:3] == [True] * 3 and not skipped[-1]
+  first_good = skipped.index(False)
+  assert not any(skipped[first_good:])
+  assert all(r['scale'] == initial_scale / 2**first_good
+             for r in rows[first_good:])
+  # An overflowing step leaves every weight as it was; a good one moves them.
+  assert [r['updated'] for r in rows] == [not s for s in skipped]
+  assert all(r['finite'] for r in rows)
+  # Reallocations ran on schedule through the skipped steps, and pruned.
+  assert [s.step for s in cb.history] == list(range(2, 17, 2))
+  assert all(s.pruned > 0 and s.total_active == total_active
+             for s in cb.history)
+  assert check.steps == 16
