@@ -19,8 +19,15 @@ PHASE says where the process dies, at the N-th such event of this process
   its index file (the half-written state a resume must ignore).
 
 Before dying it prints `[fault] SIGKILL <phase> <n>` to stderr.
+
+With `--wait_for_stdin` as the first flag, the process imports TensorFlow
+and the launcher, then waits for one line on stdin, a JSON list of further
+flags, before it does anything else. A test can so start the next process of
+a chain while the current one runs, and decide its last flags (`--resume`)
+once the current one has ended.
 """
 
+import json
 import os
 import random
 import signal
@@ -120,8 +127,11 @@ def install(phase, n, rng):
 
 def main():
   phase, n, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+  flags = sys.argv[4:]
+  if flags[:1] == ['--wait_for_stdin']:
+    flags = flags[1:] + json.loads(sys.stdin.readline())
   install(phase, n, random.Random(seed))
-  app.run(train.main, argv=['train'] + sys.argv[4:])
+  app.run(train.main, argv=['train'] + flags)
 
 
 if __name__ == '__main__':

@@ -18,6 +18,10 @@ checkpoint is ever listed). Finally the run is resumed to its end, and:
 - every reallocation any of the 25 processes completed and logged has the
   digest the reference logged at that step;
 - results.json reports the same steps and DSR state; final_masks.npz is equal.
+
+The processes run one after another, but each is started (to import
+TensorFlow) while the one before it runs, and told to go on once that one
+has ended; this takes the test from about 160 s to about 90 s here.
 """
 
 import json
@@ -48,16 +52,39 @@ _PLAN = {'step': (5, (1, 2)), 'reallocation': (5, (1, 1)),
 KILLS = sum(count for count, _ in _PLAN.values())
 
 
-def _run(phase, n, seed, model_dir, digest_dir, resume):
+def _start(phase, n, seed, model_dir, digest_dir):
+  """Starts a run that imports TensorFlow, then waits for `_finish`."""
   args = [sys.executable, SCRIPT, phase, str(n), str(seed),
-          '--config=small_cnn_digits_dsr', f'--model_dir={model_dir}',
-          f'--digest_dir={digest_dir}', '--backup_steps=2',
-          *[f'--override={o}' for o in OVERRIDES]]
-  if resume:
-    args.append('--resume')
-  return subprocess.run(
-      args, capture_output=True, text=True, cwd=REPO, timeout=300,
+          '--wait_for_stdin', '--config=small_cnn_digits_dsr',
+          f'--model_dir={model_dir}', f'--digest_dir={digest_dir}',
+          '--backup_steps=2', *[f'--override={o}' for o in OVERRIDES]]
+  return subprocess.Popen(
+      args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, cwd=REPO,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO))
+
+
+def _finish(process, resume):
+  """Lets a started run go on (with `--resume` or not) and waits for its end.
+
+  Returns a `subprocess.CompletedProcess`.
+  """
+  try:
+    out, err = process.communicate(
+        json.dumps(['--resume'] if resume else []) + '\n', timeout=300)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    process.communicate()
+    raise
+  return subprocess.CompletedProcess(process.args, process.returncode, out,
+                                     err)
+
+
+def _kill_all(processes):
+  for process in processes:
+    if process.poll() is None:
+      process.kill()
+      process.communicate()
 
 
 def _listed_checkpoints(directory):
@@ -80,31 +107,40 @@ def _checkpoint_values(path):
 
 
 def test_killed_at_random_points_resumes_to_the_same_end(tmp_path):
-  reference = _run('none', 0, 0, tmp_path / 'reference', tmp_path / 'ref_dig',
-                   resume=False)
-  assert reference.returncode == 0, reference.stderr[-3000:]
-
   model_dir, digest_dir = tmp_path / 'run', tmp_path / 'run_dig'
   rng = random.Random(20261124)
   kinds = [kind for kind, (count, _) in _PLAN.items() for _ in range(count)]
   rng.shuffle(kinds)
-  killed = []
-  for i, phase in enumerate(kinds):
-    n = rng.randint(*_PLAN[phase][1])
-    done = _run(phase, n, rng.randrange(2**31), model_dir, digest_dir,
-                resume=(model_dir / 'config.json').exists())
-    marker = f'[fault] SIGKILL {phase} {n}'
-    assert done.returncode == -9 and marker in done.stderr, (
-        f'kill {i} ({phase} {n}) did not happen: exit {done.returncode}\n'
-        f'{done.stderr[-3000:]}')
-    assert 'Traceback' not in done.stderr, done.stderr[-3000:]
-    killed.append(phase)
-    for directory in (model_dir / 'checkpoints', model_dir / 'backup' / 'chief'):
-      for path in _listed_checkpoints(directory):
-        _assert_loads_completely(path)
+  plan = [(kind, rng.randint(*_PLAN[kind][1]), rng.randrange(2**31))
+          for kind in kinds] + [('none', 0, 0)]
+  # The chain is sequential, but each process imports TensorFlow (seconds)
+  # while the one before it runs: the next one is started ahead.
+  reference = _start('none', 0, 0, tmp_path / 'reference',
+                     tmp_path / 'ref_dig')
+  started = [_start(*plan[0], model_dir, digest_dir)]
+  try:
+    done = _finish(reference, resume=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed = []
+    for i, (phase, n, _) in enumerate(plan[:-1]):
+      started.append(_start(*plan[i + 1], model_dir, digest_dir))
+      done = _finish(started[i],
+                     resume=(model_dir / 'config.json').exists())
+      marker = f'[fault] SIGKILL {phase} {n}'
+      assert done.returncode == -9 and marker in done.stderr, (
+          f'kill {i} ({phase} {n}) did not happen: exit {done.returncode}\n'
+          f'{done.stderr[-3000:]}')
+      assert 'Traceback' not in done.stderr, done.stderr[-3000:]
+      killed.append(phase)
+      for directory in (model_dir / 'checkpoints',
+                        model_dir / 'backup' / 'chief'):
+        for path in _listed_checkpoints(directory):
+          _assert_loads_completely(path)
+    final = _finish(started[-1], resume=True)
+  finally:
+    _kill_all([reference] + started)
 
   assert len(killed) == KILLS == 24 and set(killed) == set(_PLAN)
-  final = _run('none', 0, 0, model_dir, digest_dir, resume=True)
   assert final.returncode == 0, final.stderr[-3000:]
   assert not (model_dir / 'backup').exists()  # Removed when training ended.
 
