@@ -152,14 +152,17 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
   start = time.time()
   if resume and not model_dir:
     raise LaunchError('--resume needs --model_dir.')
+  if backup_steps < 0:
+    raise LaunchError(f'backup_steps must be >= 0, got {backup_steps}.')
+  if backup_steps and not model_dir:
+    raise LaunchError(f'backup_steps={backup_steps} needs --model_dir (the '
+                      'backups are written there).')
   settings = json.loads(json.dumps(config.to_dict()))
   run_dir = outputs.RunDir(model_dir) if model_dir else None
   if run_dir and importlib.util.find_spec('tensorboard') is None:
     raise LaunchError('TensorBoard logs need the tensorboard package, which '
                       'TensorFlow >= 2.21 no longer installs: pip install '
                       'tensorboard.')
-  if backup_steps < 0:
-    raise LaunchError(f'backup_steps must be >= 0, got {backup_steps}.')
   begin = run_dir.check_start(resume, settings) if run_dir else outputs.Start()
 
   strategy = strategy_lib.create(strategy, tpu)

@@ -220,6 +220,19 @@ def test_resume_without_checkpoint_writes_nothing(tmp_path):
   assert not model_dir.exists()
 
 
+@pytest.mark.parametrize('backup_steps, model_dir, message', [
+    (-1, 'run', 'backup_steps must be >= 0, got -1'),
+    (5, None, 'backup_steps=5 needs --model_dir'),
+])
+def test_bad_backup_steps_writes_nothing(tmp_path, backup_steps, model_dir,
+                                         message):
+  model_dir = str(tmp_path / model_dir) if model_dir else None
+  with pytest.raises(LaunchError, match=message):
+    runner.run(runner.resolve(CONFIG), model_dir=model_dir,
+               backup_steps=backup_steps)
+  assert not os.listdir(tmp_path)
+
+
 def test_missing_data_writes_nothing(tmp_path):
   model_dir = tmp_path / 'run'
   with pytest.raises(LaunchError, match='python -m launch.prepare_data'):
