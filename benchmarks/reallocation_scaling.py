@@ -66,7 +66,7 @@ class Case:
     self.model = build(num_weights, sparsity, seed)
     self.num_weights = sum(
         mask.shape.num_elements()
-        for wrapper in tf_dsr.reallocators.collect_wrappers(self.model)
+        for wrapper in tf_dsr.collect_wrappers(self.model)
         for _, mask in wrapper.sparse_weights)
     self.target_pruned = round(pruned_fraction * self.num_weights)
     self.reallocators = {

@@ -1,7 +1,7 @@
 """Named, typed experiment configs: every run of the DSR paper in one place.
 
 Mostafa & Wang, ICML 2019, https://arxiv.org/abs/1902.05967; the settings are
-those of DSR_SPEC.md section 5. Names read `{model}_{dataset}_{method}[_s{sparsity}]`:
+those of docs/algorithm.md section 5. Names read `{model}_{dataset}_{method}[_s{sparsity}]`:
 
 - `wrn28_2_cifar10_dense` and `wrn28_2_cifar10_{METHOD}_s{0.5,...,0.9}`
 - `resnet50_imagenet_dense` and `resnet50_imagenet_{METHOD}_s{0.8,0.9}`
@@ -10,34 +10,61 @@ those of DSR_SPEC.md section 5. Names read `{model}_{dataset}_{method}[_s{sparsi
 - `small_cnn_digits_{dense,METHOD}`: a few seconds on a CPU, for tests, smoke
   runs and the `small` experiment suite (sparsity 0.5)
 
-Methods (the comparisons of DSR_SPEC sections 6-8): `dense` trains the full
-model; `dsr` trains it sparse with Dynamic Sparse Reparameterization; `static`
-trains it sparse with the random initial mask frozen (or, with `masks_from`,
-a run's exported final masks: the controls of section 7); `set` (Mocanu et
-al. 2018) and `deepr` (Bellec et al. 2018) are the other dynamic sparse
-rules; `prune` trains dense and prunes by magnitude to the target sparsity
-(Zhu & Gupta 2017, tfmot's `PolynomialDecay`); `thin` trains a narrower dense
-model with as many parameters as the sparse model has active ones (the width
-is searched at launch unless `width_multiplier` is given).
+Methods (the comparisons of docs/algorithm.md sections 6-8). The launcher's own:
+`dense` trains the full model; `prune` trains it dense and prunes by magnitude
+to the target sparsity (Zhu & Gupta 2017, tfmot's `PolynomialDecay`); `thin`
+trains a narrower dense model with as many parameters as the sparse model has
+active ones (the width is searched at launch unless `width_multiplier` is
+given). Every other method is a reallocation rule of `tf_dsr.rules.REGISTRY`
+and trains the sparse model: `static` keeps the random initial mask frozen
+(or, with `masks_from`, a run's exported final masks: the controls of section
+7), and every other rule (`dsr`: Dynamic Sparse Reparameterization; `set`:
+Mocanu et al. 2018; `deepr`: Bellec et al. 2018; and any rule registered
+later) moves the masks on the config's `period` through
+`tf_dsr.ReallocationCallback(method=NAME, **options)`.
+
+Options. A rule's settings are the config field `options`, a dict from the
+rule's option names (the fields of its dataclass, `Rule.options()`) to values,
+checked by the rule itself (`tf_dsr.rules.make`), so the launcher knows no
+option by name. A value given as a dict `{first epoch: value}` (int keys
+increasing from 0) is piecewise constant by epoch: the launcher passes the
+rule a callable from the global step (`ByEpoch`), so only options that accept
+a callable (such as DeepR's `temperature`) take one. `options` is empty for
+`dense`, `prune` and `thin`. `--override NAME=value` sets one option (see
+`launch.overrides`).
+
+Adding a method is a module in `tf_dsr/rules`: it gets configs in every
+family here (but `lenet_mnist`) with the family's reallocation schedule and
+its default options; a rule with a required option that has no value in
+`_FAMILIES` gets no named config (add its settings there, or run it with
+`--override method=NAME --override options={...}`).
 
 `python -m launch.configs` lists the names; `python -m launch.configs NAME`
-prints one config. This module does not import TensorFlow.
+prints one config. Importing this module imports TensorFlow (through
+`tf_dsr.rules`, which declares the options).
 """
 
+import bisect
+import copy
 import dataclasses
 import json
 import math
 import sys
-from typing import Dict, Optional
+import typing
+from typing import Any, Dict, Optional
+
+from tf_dsr import rules
 
 from launch.errors import LaunchError
 
 ARCHS = ('lenet_300_100', 'resnet50', 'small_cnn', 'wide_resnet')
 DATASETS = ('cifar10', 'digits', 'imagenet2012', 'mnist')
-METHODS = ('dense', 'deepr', 'dsr', 'prune', 'set', 'static', 'thin')
-SPARSE_METHODS = ('deepr', 'dsr', 'prune', 'set', 'static', 'thin')
-# Methods that move masks with a tf_dsr reallocation rule on a period.
-REALLOCATING = ('deepr', 'dsr', 'set')
+# The launcher's own methods, which are not reallocation rules.
+OWN_METHODS = ('dense', 'prune', 'thin')
+OWN_LABELS = {'dense': 'dense', 'prune': 'compressed sparse',
+              'thin': 'thin dense'}
+# The rule the launcher builds itself (frozen masks, or `masks_from`).
+STATIC = 'static'
 INITIAL_VALUES = ('random', 'saved')
 # Archs whose builder has a `weight_decay` argument / a width multiplier.
 _DECAY_ARCHS = ('resnet50', 'wide_resnet')
@@ -45,13 +72,91 @@ _WIDTH_ARCHS = ('lenet_300_100', 'resnet50', 'small_cnn', 'wide_resnet')
 _AUGMENTED = ('cifar10', 'imagenet2012')  # Datasets with the paper's augmentation.
 
 
+def methods():
+  """Every method: the launcher's own, then the registered rules, sorted."""
+  return OWN_METHODS + tuple(sorted(rules.REGISTRY))
+
+
+def is_rule(method):
+  """Whether `method` is a reallocation rule of `tf_dsr.rules.REGISTRY`."""
+  return method in rules.REGISTRY and method not in OWN_METHODS
+
+
+def reallocating():
+  """The methods that move masks with a rule on a period: every rule but static."""
+  return tuple(m for m in sorted(rules.REGISTRY)
+               if m != STATIC and m not in OWN_METHODS)
+
+
+def sparse_methods():
+  """Every method but dense."""
+  return tuple(m for m in methods() if m != 'dense')
+
+
+def label(method):
+  """How reports name `method`: the rule's `label`, or the launcher's own."""
+  if method in OWN_LABELS:
+    return OWN_LABELS[method]
+  if method in rules.REGISTRY:
+    return rules.get_rule(method).label
+  return method
+
+
+def option_types(method):
+  """`{option name: type}` of the rule `method`; {} for other methods."""
+  if not is_rule(method):
+    return {}
+  cls = rules.get_rule(method)
+  hints = typing.get_type_hints(cls)
+  return {name: hints.get(name, Any) for name in cls.options()}
+
+
+# The methods as of import; `methods()` also sees rules registered later.
+METHODS = methods()
+
+
+class ByEpoch:
+  """A by-epoch option value as a callable from the global step.
+
+  Args:
+    values: dict from the first (0-based) epoch of a piece to its value, with
+      increasing int keys starting at 0.
+    steps_per_epoch: training steps per epoch.
+  """
+
+  def __init__(self, values, steps_per_epoch):
+    self.values = dict(values)
+    self.steps_per_epoch = max(int(steps_per_epoch or 1), 1)
+    self._starts = sorted(self.values)
+
+  def __call__(self, step):
+    epoch = int(step) // self.steps_per_epoch
+    piece = max(bisect.bisect_right(self._starts, epoch) - 1, 0)
+    return self.values[self._starts[piece]]
+
+  def __eq__(self, other):
+    return (isinstance(other, ByEpoch) and self.values == other.values and
+            self.steps_per_epoch == other.steps_per_epoch)
+
+  def __repr__(self):
+    return (f'ByEpoch({self.values!r}, steps_per_epoch='
+            f'{self.steps_per_epoch})')
+
+
+def rule_options(config, steps_per_epoch):
+  """The keyword options of `config`'s rule, by-epoch values as `ByEpoch`."""
+  return {name: ByEpoch(value, steps_per_epoch) if isinstance(value, dict)
+          else value for name, value in config.options.items()}
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """One experiment: model, data, sparsity method, optimizer and schedules.
 
   Schedules are dicts from the first (0-based) epoch of a piece to its value,
-  starting at epoch 0. Every field can be changed from the command line with
-  `--override key=value` (see `launch.overrides`).
+  starting at epoch 0. Every field, and every option of the config's rule,
+  can be changed from the command line with `--override key=value` (see
+  `launch.overrides`).
 
   Attributes:
     name: the registry name the config was created under.
@@ -60,11 +165,10 @@ class ExperimentConfig:
       kernels DSR makes sparse).
     dataset: 'cifar10', 'imagenet2012', 'mnist' (tfds) or 'digits'
       (scikit-learn, no download).
-    method: one of `METHODS` (see the module docstring).
-    sparsity: initial fraction of zeros in each sparse kernel ('dsr', 'set',
-      'deepr', 'static'); the final one for 'prune'; for 'thin', the sparse
-      model whose active parameter count the thin model matches. 0 for
-      'dense'.
+    method: one of `methods()` (see the module docstring).
+    sparsity: initial fraction of zeros in each sparse kernel (the rules);
+      the final one for 'prune'; for 'thin', the sparse model whose active
+      parameter count the thin model matches. 0 for 'dense'.
     depth: WRN depth (wide_resnet only).
     width: WRN widening factor (wide_resnet only).
     width_multiplier: 'thin' only: the channel multiplier; None searches the
@@ -72,17 +176,13 @@ class ExperimentConfig:
     weight_decay: SGD weight decay on the kernels (wide_resnet and resnet50).
     image_size: input side for imagenet2012 (None: 224); other datasets keep
       their native size.
-    target_pruned: N_p, the weights each DSR reallocation aims to prune
-      ('dsr'; for 'set' it sets the default drop fraction N_p / active).
-    tolerance: DSR's tolerance delta around N_p.
-    initial_threshold: DSR's initial pruning threshold H.
-    period: reallocation period in steps, by epoch ('dsr', 'set', 'deepr').
+    options: the options of the method's rule (`tf_dsr.rules`), name ->
+      value; a dict {first epoch: value} is piecewise constant by epoch.
+      Empty for the launcher's own methods (see the module docstring).
+    period: reallocation period in steps, by epoch (the reallocating rules:
+      `reallocating()`).
     stop_epoch: no reallocation from this 0-based epoch on (None: never
       stop); the masks stay frozen after it.
-    drop_fraction: 'set' only: fraction of each tensor's active weights
-      dropped per reallocation (None: N_p / active count, DSR's churn).
-    l1: 'deepr' only: the L1 coefficient alpha.
-    temperature: 'deepr' only: the temperature T of the noise, by epoch.
     prune_begin_epoch: 'prune' only: the epoch gradual pruning starts.
     prune_end_epoch: 'prune' only: the epoch it reaches `sparsity`.
     prune_frequency: 'prune' only: steps between mask updates.
@@ -103,8 +203,8 @@ class ExperimentConfig:
     validation_freq: evaluate every this many epochs during training (0: only
       at the end).
     tpu_steps_per_execution: training steps per TPU execution; must divide
-      every DSR period so that no reallocation is late.
-    seed: seed of weights, masks, data order, augmentation and DSR.
+      every reallocation period so that no reallocation is late.
+    seed: seed of weights, masks, data order, augmentation and the rule.
   """
   name: str
   arch: str
@@ -116,14 +216,9 @@ class ExperimentConfig:
   width_multiplier: Optional[float] = None
   weight_decay: float = 0.0
   image_size: Optional[int] = None
-  target_pruned: Optional[int] = None
-  tolerance: float = 0.1
-  initial_threshold: float = 1e-3
+  options: Dict[str, Any] = dataclasses.field(default_factory=dict)
   period: Optional[Dict[int, int]] = None
   stop_epoch: Optional[int] = None
-  drop_fraction: Optional[float] = None
-  l1: Optional[float] = None
-  temperature: Optional[Dict[int, float]] = None
   prune_begin_epoch: Optional[int] = None
   prune_end_epoch: Optional[int] = None
   prune_frequency: Optional[int] = None
@@ -172,37 +267,102 @@ def _check_int(config, field, minimum, optional=False):
     _fail(field, value, f'an int >= {minimum}' + (' or None' if optional else ''))
 
 
+def _is_by_epoch(value, value_ok=lambda v: True):
+  if not isinstance(value, dict) or not value:
+    return False
+  keys = list(value)
+  return (all(_is_int(k) for k in keys) and keys[0] == 0 and
+          all(b > a for a, b in zip(keys, keys[1:])) and
+          all(value_ok(v) for v in value.values()))
+
+
 def _check_by_epoch(config, field, value_ok, expected):
   value = getattr(config, field)
-  what = (f'a dict {{first epoch: {expected}}} with int keys increasing from 0')
-  if not isinstance(value, dict) or not value:
-    _fail(field, value, what)
-  keys = list(value)
-  if (not all(_is_int(k) for k in keys) or keys[0] != 0 or
-      any(b <= a for a, b in zip(keys, keys[1:])) or
-      not all(value_ok(v) for v in value.values())):
-    _fail(field, value, what)
+  if not _is_by_epoch(value, value_ok):
+    _fail(field, value, f'a dict {{first epoch: {expected}}} with int keys '
+          'increasing from 0')
 
 
-# Fields that only some methods use; None for every other method.
-METHOD_FIELDS = {
-    'target_pruned': ('dsr', 'set'),
-    'period': REALLOCATING,
-    'stop_epoch': REALLOCATING,
-    'drop_fraction': ('set',),
-    'l1': ('deepr',),
-    'temperature': ('deepr',),
-    'prune_begin_epoch': ('prune',),
-    'prune_end_epoch': ('prune',),
-    'prune_frequency': ('prune',),
-    'masks_from': ('static',),
-}
+def method_fields():
+  """The launcher's fields that only some methods use (None for the others).
+
+  A rule's own settings are in `options` instead.
+  """
+  return {
+      'period': reallocating(),
+      'stop_epoch': reallocating(),
+      'prune_begin_epoch': ('prune',),
+      'prune_end_epoch': ('prune',),
+      'prune_frequency': ('prune',),
+      'masks_from': (STATIC,),
+  }
+
+
+def applies(key, method):
+  """Whether the `--override` key `key` concerns `method`.
+
+  An experiment grid mixes methods, so an override of one method's field
+  (say `period=2`) or of a rule's option (`target_pruned=100`, or
+  `options.NAME=...`) is given only to the methods that have it; every other
+  key (including unknown ones, which the config then rejects) to all.
+  """
+  explicit = key.startswith('options.')
+  name = key[len('options.'):] if explicit else key
+  fields = method_fields()
+  if not explicit and name in fields:
+    return method in fields[name]
+  if not explicit and name == 'options':
+    return bool(option_types(method))
+  if not explicit and name in {f.name for f in dataclasses.fields(
+      ExperimentConfig)}:
+    return True
+  owners = [m for m in methods() if name in option_types(m)]
+  return method in owners if owners else True
+
+
+def _make_rule(c, options, where=''):
+  try:
+    rules.make(c.method, **options)
+  except (TypeError, ValueError) as error:
+    raise LaunchError(f'config field `options` is invalid for method '
+                      f'{c.method!r} (options {c.options!r}){where}: '
+                      f'{error}') from None
+
+
+def _check_options(c):
+  """Checks `c.options` by making the rule, piece by piece for by-epoch values."""
+  if not isinstance(c.options, dict) or not all(
+      isinstance(k, str) for k in c.options):
+    _fail('options', c.options, 'a dict from option name to value')
+  if not is_rule(c.method):
+    if c.options:
+      _fail('options', c.options, f'empty for method {c.method!r}, which is '
+            'not a reallocation rule')
+    return
+  plain, by_epoch = {}, {}
+  for name, value in c.options.items():
+    if isinstance(value, dict):
+      if not _is_by_epoch(value):
+        _fail('options', c.options, f'a dict whose by-epoch value of '
+              f'`{name}` is {{first epoch: value}} with int keys increasing '
+              'from 0')
+      by_epoch[name] = value
+      value = next(iter(value.values()))
+    plain[name] = value
+  _make_rule(c, plain)
+  for name, value in by_epoch.items():
+    for epoch, piece in value.items():
+      _make_rule(c, dict(plain, **{name: piece}),
+                 f', with `{name}` from epoch {epoch}')
+    _make_rule(c, dict(plain, **{name: ByEpoch(value, 1)}),
+               f'; option `{name}` takes no by-epoch value (a callable of '
+               'the step)')
 
 
 def _validate(c):
   """Raises LaunchError naming the first bad field of config `c`."""
   for field, choices in (('arch', ARCHS), ('dataset', DATASETS),
-                         ('method', METHODS)):
+                         ('method', methods())):
     if getattr(c, field) not in choices:
       _fail(field, getattr(c, field), f'one of {list(choices)}')
   if c.method == 'dense':
@@ -238,29 +398,14 @@ def _validate(c):
     if c.dataset != 'imagenet2012':
       _fail('image_size', c.image_size, "None: only 'imagenet2012' can be resized")
     _check_int(c, 'image_size', 32)
-  for field, methods in METHOD_FIELDS.items():
-    if c.method not in methods and getattr(c, field) is not None:
+  for field, owners in method_fields().items():
+    if c.method not in owners and getattr(c, field) is not None:
       _fail(field, getattr(c, field), 'None: it applies only to method' +
-            (f' {methods[0]!r}' if len(methods) == 1 else f's {list(methods)}'))
-  if c.method in REALLOCATING:
+            (f' {owners[0]!r}' if len(owners) == 1 else f's {list(owners)}'))
+  if c.method in reallocating():
     _check_by_epoch(c, 'period', lambda v: _is_int(v) and v > 0, 'steps > 0')
     _check_int(c, 'stop_epoch', 0, optional=True)
-  if c.method == 'dsr':
-    _check_int(c, 'target_pruned', 1)
-    if not _is_number(c.tolerance) or not 0 < c.tolerance < 1:
-      _fail('tolerance', c.tolerance, 'in (0, 1)')
-    if not _is_number(c.initial_threshold) or c.initial_threshold <= 0:
-      _fail('initial_threshold', c.initial_threshold, 'a number > 0')
-  if c.method == 'set':
-    _check_int(c, 'target_pruned', 1, optional=c.drop_fraction is not None)
-    if c.drop_fraction is not None and not (
-        _is_number(c.drop_fraction) and 0 < c.drop_fraction < 1):
-      _fail('drop_fraction', c.drop_fraction, 'in (0, 1) or None')
-  if c.method == 'deepr':
-    if not _is_number(c.l1) or c.l1 < 0:
-      _fail('l1', c.l1, 'a number >= 0')
-    _check_by_epoch(c, 'temperature', lambda v: _is_number(v) and v >= 0,
-                    'T >= 0')
+  _check_options(c)
   if c.method == 'prune':
     _check_int(c, 'prune_begin_epoch', 0)
     _check_int(c, 'prune_end_epoch', c.prune_begin_epoch + 1)
@@ -294,130 +439,171 @@ def _validate(c):
 
 
 # ------------------------------------------------------------------ the registry
-def _name(prefix, method, sparsity):
-  return f'{prefix}_{method}' + (f'_s{sparsity:g}' if method != 'dense' else '')
+# Per family: `fields` every method shares; `sparsities` (named `_s{s}`) or
+# one `sparsity` (no suffix); `schedule`, the `period` and `stop_epoch` of the
+# reallocating rules; `methods`, each method's own settings (a rule's
+# `options`, and any field it sets differently); `only`, to restrict the
+# methods. A registered rule without an entry in `methods` gets the schedule
+# and its default options, or no config when it has a required option.
+_FAMILIES = {
+    # WRN-28-2 on CIFAR-10 (docs/algorithm.md section 5, left column). SET uses DSR's
+    # N_p, period and stop epoch, so that its churn equals DSR's (its drop
+    # fraction defaults to N_p / active count). DeepR: alpha 1e-5 and T
+    # annealed to 0 at the learning-rate drops, after every step and never
+    # stopping, as in Bellec et al. 2018. Gradual pruning from epoch 5 to
+    # 100, every 100 steps (Zhu & Gupta prune over the first half of
+    # training).
+    'wrn28_2_cifar10': dict(
+        fields=dict(arch='wide_resnet', depth=28, width=2, dataset='cifar10',
+                    weight_decay=5e-4, epochs=200, batch_size=100,
+                    learning_rate={0: 0.1, 60: 0.02, 120: 0.004, 160: 0.0008},
+                    shuffle_buffer=50_000),
+        sparsities=(0.5, 0.6, 0.7, 0.8, 0.9),
+        schedule=dict(period={0: 100, 25: 200, 80: 400, 140: 800},
+                      stop_epoch=190),
+        methods={
+            'dsr': dict(options=dict(target_pruned=20_000, tolerance=0.1,
+                                     initial_threshold=1e-3)),
+            'set': dict(options=dict(target_pruned=20_000)),
+            'deepr': dict(options=dict(
+                alpha=1e-5, temperature={0: 1e-7, 60: 1e-8, 120: 0.0}),
+                          period={0: 1}, stop_epoch=None),
+            'prune': dict(prune_begin_epoch=5, prune_end_epoch=100,
+                          prune_frequency=100),
+        }),
+    # ResNet-50 on ImageNet (docs/algorithm.md section 5, right column). The paper's
+    # thin baselines used width multipliers 0.54 (s0.8) and 0.46 (s0.9); the
+    # launcher searches the multiplier that matches the parameter count of
+    # this code's sparse model instead (override `width_multiplier` to use
+    # the paper's). Gradual pruning runs from epoch 2 to 50 every 2,000 steps.
+    'resnet50_imagenet': dict(
+        fields=dict(arch='resnet50', dataset='imagenet2012', weight_decay=1e-4,
+                    epochs=100, batch_size=256,
+                    learning_rate={0: 0.1, 30: 0.01, 60: 0.001, 90: 0.0001},
+                    shuffle_buffer=10_000),
+        sparsities=(0.8, 0.9),
+        schedule=dict(period={0: 1000, 25: 2000, 50: 4000, 75: 8000},
+                      stop_epoch=95),
+        methods={
+            'dsr': dict(options=dict(target_pruned=400_000, tolerance=0.1,
+                                     initial_threshold=1e-3)),
+            'set': dict(options=dict(target_pruned=400_000)),
+            'deepr': dict(options=dict(
+                alpha=1e-6, temperature={0: 1e-8, 30: 1e-9, 60: 0.0}),
+                          period={0: 1}, stop_epoch=None),
+            'prune': dict(prune_begin_epoch=2, prune_end_epoch=50,
+                          prune_frequency=2000),
+        }),
+    # LeNet-300-100 on scikit-learn's 8x8 digits: the quick start (no
+    # download). 1,347 training images, batch 32: 42 steps per epoch, 1,260
+    # in 30 epochs for every method. DSR settings are scaled to this tiny
+    # model: at sparsity 0.9 it has 5,020 active kernel weights, so N_p = 250
+    # (5%; the paper's WRN-28-2 prunes 2.8%-14% of its active weights per
+    # reallocation) every 20 steps, which gives 50 reallocations before they
+    # stop after epoch 24, leaving the last 20% of training to the frozen
+    # masks (the paper: the last 5% of a run with about 370 reallocations).
+    # SET uses the same N_p and period; DeepR alpha 1e-4 and T 1e-6 until
+    # epoch 20; pruning from epoch 2 to 20.
+    'lenet_digits': dict(
+        fields=dict(arch='lenet_300_100', dataset='digits', epochs=30,
+                    batch_size=32, learning_rate={0: 0.05, 20: 0.01},
+                    augment=False, shuffle_buffer=2_000),
+        sparsity=0.9,
+        schedule=dict(period={0: 20}, stop_epoch=24),
+        methods={
+            'dsr': dict(options=dict(target_pruned=250, tolerance=0.1,
+                                     initial_threshold=1e-3)),
+            'set': dict(options=dict(target_pruned=250)),
+            'deepr': dict(options=dict(alpha=1e-4,
+                                       temperature={0: 1e-6, 20: 0.0}),
+                          period={0: 1}, stop_epoch=None),
+            'prune': dict(prune_begin_epoch=2, prune_end_epoch=20,
+                          prune_frequency=10),
+        }),
+    # LeNet-300-100 on MNIST at sparsity 0.9 (266,200 sparse weights).
+    'lenet_mnist': dict(
+        fields=dict(arch='lenet_300_100', dataset='mnist', epochs=20,
+                    batch_size=100, learning_rate={0: 0.05, 10: 0.01},
+                    augment=False, shuffle_buffer=60_000),
+        sparsity=0.9,
+        schedule=dict(period={0: 100}, stop_epoch=18),
+        methods={
+            'dsr': dict(options=dict(target_pruned=1_000, tolerance=0.1,
+                                     initial_threshold=1e-3)),
+        },
+        only=('dense', 'static', 'dsr')),
+    # A tiny conv net on digits (8x8x1 images): the cheapest end-to-end runs.
+    # Sparse methods at 0.5 (2,464 active of 4,928 sparse weights); 30 epochs
+    # of 42 steps, and the same DSR/SET/DeepR/pruning timing as
+    # `lenet_digits`.
+    'small_cnn_digits': dict(
+        fields=dict(arch='small_cnn', dataset='digits', epochs=30,
+                    batch_size=32, learning_rate={0: 0.1, 20: 0.02},
+                    augment=False, shuffle_buffer=2_000),
+        sparsity=0.5,
+        schedule=dict(period={0: 10}, stop_epoch=24),
+        methods={
+            'dsr': dict(options=dict(target_pruned=50, tolerance=0.1,
+                                     initial_threshold=1e-3)),
+            'set': dict(options=dict(target_pruned=50)),
+            'deepr': dict(options=dict(alpha=1e-4,
+                                       temperature={0: 1e-6, 20: 0.0}),
+                          period={0: 1}, stop_epoch=None),
+            'prune': dict(prune_begin_epoch=2, prune_end_epoch=20,
+                          prune_frequency=10),
+        }),
+}
 
 
-def _method_fields(method, target_pruned, period, stop_epoch, deepr, prune):
-  """The method-specific fields of a family's config.
+def family_config(family, method, sparsity=None):
+  """The config of `family` (a key of `_FAMILIES`) and `method`.
 
   Args:
-    method: a method of `METHODS`.
-    target_pruned, period, stop_epoch: DSR's N_p, period by epoch and stop
-      epoch; SET uses the same, so that its churn equals DSR's (its drop
-      fraction defaults to N_p / active count).
-    deepr: `(l1, temperature by epoch)`; DeepR runs after every step and never
-      stops, as in Bellec et al. 2018.
-    prune: `(begin epoch, end epoch, frequency in steps)` of gradual pruning.
+    family: the name prefix, e.g. 'wrn28_2_cifar10'.
+    method: a method of `methods()`.
+    sparsity: for families named by sparsity, one of its sparsities (ignored
+      for 'dense').
+
+  Raises:
+    LaunchError: when the family's settings do not make a valid config (say,
+      a rule with a required option the family gives no value).
   """
-  if method in ('dsr', 'set'):
-    return dict(target_pruned=target_pruned, period=dict(period),
-                stop_epoch=stop_epoch)
-  if method == 'deepr':
-    return dict(period={0: 1}, l1=deepr[0], temperature=dict(deepr[1]))
-  if method == 'prune':
-    return dict(prune_begin_epoch=prune[0], prune_end_epoch=prune[1],
-                prune_frequency=prune[2])
-  return {}
+  spec = _FAMILIES[family]
+  named = 'sparsities' in spec
+  if method == 'dense':
+    sparsity, name = 0.0, f'{family}_dense'
+  elif named:
+    name = f'{family}_{method}_s{sparsity:g}'
+  else:
+    sparsity, name = spec['sparsity'], f'{family}_{method}'
+  fields = copy.deepcopy(spec['fields'])
+  if method in reallocating():
+    fields.update(copy.deepcopy(spec['schedule']))
+  fields.update(copy.deepcopy(spec['methods'].get(method, {})))
+  return ExperimentConfig(name=name, method=method, sparsity=sparsity, **fields)
 
 
-def _wrn28_2_cifar10(method, sparsity=0.0):
-  """WRN-28-2 on CIFAR-10 (DSR_SPEC section 5, left column).
+def build_registry():
+  """Every named config, by name: each family for each of its methods.
 
-  DeepR: alpha 1e-5 and T annealed to 0 at the learning-rate drops; gradual
-  pruning from epoch 5 to 100, every 100 steps (Zhu & Gupta prune over the
-  first half of training).
+  It reads the rule registry when called, so a rule registered after this
+  module was imported has configs here (but not in `CONFIGS`).
   """
-  return ExperimentConfig(
-      name=_name('wrn28_2_cifar10', method, sparsity),
-      arch='wide_resnet', depth=28, width=2, dataset='cifar10', method=method,
-      sparsity=sparsity, weight_decay=5e-4, epochs=200, batch_size=100,
-      learning_rate={0: 0.1, 60: 0.02, 120: 0.004, 160: 0.0008},
-      shuffle_buffer=50_000,
-      **_method_fields(method, 20_000, {0: 100, 25: 200, 80: 400, 140: 800},
-                       190, (1e-5, {0: 1e-7, 60: 1e-8, 120: 0.0}),
-                       (5, 100, 100)))
-
-
-def _resnet50_imagenet(method, sparsity=0.0):
-  """ResNet-50 on ImageNet (DSR_SPEC section 5, right column).
-
-  The paper's thin baselines used width multipliers 0.54 (s0.8) and 0.46
-  (s0.9); the launcher searches the multiplier that matches the parameter
-  count of this code's sparse model instead (override `width_multiplier` to
-  use the paper's). Gradual pruning runs from epoch 2 to 50 every 2,000 steps.
-  """
-  return ExperimentConfig(
-      name=_name('resnet50_imagenet', method, sparsity),
-      arch='resnet50', dataset='imagenet2012', method=method, sparsity=sparsity,
-      weight_decay=1e-4, epochs=100, batch_size=256,
-      learning_rate={0: 0.1, 30: 0.01, 60: 0.001, 90: 0.0001},
-      shuffle_buffer=10_000,
-      **_method_fields(method, 400_000, {0: 1000, 25: 2000, 50: 4000, 75: 8000},
-                       95, (1e-6, {0: 1e-8, 30: 1e-9, 60: 0.0}),
-                       (2, 50, 2000)))
-
-
-def _lenet_digits(method):
-  """LeNet-300-100 on scikit-learn's 8x8 digits: the quick start (no download).
-
-  1,347 training images, batch 32: 42 steps per epoch, 1,260 in 30 epochs for
-  every method. DSR settings are scaled to this tiny model: at sparsity 0.9
-  it has 5,020 active kernel weights, so N_p = 250 (5%; the paper's WRN-28-2
-  prunes 2.8%-14% of its active weights per reallocation) every 20 steps,
-  which gives 50 reallocations before they stop after epoch 24, leaving the
-  last 20% of training to the frozen masks (the paper: the last 5% of a run
-  with about 370 reallocations). SET uses the same N_p and period; DeepR
-  alpha 1e-4 and T 1e-6 until epoch 20; pruning from epoch 2 to 20.
-  """
-  return ExperimentConfig(
-      name=f'lenet_digits_{method}', arch='lenet_300_100', dataset='digits',
-      method=method, sparsity=0.0 if method == 'dense' else 0.9,
-      epochs=30, batch_size=32, learning_rate={0: 0.05, 20: 0.01},
-      augment=False, shuffle_buffer=2_000,
-      **_method_fields(method, 250, {0: 20}, 24,
-                       (1e-4, {0: 1e-6, 20: 0.0}), (2, 20, 10)))
-
-
-def _lenet_mnist(method):
-  """LeNet-300-100 on MNIST at sparsity 0.9 (266,200 sparse weights)."""
-  return ExperimentConfig(
-      name=f'lenet_mnist_{method}', arch='lenet_300_100', dataset='mnist',
-      method=method, sparsity=0.0 if method == 'dense' else 0.9,
-      epochs=20, batch_size=100, learning_rate={0: 0.05, 10: 0.01},
-      augment=False, shuffle_buffer=60_000,
-      **_method_fields(method, 1_000, {0: 100}, 18,
-                       (1e-4, {0: 1e-6, 15: 0.0}), (1, 12, 50)))
-
-
-def _small_cnn_digits(method):
-  """A tiny conv net on digits (8x8x1 images): the cheapest end-to-end runs.
-
-  Sparse methods at 0.5 (2,464 active of 4,928 sparse weights); 30 epochs of
-  42 steps, and the same DSR/SET/DeepR/pruning timing as `lenet_digits`.
-  """
-  return ExperimentConfig(
-      name=f'small_cnn_digits_{method}', arch='small_cnn', dataset='digits',
-      method=method, sparsity=0.0 if method == 'dense' else 0.5, epochs=30,
-      batch_size=32, learning_rate={0: 0.1, 20: 0.02}, augment=False,
-      shuffle_buffer=2_000,
-      **_method_fields(method, 50, {0: 10}, 24, (1e-4, {0: 1e-6, 20: 0.0}),
-                       (2, 20, 10)))
-
-
-def _build_registry():
-  configs = [_wrn28_2_cifar10('dense'), _resnet50_imagenet('dense')]
-  for method in SPARSE_METHODS:
-    configs += [_wrn28_2_cifar10(method, s) for s in (0.5, 0.6, 0.7, 0.8, 0.9)]
-    configs += [_resnet50_imagenet(method, s) for s in (0.8, 0.9)]
-  for method in ('dense',) + SPARSE_METHODS:
-    configs += [_lenet_digits(method), _small_cnn_digits(method)]
-  for method in ('dense', 'static', 'dsr'):
-    configs.append(_lenet_mnist(method))
+  configs = []
+  for family, spec in _FAMILIES.items():
+    for method in spec.get('only', methods()):
+      for sparsity in (spec.get('sparsities', (None,)) if method != 'dense'
+                       else (None,)):
+        try:
+          configs.append(family_config(family, method, sparsity))
+        except LaunchError:
+          if method in spec['methods'] or method not in reallocating():
+            raise
+          # A rule with a required option that has no value here.
   return {c.name: c for c in sorted(configs, key=lambda c: c.name)}
 
 
-CONFIGS = _build_registry()
+CONFIGS = build_registry()
 
 
 def names():

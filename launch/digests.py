@@ -50,7 +50,7 @@ def digest(variables):
 
 def state_digest(model):
   """The digest dict of `model` (see the module docstring), without `event`."""
-  masks = [mask for wrapper in tf_dsr.reallocators.collect_wrappers(model)
+  masks = [mask for wrapper in tf_dsr.collect_wrappers(model)
            for _, mask in wrapper.sparse_weights]
   record = {'step': None, 'reallocations': None, 'threshold': None,
             'masks': digest(masks), 'weights': digest(model.weights),

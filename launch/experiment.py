@@ -20,7 +20,7 @@ run directories alone (`--report_only` does only that):
   layer-wise redistribution of Mostafa & Wang 2019, figure 4;
 - `accuracy_vs_stop_epoch_{family}.png` for the stop-epoch sweep.
 
-Suites (DSR_SPEC sections 5-7): `wrn28_2_cifar10` (every method at 0.5-0.9,
+Suites (docs/algorithm.md sections 5-7): `wrn28_2_cifar10` (every method at 0.5-0.9,
 5 seeds), `resnet50_imagenet` (0.8 and 0.9, one seed), `controls` (DSR, its
 final structure re-initialised at random, with its own initial values, and
 static sparse), `stop_epoch_sweep` (DSR frozen after epoch E), and `small`
@@ -44,10 +44,12 @@ from absl import logging
 from launch import configs
 from launch.errors import LaunchError
 
+# The order of the methods in grids, tables and plots; rules registered later
+# follow them (`method_order()`). Labels are `configs.label`.
 METHOD_ORDER = ('dense', 'thin', 'static', 'deepr', 'set', 'prune', 'dsr')
-LABELS = {'dense': 'dense', 'thin': 'thin dense', 'static': 'static sparse',
-          'deepr': 'DeepR', 'set': 'SET', 'prune': 'compressed sparse',
-          'dsr': 'DSR'}
+# The method whose runs the controls re-use, the stop-epoch sweep stops early
+# and the density plot shows (docs/algorithm.md section 7; Mostafa & Wang, figure 4).
+SOURCE_METHOD = 'dsr'
 EXPERIMENT_FILE = 'experiment.json'
 REPORT_FILE = 'report.md'
 
@@ -61,7 +63,7 @@ class Run:
     config: the registered config name.
     overrides: `key=value` changes to the config.
     family: model and data, e.g. 'wrn28_2_cifar10'.
-    method: the method of `configs.METHODS`.
+    method: a method of `configs.methods()`.
     sparsity: the sparsity (0 for dense).
     seed: the seed.
     variant: what else distinguishes the run ('' for none), e.g. a control.
@@ -99,6 +101,19 @@ def cell(family, method, sparsity, seed, variant='', extra=()):
              family, method, sparsity, seed, variant)
 
 
+def method_order():
+  """`METHOD_ORDER`, then every other method (rules registered later), sorted."""
+  return METHOD_ORDER + tuple(m for m in configs.methods()
+                              if m not in METHOD_ORDER)
+
+
+def _methods_of(family):
+  """The methods that have a named config in `family`, in `method_order()`."""
+  present = {c.method for name, c in configs.CONFIGS.items()
+             if name.startswith(family + '_')}
+  return [m for m in method_order() if m in present]
+
+
 def grid(families, methods, seeds):
   """Every method at every sparsity of its family, once per seed; dense once per seed.
 
@@ -121,13 +136,13 @@ def grid(families, methods, seeds):
 def _wrn(out, family, methods, seeds):
   del out, family
   return grid({'wrn28_2_cifar10': (0.5, 0.6, 0.7, 0.8, 0.9)},
-              methods or METHOD_ORDER, range(seeds or 5))
+              methods or _methods_of('wrn28_2_cifar10'), range(seeds or 5))
 
 
 def _resnet50(out, family, methods, seeds):
   del out, family
-  return grid({'resnet50_imagenet': (0.8, 0.9)}, methods or METHOD_ORDER,
-              range(seeds or 1))
+  return grid({'resnet50_imagenet': (0.8, 0.9)},
+              methods or _methods_of('resnet50_imagenet'), range(seeds or 1))
 
 
 def _small(out, family, methods, seeds):
@@ -135,7 +150,11 @@ def _small(out, family, methods, seeds):
   families = {'lenet_digits': (0.8, 0.9), 'small_cnn_digits': (0.5, 0.8)}
   if family:
     families = {family: families[family]}
-  return grid(families, methods or METHOD_ORDER, range(seeds or 3))
+  runs = []
+  for name, sparsities in families.items():
+    runs += grid({name: sparsities}, methods or _methods_of(name),
+                 range(seeds or 3))
+  return runs
 
 
 def _family_sparsities(family):
@@ -144,7 +163,7 @@ def _family_sparsities(family):
 
 
 def _controls(out, family, methods, seeds):
-  """DSR_SPEC section 7, controls 1-4, for each sparsity and seed.
+  """docs/algorithm.md section 7, controls 1-4, for each sparsity and seed.
 
   The structure controls read the masks and step-0 weights the DSR run of the
   same sparsity and seed exported, so that run comes first in the grid.
@@ -154,34 +173,36 @@ def _controls(out, family, methods, seeds):
   runs = []
   for sparsity in _family_sparsities(family):
     for seed in range(seeds or 5):
-      source = cell(family, 'dsr', sparsity, seed)
+      source = cell(family, SOURCE_METHOD, sparsity, seed)
       source_dir = os.path.join(os.path.abspath(out), source.run_id)
       runs.append(source)
       # A fresh initialisation needs a different seed from the source's.
-      runs.append(cell(family, 'static', sparsity, seed, 'dsr_structure_random_init',
+      runs.append(cell(family, configs.STATIC, sparsity, seed,
+                       'dsr_structure_random_init',
                        (f'masks_from={source_dir}', 'initial_values=random',
                         f'seed={seed + 1000}')))
-      runs.append(cell(family, 'static', sparsity, seed, 'dsr_structure_saved_init',
+      runs.append(cell(family, configs.STATIC, sparsity, seed,
+                       'dsr_structure_saved_init',
                        (f'masks_from={source_dir}', 'initial_values=saved')))
-      runs.append(cell(family, 'static', sparsity, seed))
+      runs.append(cell(family, configs.STATIC, sparsity, seed))
   return runs
 
 
 def _stop_epoch_sweep(out, family, methods, seeds):
-  """DSR_SPEC section 7, control 5: DSR frozen after epoch E, E over the run."""
+  """docs/algorithm.md section 7, control 5: DSR frozen after epoch E, E over the run."""
   del out, methods
   family = family or 'wrn28_2_cifar10'
   sparsity = _family_sparsities(family)[-1]
-  epochs = configs.get(_config_name(family, 'dsr', sparsity)[0]).epochs
+  epochs = configs.get(_config_name(family, SOURCE_METHOD, sparsity)[0]).epochs
   stops = sorted({max(1, round(f * epochs))
                   for f in (0.05, 0.1, 0.25, 0.5, 0.75)})
   runs = []
   for seed in range(seeds or 3):
-    runs.append(cell(family, 'static', sparsity, seed))
+    runs.append(cell(family, configs.STATIC, sparsity, seed))
     for stop in stops:
-      runs.append(cell(family, 'dsr', sparsity, seed, f'stop{stop}',
+      runs.append(cell(family, SOURCE_METHOD, sparsity, seed, f'stop{stop}',
                        (f'stop_epoch={stop}',)))
-    runs.append(cell(family, 'dsr', sparsity, seed))
+    runs.append(cell(family, SOURCE_METHOD, sparsity, seed))
   return runs
 
 
@@ -200,9 +221,9 @@ def suite_runs(suite, out, family=None, methods=None, seeds=None):
     raise LaunchError(f'unknown suite {suite!r}; valid suites are '
                       f'{sorted(SUITES)}.')
   for method in methods or ():
-    if method not in configs.METHODS:
+    if method not in configs.methods():
       raise LaunchError(f'unknown method {method!r}; valid methods are '
-                        f'{list(configs.METHODS)}.')
+                        f'{list(configs.methods())}.')
   return SUITES[suite](out, family, methods, seeds)
 
 
@@ -211,15 +232,12 @@ def applicable(overrides, method):
   """The `key=value` overrides that apply to `method`.
 
   A grid mixes methods, so an override of a method's own field (say
-  `period=2`, see `configs.METHOD_FIELDS`) is given only to the methods
-  that have it.
+  `period=2`, see `configs.method_fields`) or of a rule's option (say
+  `target_pruned=100`) is given only to the methods that have it (see
+  `configs.applies`).
   """
-  kept = []
-  for item in overrides:
-    key = item.partition('=')[0].strip()
-    if method in configs.METHOD_FIELDS.get(key, (method,)):
-      kept.append(item)
-  return kept
+  return [item for item in overrides
+          if configs.applies(item.partition('=')[0].strip(), method)]
 
 
 def run_grid(runs, out, overrides=(), verbose=True):
@@ -280,7 +298,8 @@ def load_runs(out):
 
 
 def _order(method):
-  return METHOD_ORDER.index(method) if method in METHOD_ORDER else 99
+  order = method_order()
+  return order.index(method) if method in order else len(order)
 
 
 def _natural(text):
@@ -320,7 +339,7 @@ def format_table(rows):
            '|---|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(
-        f'| {r["family"]} | {LABELS.get(r["method"], r["method"])} | '
+        f'| {r["family"]} | {configs.label(r["method"])} | '
         f'{r["variant"] or "-"} | {r["sparsity"]:g} | {r["active"]:,} | '
         f'{100 * r["mean"]:.2f} ± {100 * r["std"]:.2f} | {r["seeds"]} | '
         f'{r["seconds"]:.1f} s |')
@@ -362,10 +381,10 @@ def _plot_accuracy(rows, family, path, x_key, x_label, title):
       by_line.setdefault((r['method'], r['variant']), []).append(r)
   for (method, variant), line in sorted(by_line.items(),
                                         key=lambda kv: _order(kv[0][0])):
-    label = LABELS.get(method, method) + (f' ({variant})' if variant else '')
+    label = configs.label(method) + (f' ({variant})' if variant else '')
     if method == 'dense' or line[0].get('reference'):
       mean = line[0]['mean'] * 100
-      axes.axhline(mean, color={'dense': 'black', 'static': 'gray'}.get(
+      axes.axhline(mean, color={'dense': 'black', configs.STATIC: 'gray'}.get(
           method, 'tab:red'), linestyle='--', label=label)
       continue
     line.sort(key=lambda r: r[x_key])
@@ -427,7 +446,8 @@ def write_report(out, title=None):
         r['variant'] = ''
       # Full DSR and static sparse at the same sparsity, for reference.
       stops += [dict(r, stop=0, variant='reference', reference=True)
-                for r in plain if r['method'] in ('dsr', 'static') and
+                for r in plain
+                if r['method'] in (SOURCE_METHOD, configs.STATIC) and
                 r['sparsity'] == stops[0]['sparsity']]
       path = os.path.join(out, f'accuracy_vs_stop_epoch_{family}.png')
       _plot_accuracy(stops, family, path, 'stop', 'DSR stopped after epoch',
@@ -435,7 +455,7 @@ def write_report(out, title=None):
       plots.append(path)
     dsr_runs = sorted(
         (run for run, _ in found if run.family == family and
-         run.method == 'dsr' and not run.variant),
+         run.method == SOURCE_METHOD and not run.variant),
         key=lambda run: (-run.sparsity, run.seed))
     if dsr_runs:
       run = dsr_runs[0]

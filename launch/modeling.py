@@ -1,15 +1,16 @@
 """From a config to a compiled Keras model: architecture, sparse policy, method.
 
-Each method (`dense`, `thin`, `static`, `dsr`, `set`, `deepr`, `prune`) is a
-small class with two steps: `build` makes the model (sparse ones through
-`tf_dsr.sparsify`, or tfmot's `prune_low_magnitude` for `prune`, on the
-paper's sparse policy `models.sparse_kernel_layers`), and `attach` binds what
-keeps its masks (a `ReallocationCallback` running the method's
-`tf_dsr.REALLOCATORS` rule, frozen masks, or tfmot's `UpdatePruningStep`).
-`attach` must run before a checkpoint is restored, since it creates the state
-the checkpoint holds.
+Each method is a small object with two steps: `build` makes the model (sparse
+ones through `tf_dsr.sparsify`, or tfmot's `prune_low_magnitude` for `prune`,
+on the paper's sparse policy `models.sparse_kernel_layers`), and `attach`
+binds what keeps its masks (frozen masks for `static`, a
+`ReallocationCallback` running the config's `tf_dsr.rules` rule with its
+`options` for every other rule, or tfmot's `UpdatePruningStep`). `method(name)`
+gives `Dense`, `Thin`, `Prune` and `Static` for the launcher's own methods and
+a `DynamicSparse` for any other registered rule. `attach` must run before a
+checkpoint is restored, since it creates the state the checkpoint holds.
 
-The controls of the follow-up study (DSR_SPEC section 7) are `static` runs
+The controls of the follow-up study (docs/algorithm.md section 7) are `static` runs
 with `masks_from`: the masks a run exported at its end, with a fresh
 initialisation or (`initial_values='saved'`) that run's values at step 0.
 """
@@ -27,6 +28,7 @@ import tf_dsr
 from tf_dsr import keras
 
 import models
+from launch import configs
 from launch.errors import LaunchError
 
 THIN_TOLERANCE = 0.02  # Relative gap allowed between thin and sparse counts.
@@ -159,14 +161,14 @@ class Built:
 def freeze_masks(model):
   """Static sparse training: bind the model's wrappers to masks that never move.
 
-  A `tf_dsr.StaticReallocator` marks the wrappers as managed (so training is
+  A static `tf_dsr.Reallocator` marks the wrappers as managed (so training is
   allowed) and attaches the state to the model; nothing ever calls it, as it
   would change nothing.
 
   Returns:
     The reallocator (kept only so that callers may inspect it).
   """
-  return tf_dsr.StaticReallocator(model)
+  return tf_dsr.Reallocator(model, method='static')
 
 
 # What a run exports for the controls (see `launch.outputs`).
@@ -182,7 +184,7 @@ def weights_by_name(model):
 def masks_by_name(model):
   """`{mask variable name: value}` of every DynamicSparseWrapper mask."""
   return {mask.name: mask.numpy()
-          for wrapper in tf_dsr.reallocators.collect_wrappers(model)
+          for wrapper in tf_dsr.collect_wrappers(model)
           for _, mask in wrapper.sparse_weights}
 
 
@@ -221,7 +223,7 @@ def apply_exported_structure(model, config, fresh_kernels):
   if config.initial_values == 'saved':
     initial = load_arrays(os.path.join(config.masks_from, INITIAL_WEIGHTS))
     _assign_by_name(model.weights, initial, INITIAL_WEIGHTS)
-  wrappers = tf_dsr.reallocators.collect_wrappers(model)
+  wrappers = tf_dsr.collect_wrappers(model)
   _assign_by_name([m for w in wrappers for _, m in w.sparse_weights], masks,
                   FINAL_MASKS)
   for wrapper in wrappers:
@@ -281,7 +283,7 @@ class Static(Dense):
   """The sparse model with its initial masks frozen (static sparse).
 
   The masks are random, or with `config.masks_from` those another run
-  exported (the controls of DSR_SPEC section 7).
+  exported (the controls of docs/algorithm.md section 7).
   """
 
   def build(self, config, input_shape, num_classes, scope=contextlib.nullcontext,
@@ -306,54 +308,28 @@ class Static(Dense):
     return []
 
 
-def by_step(values, steps_per_epoch):
-  """A callable step -> value of a by-epoch dict (the piece the step's epoch is in)."""
-  starts = sorted(values)
-
-  def value(step):
-    epoch = step // max(int(steps_per_epoch or 1), 1)
-    return values[[s for s in starts if s <= epoch][-1]]
-
-  return value
-
-
-def use_xla():
-  """Compile reallocations with XLA on accelerators (TPUs need it); on a CPU
-  XLA's compile time (seconds per run) outweighs its speed-up."""
-  return bool(tf.config.list_logical_devices('TPU') or
-              tf.config.list_logical_devices('GPU'))
-
-
 class DynamicSparse(Static):
-  """The sparse model with its masks moved by a `tf_dsr.REALLOCATORS` rule.
+  """The sparse model with its masks moved by a `tf_dsr.rules` rule.
+
+  The rule gets the config's `options` (by-epoch values as callables of the
+  step, `configs.rule_options`) and runs on the config's `period`; the choice
+  of XLA is the library's (`jit_compile=None`: per device).
 
   Args:
-    rule: 'dsr' (Mostafa & Wang 2019), 'set' (Mocanu et al. 2018) or 'deepr'
-      (Bellec et al. 2018).
+    name: a name of `tf_dsr.rules.REGISTRY` (but 'static', see `Static`).
   """
 
-  def __init__(self, rule='dsr'):
-    self.rule = rule
-
-  def options(self, config, steps_per_epoch):
-    """The rule's own arguments of `tf_dsr.ReallocationCallback`."""
-    if self.rule == 'dsr':
-      return dict(target_pruned=config.target_pruned,
-                  tolerance=config.tolerance,
-                  initial_threshold=config.initial_threshold)
-    if self.rule == 'set':
-      return dict(target_pruned=config.target_pruned,
-                  drop_fraction=config.drop_fraction)
-    return dict(alpha=config.l1,
-                temperature=by_step(config.temperature, steps_per_epoch))
+  def __init__(self, name):
+    self.name = name
 
   def attach(self, model, config, log_dir=None, verbose=True,
              steps_per_epoch=None):
     callback = tf_dsr.ReallocationCallback(
         period=dict(config.period), stop_epoch=config.stop_epoch,
-        seed=config.seed, log_dir=log_dir, verbose=verbose and self.rule != 'deepr',
-        method=self.rule, jit_compile=use_xla(),
-        **self.options(config, steps_per_epoch))
+        seed=config.seed, log_dir=log_dir,
+        # One line per reallocation, unless the rule runs after every step.
+        verbose=verbose and config.period[0] > 1, method=self.name,
+        jit_compile=None, **configs.rule_options(config, steps_per_epoch))
     callback.set_model(model)  # Creates the state before any restore.
     return [callback]
 
@@ -392,22 +368,19 @@ class Prune(Dense):
     return [tfmot.sparsity.keras.UpdatePruningStep()]
 
 
-METHODS = {
-    'dense': Dense(),
-    'deepr': DynamicSparse('deepr'),
-    'dsr': DynamicSparse('dsr'),
-    'prune': Prune(),
-    'set': DynamicSparse('set'),
-    'static': Static(),
-    'thin': Thin(),
-}
+# The launcher's own methods; every other registered rule is a DynamicSparse.
+_OWN = {'dense': Dense(), 'prune': Prune(), configs.STATIC: Static(),
+        'thin': Thin()}
 
 
 def method(name):
-  """The method object for `name` (a key of `METHODS`)."""
-  if name not in METHODS:
-    raise LaunchError(f'unknown method {name!r}; valid methods are {list(METHODS)}.')
-  return METHODS[name]
+  """The method object for `name` (one of `configs.methods()`)."""
+  if name in _OWN:
+    return _OWN[name]
+  if name in tf_dsr.rules.REGISTRY:
+    return DynamicSparse(name)
+  raise LaunchError(f'unknown method {name!r}; valid methods are '
+                    f'{list(configs.methods())}.')
 
 
 @keras.utils.register_keras_serializable(package='launch')

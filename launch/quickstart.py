@@ -22,11 +22,11 @@ from absl import logging
 
 from tf_dsr import keras
 
+from launch import configs
 from launch import runner
 from launch.errors import LaunchError
 
 METHODS = ('dense', 'static', 'dsr')
-LABELS = {'dense': 'dense', 'static': 'static sparse', 'dsr': 'DSR'}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('seeds', 3, 'Runs per method, with seeds 0, 1, ...')
@@ -71,7 +71,7 @@ def format_table(rows):
     spread = statistics.stdev(values) if len(values) > 1 else float('nan')
     params = f'{row["active"]:,} / {row["total"]:,}'
     accuracy = f'{statistics.mean(values):.4f} +- {spread:.4f}'
-    lines.append(f'{LABELS.get(row["method"], row["method"]):<14} {params:>22} '
+    lines.append(f'{configs.label(row["method"]):<14} {params:>22} '
                  f'{row["steps"]:>6} {accuracy:>22} {len(values):>5}')
   return '\n'.join(lines)
 

@@ -54,6 +54,7 @@ def _results(config, overrides, model, built, final, data, strategy, steps,
       'overrides': list(overrides),
       'method': config.method,
       'sparsity': config.sparsity,
+      'options': config.options,
       'top1': float(final['top1']),
       'top5': float(final['top5']),
       'eval_loss': float(final['loss']),
@@ -74,7 +75,7 @@ def _results(config, overrides, model, built, final, data, strategy, steps,
                        'params': modeling.trainable_count(model),
                        'target_params': built.target_params}
   state = getattr(model, 'dynamic_sparsity_state', None)
-  if config.method in configs.REALLOCATING and state is not None:
+  if config.method in configs.reallocating() and state is not None:
     results['dsr'] = {'reallocations': int(state.reallocations.numpy()),
                       'threshold': float(state.threshold.numpy()),
                       'last_step': int(state.last_step.numpy())}
@@ -206,7 +207,7 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
                                           'overrides': list(overrides),
                                           'settings': settings})
       if not begin.checkpoint and modeling.masks_by_name(model):
-        # The weights at step 0, for the controls of DSR_SPEC section 7.
+        # The weights at step 0, for the controls of docs/algorithm.md section 7.
         run_dir.write_arrays(run_dir.initial_weights,
                              modeling.weights_by_name(model))
     if backup_steps or begin.backup:

@@ -97,7 +97,7 @@ def make_data(n, seed=0):
 
 def sparse_pairs(model):
   """`(kernel, mask)` variables of every DynamicSparseWrapper in `model`."""
-  return [pair for wrapper in tf_dsr.reallocators.collect_wrappers(model)
+  return [pair for wrapper in tf_dsr.collect_wrappers(model)
           for pair in wrapper.sparse_weights]
 
 

@@ -41,7 +41,7 @@ def sparse_tiny_cnn(sparsity=0.8, seed=0, optimizer=None):
 
 def sparse_pairs(model):
   """`(kernel, mask)` variables of every DynamicSparseWrapper in `model`."""
-  return [pair for wrapper in tf_dsr.reallocators.collect_wrappers(model)
+  return [pair for wrapper in tf_dsr.collect_wrappers(model)
           for pair in wrapper.sparse_weights]
 
 

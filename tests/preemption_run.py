@@ -82,7 +82,7 @@ def install(phase, n, rng):
 
   elif phase == 'reallocation':
     hit = _nth(n)
-    original = tf_dsr.reallocators.BaseReallocator.reallocate
+    original = tf_dsr.Reallocator.reallocate
 
     def reallocate(self, *args, **kwargs):
       if not hit():
@@ -90,7 +90,7 @@ def install(phase, n, rng):
       _die_later(phase, n, rng.uniform(0, 0.005))
       original(self, *args, **kwargs)
       _die(phase, n)
-    tf_dsr.reallocators.BaseReallocator.reallocate = reallocate
+    tf_dsr.Reallocator.reallocate = reallocate
 
   elif phase in ('backup_write', 'checkpoint_write', 'backup_index',
                  'checkpoint_index'):

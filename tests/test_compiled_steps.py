@@ -48,6 +48,7 @@ import pytest
 import tensorflow as tf
 
 from tests import compiled_run
+from tf_dsr import layout as layout_lib
 from tf_dsr import reallocation
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,14 +148,16 @@ def test_reallocation_random_streams_match_under_xla():
   compared.
   """
   rng = np.random.default_rng(0)
-  candidates = tf.constant(rng.random((32, 10)) < 0.7)
-  num_candidates = tf.constant(int(candidates.numpy().sum()), tf.int64)
+  layout = layout_lib.Layout(names=('a', 'b'), shapes=((32, 10), (7, 30)),
+                             sparsities=(0.3, 0.5))
+  free = layout.flatten([tf.constant(rng.random(shape) < 0.7)
+                         for shape in layout.shapes], padding=False)
   survivors = tf.constant([150, 90], tf.int64)
   capacity = tf.constant([350, 230], tf.int64)
 
   def streams(seed):
     grown = reallocation.grow_uniform(
-        candidates, tf.constant(20, tf.int64), num_candidates, seed, 64)
+        layout, free, tf.constant([20, 5], tf.int64), seed, [64, 16])
     split = reallocation.allocate(tf.constant(25, tf.int64), survivors,
                                   capacity, seed)
     return grown, split
@@ -167,7 +170,7 @@ def test_reallocation_random_streams_match_under_xla():
         tf.constant([0, 0], tf.int64), tf.constant(count, tf.int64))
     plain = [t.numpy() for t in plain_fn(seed)]
     xla = [t.numpy() for t in xla_fn(seed)]
-    assert plain[0].sum() == xla[0].sum() == 20
+    assert plain[0].sum() == xla[0].sum() == 25
     assert plain[1].sum() == xla[1].sum() == 25
     if not all(np.array_equal(a, b) for a, b in zip(plain, xla)):
       mismatches.append(count)

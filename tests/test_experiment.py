@@ -110,7 +110,7 @@ def test_report_is_rebuilt_from_run_directories_alone(finished, tmp_path):
   for method, sparsity, active, mean, std, seeds, _ in rows:
     results = [json.load(open(os.path.join(copy, r.run_id, 'results.json')))
                for r in runs if r.sparsity == float(sparsity) and
-               experiment.LABELS[r.method] == method]
+               configs.label(r.method) == method]
     accuracies = [100 * r['top1'] for r in results]
     assert seeds == '2' and len(results) == 2
     assert float(mean) == pytest.approx(statistics.mean(accuracies), abs=0.006)

@@ -143,6 +143,8 @@ def test_run_writes_checkpoints_logs_export_and_results(runs):
   saved = json.load(open(os.path.join(model_dir, 'results.json')))
   assert saved == json.loads(json.dumps(runs['results']))
   assert saved['steps'] == 8 and saved['epochs'] == 2
+  assert saved['options'] == {'target_pruned': 40, 'tolerance': 0.1,
+                              'initial_threshold': 1e-3}
   assert saved['dsr'] == {'reallocations': 2, 'threshold': pytest.approx(
       saved['dsr']['threshold']), 'last_step': 6}
   assert saved['wall_time_seconds'] > 0 and saved['eval_examples'] == 16

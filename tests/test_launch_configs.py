@@ -1,9 +1,12 @@
 """Tests for launch.configs, launch.overrides and launch.modeling.
 
 Every named config builds its model; the parameter counts are checked against
-the counts derived in tests/test_models.py.
+the counts derived in tests/test_models.py. A rule's options are the rule's
+own: validated by it, overridable by name, by epoch when given as a dict, and
+a rule registered in a test gets configs and runs without launcher edits.
 """
 
+import dataclasses
 import subprocess
 import sys
 
@@ -14,8 +17,10 @@ import tf_dsr
 from tf_dsr import keras
 
 from launch import configs
+from launch import experiment
 from launch import modeling
 from launch import overrides
+from launch import runner
 from launch.errors import LaunchError
 
 WRN_SPARSE, WRN_TRAINABLE = 1_451_520, 1_467_610  # See tests/test_models.py.
@@ -59,24 +64,41 @@ def test_registry_has_every_paper_run():
 
 
 def test_paper_settings():
-  """DSR_SPEC section 5, column by column."""
+  """docs/algorithm.md section 5, column by column."""
   wrn = configs.get('wrn28_2_cifar10_dsr_s0.9')
   assert (wrn.arch, wrn.depth, wrn.width, wrn.dataset) == (
       'wide_resnet', 28, 2, 'cifar10')
-  assert (wrn.sparsity, wrn.target_pruned, wrn.stop_epoch) == (0.9, 20_000, 190)
+  assert (wrn.sparsity, wrn.stop_epoch) == (0.9, 190)
+  assert wrn.options == {'target_pruned': 20_000, 'tolerance': 0.1,
+                         'initial_threshold': 1e-3}
   assert wrn.period == {0: 100, 25: 200, 80: 400, 140: 800}
   assert (wrn.epochs, wrn.batch_size, wrn.weight_decay) == (200, 100, 5e-4)
   assert wrn.learning_rate == {0: 0.1, 60: 0.02, 120: 0.004, 160: 0.0008}
   assert (wrn.momentum, wrn.nesterov, wrn.augment) == (0.9, True, True)
   r50 = configs.get('resnet50_imagenet_dsr_s0.8')
   assert (r50.arch, r50.dataset, r50.sparsity) == ('resnet50', 'imagenet2012', 0.8)
-  assert (r50.target_pruned, r50.stop_epoch) == (400_000, 95)
+  assert r50.stop_epoch == 95
+  assert r50.options == {'target_pruned': 400_000, 'tolerance': 0.1,
+                         'initial_threshold': 1e-3}
   assert r50.period == {0: 1000, 25: 2000, 50: 4000, 75: 8000}
   assert (r50.epochs, r50.batch_size, r50.weight_decay) == (100, 256, 1e-4)
   assert r50.learning_rate == {0: 0.1, 30: 0.01, 60: 0.001, 90: 0.0001}
   # Baselines share everything but the method's own settings.
   static = configs.get('wrn28_2_cifar10_static_s0.9')
-  assert static.period is None and static.target_pruned is None
+  assert static.period is None and static.options == {}
+  # SET: DSR's N_p, period and stop epoch; DeepR after every step, never
+  # stopping, T annealed at the learning-rate drops.
+  set_ = configs.get('wrn28_2_cifar10_set_s0.9')
+  assert set_.options == {'target_pruned': 20_000}
+  assert (set_.period, set_.stop_epoch) == (wrn.period, wrn.stop_epoch)
+  deepr = configs.get('wrn28_2_cifar10_deepr_s0.9')
+  assert deepr.options == {'alpha': 1e-5,
+                           'temperature': {0: 1e-7, 60: 1e-8, 120: 0.0}}
+  assert (deepr.period, deepr.stop_epoch) == ({0: 1}, None)
+  assert configs.get('lenet_mnist_dsr').options['target_pruned'] == 1_000
+  for name in configs.names():
+    if configs.get(name).method in ('dense', 'prune', 'thin'):
+      assert configs.get(name).options == {}, name
   assert (static.learning_rate, static.epochs, static.batch_size) == (
       wrn.learning_rate, wrn.epochs, wrn.batch_size)
   assert configs.get('wrn28_2_cifar10_dense').sparsity == 0
@@ -103,7 +125,9 @@ def test_overrides_parse_by_field_type():
       'period={0: 10, 2: 20}', 'learning_rate=0.05', 'stop_epoch=none',
       'augment=false', 'weight_decay=1e-4', 'dataset=cifar10'])
   assert (config.epochs, config.batch_size, config.sparsity) == (3, 64, 0.8)
-  assert config.target_pruned == 1000 and isinstance(config.target_pruned, int)
+  assert config.options == {'target_pruned': 1000, 'tolerance': 0.1,
+                            'initial_threshold': 1e-3}
+  assert isinstance(config.options['target_pruned'], int)
   assert config.period == {0: 10, 2: 20}
   assert config.learning_rate == {0: 0.05}
   assert config.stop_epoch is None and config.augment is False
@@ -136,16 +160,17 @@ def test_bad_overrides_name_the_key(item, message):
 def test_override_inconsistent_with_method():
   with pytest.raises(LaunchError, match="`sparsity` must be 0 for method 'dense'"):
     overrides.apply(configs.get('wrn28_2_cifar10_dense'), ['sparsity=0.5'])
-  with pytest.raises(LaunchError, match="`target_pruned` must be None"):
+  with pytest.raises(LaunchError, match="unknown key 'target_pruned' "
+                     r"\(an option of 'dsr', 'set', not of method 'static'\)"):
     overrides.apply(configs.get('wrn28_2_cifar10_static_s0.9'),
                     ['target_pruned=5'])
   with pytest.raises(LaunchError, match='`weight_decay` must be 0'):
     overrides.apply(configs.get('lenet_digits_dsr'), ['weight_decay=1e-4'])
 
 
-def test_configs_cli_without_tensorflow():
+def test_configs_cli():
+  # The options are declared by tf_dsr.rules, so this imports TensorFlow.
   code = ('import sys; from launch import configs; '
-          'assert "tensorflow" not in sys.modules; '
           'sys.exit(configs.main(sys.argv[1:]))')
   listed = subprocess.run([sys.executable, '-c', code], capture_output=True,
                           text=True, check=True)
@@ -156,6 +181,167 @@ def test_configs_cli_without_tensorflow():
   bad = subprocess.run([sys.executable, '-c', code, 'nope'],
                        capture_output=True, text=True)
   assert bad.returncode == 2 and "unknown config 'nope'" in bad.stderr
+
+
+# ------------------------------------------------------------------ options
+def test_rule_options_are_checked_by_the_rule():
+  dsr = configs.get('lenet_digits_dsr')
+  with pytest.raises(LaunchError, match=r"`options` is invalid for method "
+                     r"'dsr'.*`tolerance` must be .*got 2"):
+    dataclasses.replace(dsr, options=dict(dsr.options, tolerance=2))
+  with pytest.raises(LaunchError, match=r"`options` is invalid for method "
+                     r"'dsr'.*no option 'nope'; its options are "
+                     r"\['target_pruned', 'tolerance', 'initial_threshold'\]"):
+    dataclasses.replace(dsr, options=dict(dsr.options, nope=1))
+  with pytest.raises(LaunchError, match=r"`options` is invalid.*needs the "
+                     r"option\(s\) \['target_pruned'\]"):
+    dataclasses.replace(dsr, options={})
+  with pytest.raises(LaunchError, match=r"`options` must be empty for method "
+                     r"'dense'.*got \{'alpha': 1\}"):
+    dataclasses.replace(configs.get('lenet_digits_dense'), options={'alpha': 1})
+  with pytest.raises(LaunchError, match=r"`options` is invalid for method "
+                     r"'static'.*no option 'alpha'"):
+    dataclasses.replace(configs.get('lenet_digits_static'),
+                        options={'alpha': 1})
+  with pytest.raises(LaunchError, match="`options` must be a dict"):
+    dataclasses.replace(dsr, options=[('target_pruned', 5)])
+
+
+def test_by_epoch_options():
+  # 10 steps per epoch: steps 0-19 are epochs 0 and 1, step 20 starts epoch 2.
+  value = configs.ByEpoch({0: 1.0, 2: 0.5}, steps_per_epoch=10)
+  assert [value(s) for s in (0, 19, 20, 1000)] == [1.0, 1.0, 0.5, 0.5]
+  deepr = dataclasses.replace(
+      configs.get('lenet_digits_deepr'),
+      options={'alpha': 1e-4, 'temperature': {0: 1.0, 2: 0.5},
+               'learning_rate': 0.1})
+  options = configs.rule_options(deepr, steps_per_epoch=10)
+  assert options['temperature'] == configs.ByEpoch({0: 1.0, 2: 0.5}, 10)
+  assert options['alpha'] == 1e-4  # Other values are passed unchanged.
+  rule = tf_dsr.rules.make('deepr', **options)
+  assert rule.call_inputs(19, None)['temperature'] == 1.0
+  assert rule.call_inputs(20, None)['temperature'] == 0.5
+  # Each piece is checked by the rule; an option that takes no callable
+  # takes no by-epoch value; the keys are epochs from 0.
+  with pytest.raises(LaunchError, match=r"`options`.*`temperature` from "
+                     r"epoch 5.*`temperature` must be .*got -1"):
+    dataclasses.replace(deepr, options={'temperature': {0: 1e-6, 5: -1}})
+  dsr = configs.get('lenet_digits_dsr')
+  with pytest.raises(LaunchError, match="option `target_pruned` takes no "
+                     "by-epoch value"):
+    dataclasses.replace(dsr, options={'target_pruned': {0: 100, 2: 200}})
+  with pytest.raises(LaunchError, match=r"`options` must be .*`temperature`"
+                     r" is \{first epoch: value\}"):
+    dataclasses.replace(deepr, options={'temperature': {1: 1e-6}})
+
+
+def test_overrides_of_rule_options():
+  dsr = configs.get('lenet_digits_dsr')
+  config = overrides.apply(dsr, ['tolerance=0.2', 'target_pruned=30000'])
+  assert config.options == {'target_pruned': 30_000, 'tolerance': 0.2,
+                            'initial_threshold': 1e-3}
+  with pytest.raises(LaunchError, match=r"unknown key 'tolerance' \(an option "
+                     r"of 'dsr', not of method 'set'\); valid keys are: arch, "
+                     r".*, seed, drop_fraction, target_pruned\."):
+    overrides.apply(configs.get('lenet_digits_set'), ['tolerance=0.2'])
+  with pytest.raises(LaunchError, match="option tolerance of method 'dsr' "
+                     "must be a number"):
+    overrides.apply(dsr, ['tolerance=high'])
+  with pytest.raises(LaunchError, match=r"`options` is invalid.*`tolerance`"):
+    overrides.apply(dsr, ['tolerance=1.5'])
+  deepr = configs.get('lenet_digits_deepr')
+  config = overrides.apply(deepr, [
+      'temperature={0: 1e-5, 10: 0}', 'alpha=0', 'options.learning_rate=0.5',
+      'learning_rate=0.2'])
+  assert config.options == {'alpha': 0, 'temperature': {0: 1e-5, 10: 0},
+                            'learning_rate': 0.5}
+  assert config.learning_rate == {0: 0.2}  # The config's field, not DeepR's.
+  assert overrides.apply(deepr, ['temperature=1e-3']).options[
+      'temperature'] == 1e-3
+  config = overrides.apply(configs.get('lenet_digits_set'),
+                           ["options={'drop_fraction': 0.1}"])
+  assert config.options == {'drop_fraction': 0.1}
+  assert overrides.apply(configs.get('lenet_digits_set'), [
+      'drop_fraction=0.2', 'target_pruned=none']).options == {
+          'drop_fraction': 0.2, 'target_pruned': None}
+  # A new method's options: those of the method the config ends up with.
+  config = overrides.apply(dsr, ['method=set', 'options={}',
+                                 'drop_fraction=0.3'])
+  assert (config.method, config.options) == ('set', {'drop_fraction': 0.3})
+  # In a grid, an option reaches only the methods that have it.
+  assert experiment.applicable(['tolerance=0.2', 'period=2', 'epochs=1'],
+                               'set') == ['period=2', 'epochs=1']
+  assert experiment.applicable(['tolerance=0.2', 'period=2'], 'dsr') == [
+      'tolerance=0.2', 'period=2']
+  assert experiment.applicable(['period=2', 'target_pruned=9'], 'static') == []
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frozen(tf_dsr.rules.Rule):
+  """A throwaway rule that never moves a mask, with one option."""
+  name = 'test_frozen'
+  label = 'frozen (test)'
+  scale: float = 1.0
+
+  def __post_init__(self):
+    tf_dsr.rules.base.check_number('scale', self.scale, low=0, low_open=True)
+
+  def drop(self, inputs):
+    return tf_dsr.rules.Drop(tf.zeros_like(inputs.masks),
+                             tf.zeros_like(inputs.active))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Needy(tf_dsr.rules.Rule):
+  """A throwaway rule with a required option."""
+  name = 'test_needy'
+  label = 'needy (test)'
+  needed: float
+
+  def drop(self, inputs):
+    return tf_dsr.rules.Drop(tf.zeros_like(inputs.masks),
+                             tf.zeros_like(inputs.active))
+
+
+def test_a_registered_rule_needs_no_launcher_edit(tmp_path):
+  tf_dsr.rules.register(_Frozen)
+  tf_dsr.rules.register(_Needy)
+  try:
+    assert {'test_frozen', 'test_needy'} <= set(configs.methods())
+    assert 'test_frozen' in configs.reallocating()
+    assert configs.label('test_frozen') == 'frozen (test)'
+    assert experiment.method_order()[-2:] == ('test_frozen', 'test_needy')
+    registry = configs.build_registry()
+    dsr = configs.get('lenet_digits_dsr')
+    config = registry['lenet_digits_test_frozen']
+    # The family's schedule and the rule's defaults.
+    assert (config.period, config.stop_epoch, config.options) == (
+        dsr.period, dsr.stop_epoch, {})
+    assert 'wrn28_2_cifar10_test_frozen_s0.9' in registry
+    assert 'lenet_mnist_test_frozen' not in registry  # docs/algorithm.md's 3 methods.
+    # No value for a required option: no named config.
+    assert not [name for name in registry if 'test_needy' in name]
+    assert overrides.apply(config, ['scale=2']).options == {'scale': 2}
+    with pytest.raises(LaunchError, match=r"`options` is invalid for method "
+                       r"'test_frozen'.*`scale` must be .*got 0"):
+      overrides.apply(config, ['scale=0'])
+    with pytest.raises(LaunchError, match=r"needs the option\(s\) \['needed'\]"):
+      overrides.apply(config, ['method=test_needy'])
+    assert overrides.apply(config, ['method=test_needy', 'needed=3']).options == {
+        'needed': 3}
+    assert isinstance(modeling.method('test_frozen'), modeling.DynamicSparse)
+    keras.backend.clear_session()
+    results = runner.run(overrides.apply(config, [
+        'scale=2', 'period=1', 'epochs=1', 'steps_per_epoch=3', 'eval_steps=1',
+        'validation_freq=0']), verbose=0)
+    assert results['dsr']['reallocations'] == 3
+    assert results['options'] == {'scale': 2}
+  finally:
+    tf_dsr.rules.REGISTRY.pop('test_frozen', None)
+    tf_dsr.rules.REGISTRY.pop('test_needy', None)
+  assert 'test_frozen' not in configs.methods()
+  with pytest.raises(LaunchError, match="unknown method 'test_frozen'"):
+    modeling.method('test_frozen')
 
 
 # ------------------------------------------------------------------ models

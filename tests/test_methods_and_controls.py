@@ -4,7 +4,7 @@
   count fixed (SET and static per tensor too); static never moves a mask.
 - prune (tfmot's gradual pruning) reaches its target sparsity.
 - thin matches the sparse model's parameter count within 2%.
-- each control of DSR_SPEC section 7 starts from exactly the structure (and,
+- each control of docs/algorithm.md section 7 starts from exactly the structure (and,
   for the "saved" control, the values) the DSR run exported, and a DSR run
   stopped after epoch E keeps its masks frozen from then on.
 - DeepR's signs, masks and kernels agree on 2 MirroredStrategy replicas.
@@ -57,7 +57,7 @@ def test_sparse_methods_keep_masked_weights_zero_and_count_fixed(method, extra):
   model, initial, callbacks = _train(f'lenet_digits_{method}', extra)
   final = modeling.masks_by_name(model)
   assert final.keys() == initial.keys() and len(final) == 3
-  for wrapper in modeling.tf_dsr.reallocators.collect_wrappers(model):
+  for wrapper in modeling.tf_dsr.collect_wrappers(model):
     for kernel, mask in wrapper.sparse_weights:
       assert (kernel.numpy()[mask.numpy() == 0] == 0).all(), kernel.name
   total = lambda masks: sum(int(m.sum()) for m in masks.values())
@@ -76,7 +76,7 @@ def test_sparse_methods_keep_masked_weights_zero_and_count_fixed(method, extra):
   if method == 'deepr':
     signs = [s.numpy() for s in state.sign]
     for (kernel, mask), sign in zip(
-        [p for w in modeling.tf_dsr.reallocators.collect_wrappers(model)
+        [p for w in modeling.tf_dsr.collect_wrappers(model)
          for p in w.sparse_weights], signs):
       values = kernel.numpy()[mask.numpy() > 0]
       # Every active weight has its connection's sign (or is exactly 0).

@@ -51,7 +51,7 @@ def _true_values(kernel):
 
 
 def _assert_float32_variables(model, policy):
-  for wrapper in tf_dsr.reallocators.collect_wrappers(model):
+  for wrapper in tf_dsr.collect_wrappers(model):
     # The policy really applies: the layer computes in 16 bits.
     assert wrapper.layer.compute_dtype == policy.compute_dtype
   for kernel, mask in sparse_pairs(model):
@@ -219,38 +219,16 @@ def _set_probes(model, value):
   return positions
 
 
-class _RecordingReallocator(tf_dsr.Reallocator):
-  """Records each trace of the compiled rule and the dtypes it sees.
-
-  `careful_drop_needed` runs once per trace of the compiled reallocation;
-  `plan` once per branch of it (careful and fast), so twice per trace.
-  """
-
-  def __init__(self, *args, **kwargs):
-    super().__init__(*args, **kwargs)
-    self.traced_dtypes = []
-    self.traces = 0
-
-  def careful_drop_needed(self, counts):
-    self.traces += 1
-    return super().careful_drop_needed(counts)
-
-  def plan(self, weights, masks, threshold, seed, counts):
-    self.traced_dtypes.append([w.dtype for w in weights])
-    return super().plan(weights, masks, threshold, seed, counts)
-
-
 def test_reallocation_reads_float32_master_weights(policy):
   probes = _probes(policy.compute_dtype)
   model = sparse_tiny_cnn()
-  realloc = _RecordingReallocator(model, target_pruned=10, seed=1)
+  realloc = tf_dsr.Reallocator(model, target_pruned=10, seed=1)
 
   # Phase 1: a probe just below H that a 16-bit read would round up to H.
   positions = _set_probes(model, probes['below'])
   realloc.state.threshold.assign(probes['h_below'])
   before = masks_of(model)
   stats = realloc.reallocate()
-  assert realloc.traced_dtypes[-1] == [tf.float32] * len(positions)
   assert stats.threshold_used == probes['h_below']
   # Exactly the probes are pruned (every other active weight is +-1).
   assert stats.pruned == len(positions)
@@ -282,12 +260,11 @@ def test_compiled_reallocation_is_traced_once(policy):
   that grows without bound).
   """
   model = sparse_tiny_cnn()
-  realloc = _RecordingReallocator(model, target_pruned=30, seed=2)
+  realloc = tf_dsr.Reallocator(model, target_pruned=30, seed=2)
   for _ in range(3):
     realloc.state.threshold.assign(5e-2)
     assert realloc.reallocate().pruned > 0
-  assert realloc.traces == 1
-  assert realloc.traced_dtypes == [[tf.float32, tf.float32]] * 2
+  assert realloc.trace_count == 1
 
 
 def test_reallocation_during_fit_reads_float32_master_weights(policy):

@@ -24,7 +24,7 @@ the K it counted, so the same bounds hold.
 
 Checked at every reallocation from the returned stats (cheap): the exact total
 active count, no empty tensor, regrowth equal to K, H within the bounds and
-adapted exactly as DSR_SPEC 3.5 says. Checked every 50 reallocations and at the
+adapted exactly as docs/algorithm.md 3.5 says. Checked every 50 reallocations and at the
 end on the variables themselves: binary masks, per-tensor counts equal to the
 stats, inactive weights exactly 0, regrown weights 0, survivors unchanged, the
 just-pruned entries not regrown, no NaN or Inf anywhere.
@@ -114,7 +114,7 @@ def _phases(rng, num_tensors):
 
 
 def _expected_threshold(used, candidates):
-  """DSR_SPEC 3.5 with the bounds, in float64 and then float32 as stored."""
+  """docs/algorithm.md 3.5 with the bounds, in float64 and then float32 as stored."""
   if candidates > (1 + TOLERANCE) * TARGET_PRUNED:
     new = used / 2
   elif candidates < (1 - TOLERANCE) * TARGET_PRUNED:

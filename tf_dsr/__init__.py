@@ -3,16 +3,12 @@
 Mostafa & Wang, ICML 2019, https://arxiv.org/abs/1902.05967.
 """
 
+from tf_dsr import rules
 from tf_dsr._tfmot import keras
 from tf_dsr.callbacks import ReallocationCallback
-from tf_dsr.reallocators import REALLOCATORS
-from tf_dsr.reallocators import BaseReallocator
-from tf_dsr.reallocators import DeepRReallocator
-from tf_dsr.reallocators import get_reallocator
-from tf_dsr.reallocators import ReallocationStats
-from tf_dsr.reallocators import Reallocator
-from tf_dsr.reallocators import SETReallocator
-from tf_dsr.reallocators import StaticReallocator
+from tf_dsr.engine import collect_wrappers
+from tf_dsr.engine import ReallocationStats
+from tf_dsr.engine import Reallocator
 from tf_dsr.report import SparsityReport
 from tf_dsr.report import sparsity_report
 from tf_dsr.schedules import PeriodSchedule
@@ -24,20 +20,16 @@ from tf_dsr.wrapper import DynamicSparseWrapper
 __version__ = '0.1.0'
 
 __all__ = [
-    'BaseReallocator',
-    'DeepRReallocator',
     'DynamicSparseWrapper',
     'DynamicSparsityState',
     'PeriodSchedule',
-    'REALLOCATORS',
     'ReallocationCallback',
     'ReallocationStats',
     'Reallocator',
-    'SETReallocator',
-    'StaticReallocator',
     'SparsityReport',
-    'get_reallocator',
+    'collect_wrappers',
     'keras',
+    'rules',
     'sparsify',
     'sparsity_report',
     'strip_dynamic_sparsity',

@@ -5,7 +5,8 @@ import numbers
 import tensorflow as tf
 
 from tf_dsr import _tfmot
-from tf_dsr import reallocators
+from tf_dsr import engine
+from tf_dsr import rules
 from tf_dsr import schedules
 
 keras = _tfmot.keras
@@ -22,14 +23,14 @@ def _validate_stop(value, argument):
 
 
 class ReallocationCallback(keras.callbacks.Callback):
-  """Dynamic Sparse Reparameterization during `model.fit`.
+  """Runs a reallocation rule (DSR by default) on a schedule during `model.fit`.
 
   Mostafa & Wang, ICML 2019, https://arxiv.org/abs/1902.05967. After every
   training step g > 0 with g % P == 0 (P from `period`), and before the stop
   point, the callback runs one reallocation of a `tf_dsr.Reallocator` on the
-  model (see there for the algorithm). The model-wide state (H, the number of
-  reallocations, the step of the last one) lives in variables of the model, so
-  checkpoints carry it and a resumed run continues exactly.
+  model (see `tf_dsr.rules` for the rules). The model-wide state (H, the
+  number of reallocations, the step of the last one) lives in variables of
+  the model, so checkpoints carry it and a resumed run continues exactly.
 
   With `steps_per_execution = k > 1` the callback sees every k-th step: a
   reallocation due within an execution runs once at its end (see
@@ -44,9 +45,6 @@ class ReallocationCallback(keras.callbacks.Callback):
     ```
 
   Args:
-    target_pruned: N_p, the number of weights a reallocation aims to prune.
-    tolerance: delta in (0, 1) around N_p before H changes.
-    initial_threshold: H before the first reallocation.
     period: steps between reallocations: an int, a dict from epoch to period,
       or a `tf_dsr.PeriodSchedule` (by epoch or by step).
     stop_epoch: no reallocation from this (0-based) epoch on; None for never.
@@ -55,36 +53,40 @@ class ReallocationCallback(keras.callbacks.Callback):
     log_dir: if set, TensorBoard scalars per reallocation: H, K, total active
       and each layer's density.
     verbose: if true, print one line per reallocation.
-    jit_compile: compile the reallocation with XLA.
-    method: the reallocation rule, a name of `tf_dsr.REALLOCATORS`: 'dsr'
-      (the default), 'set', 'deepr' or 'static'.
-    **method_options: further arguments of that rule's class (for example
-      `drop_fraction` for 'set', `alpha` and `temperature` for 'deepr', which
-      is meant to run with `period=1`).
+    jit_compile: compile the whole reallocation with XLA, per-tensor reads
+      and writes included (TPUs need it); the flat core always is. None
+      chooses per device (`tf_dsr.engine.default_jit_compile`).
+    method: the rule: a name of `tf_dsr.rules.REGISTRY` ('dsr', the default;
+      'set', 'deepr', 'static') or a `tf_dsr.rules.Rule` object.
+    **options: the rule's options, checked here (for 'dsr': `target_pruned`,
+      `tolerance`, `initial_threshold`; for 'set': `drop_fraction` or
+      `target_pruned`; for 'deepr': `alpha`, `temperature`, `learning_rate`,
+      meant to run with `period=1`).
+
+  Raises:
+    TypeError: for an option the rule does not take, naming its options.
+    ValueError: for a bad value, naming the argument.
 
   Attributes:
-    reallocator: the `Reallocator`, once `fit` has started.
+    rule: the `tf_dsr.rules.Rule`.
+    reallocator: the `Reallocator`, once the callback has a model.
     history: the `ReallocationStats` of every reallocation this callback ran.
   """
 
-  def __init__(self, target_pruned=None, tolerance=0.1, initial_threshold=1e-3,
-               period=100, stop_epoch=None, stop_step=None, seed=0,
-               log_dir=None, verbose=False, jit_compile=True, method='dsr',
-               **method_options):
+  def __init__(self, period=100, stop_epoch=None, stop_step=None, seed=0,
+               log_dir=None, verbose=False, jit_compile=None, method='dsr',
+               **options):
     super().__init__()
-    self.method = method
-    self._reallocator_class = reallocators.get_reallocator(method)
-    if method == 'dsr':
-      reallocators.validate_dsr_arguments(target_pruned, tolerance,
-                                          initial_threshold, seed)
-    self.method_options = method_options
+    self.rule = rules.make(method, **options)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+      raise ValueError(f'`seed` must be an int, got {seed!r}.')
+    if jit_compile is not None and not isinstance(jit_compile, bool):
+      raise ValueError(f'`jit_compile` must be True, False or None, got '
+                       f'{jit_compile!r}.')
     self.schedule = schedules.as_schedule(period)
     self.stop_epoch = _validate_stop(stop_epoch, 'stop_epoch')
     self.stop_step = _validate_stop(stop_step, 'stop_step')
-    self.target_pruned = target_pruned
-    self.tolerance = tolerance
-    self.initial_threshold = initial_threshold
-    self.seed = seed
+    self.seed = int(seed)
     self.log_dir = log_dir
     self.verbose = verbose
     self.jit_compile = jit_compile
@@ -98,17 +100,16 @@ class ReallocationCallback(keras.callbacks.Callback):
     # Keep batch logs as tensors: no host sync per step.
     self._supports_tf_logs = True
 
+  @property
+  def method(self):
+    """The rule's registry name."""
+    return self.rule.name
+
   def set_model(self, model):
     super().set_model(model)
     if self.reallocator is None or self.reallocator.model is not model:
-      options = dict(self.method_options, seed=self.seed,
-                     jit_compile=self.jit_compile,
-                     initial_threshold=self.initial_threshold)
-      if self.method in ('dsr', 'set'):
-        options['target_pruned'] = self.target_pruned
-      if self.method == 'dsr':
-        options['tolerance'] = self.tolerance
-      self.reallocator = self._reallocator_class(model, **options)
+      self.reallocator = engine.Reallocator(
+          model, self.rule, seed=self.seed, jit_compile=self.jit_compile)
 
   def on_train_begin(self, logs=None):
     if self.log_dir and self._writer is None:

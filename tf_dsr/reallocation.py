@@ -1,4 +1,4 @@
-"""Pure tensor functions of one DSR reallocation: prune, allocate, grow, adapt.
+"""Pure tensor functions of one reallocation: prune, allocate, grow, adapt.
 
 Dynamic Sparse Reparameterization (Mostafa & Wang, ICML 2019,
 https://arxiv.org/abs/1902.05967) moves a fixed budget of non-zero weights
@@ -6,17 +6,22 @@ within and across layers. One reallocation prunes every active weight whose
 magnitude is below a global threshold `H`, regrows as many weights as were
 pruned, spread over the tensors in proportion to their survivors and placed
 uniformly at random among inactive positions, and adapts `H` towards a target
-number of pruned weights.
+number of pruned weights. Other rules (`tf_dsr.rules`) share the allocation
+and the growth.
 
 Contract shared by this file:
 - Tensors in, tensors out: nothing here reads or assigns a variable.
-- Masks are boolean tensors; counts are int64 scalars or vectors.
+- Weights, masks and other per-entry values are flat tensors of a
+  `tf_dsr.layout.Layout` (every sparse tensor of the model, end to end);
+  per-tensor counts are int64 `[T]` vectors. The program's size does not
+  depend on the number of tensors.
+- Masks are boolean; padding entries are never active and never free.
 - Shapes are static and no function sorts a weight-sized tensor, so every
   function compiles with XLA (`jit_compile=True`), as TPUs need.
-- Random numbers come from stateless ops keyed by an explicit `[2]` int32 seed;
-  the caller folds in the reallocation index and the tensor index. They are
-  the same compiled or not (`fold_in`, `uniform`), so a compiled and an
-  uncompiled reallocation choose the same masks.
+- Random numbers come from stateless ops keyed by an explicit `[2]` seed;
+  the caller folds in the reallocation index. They are the same compiled or
+  not (`fold_in`, `uniform`), so a compiled and an uncompiled reallocation
+  choose the same masks.
 """
 
 import collections
@@ -47,88 +52,45 @@ def uniform(shape, seed):
   return tf.cast(bits, tf.float64) * 2.0**-32
 
 
-# Counting is done by writing small integer codes into a [rows, _ROW] matrix
-# and summing rows with a matmul: on CPU this runs at memory speed, where a
-# fused reduction over two inputs is several times slower. Row sums stay below
-# 2**24, so float32 is exact.
-_ROW = 128
-_ACTIVE = 256.0
-_NONFINITE = 65536.0
+def prune_below(layout, weights, masks, active, threshold, row_segments=None):
+  """DSR's prune: the active entries with `|w| < H`, never emptying a tensor.
 
-
-def count_entries(weight, mask, threshold):
-  """Counts a tensor's active entries, those below H, and non-finite weights.
+  The comparison is strict. If every active entry of a tensor is below H,
+  its largest-magnitude one (the first in flat order on a tie) is kept.
 
   Args:
-    weight: float tensor.
-    mask: bool tensor of the same shape, True where active.
-    threshold: float scalar H.
+    layout: the `Layout` of the flat tensors.
+    weights: float32 flat weights.
+    masks: bool flat masks, True where active.
+    active: int64 `[T]`, the active entries per tensor.
+    threshold: float32 scalar H.
+    row_segments: optional `layout.row_segments()`, when the caller has it.
 
   Returns:
-    `(active, below, nonfinite)`: int64 scalars; `below` counts active entries
-    with `|w| < H`.
+    `(pruned, num_pruned)`: a bool flat tensor, a subset of `masks`, and its
+    int64 `[T]` counts.
   """
-  w = tf.reshape(tf.cast(weight, tf.float32), [-1])
-  m = tf.reshape(mask, [-1])
-  below = m & (tf.abs(w) < tf.cast(threshold, tf.float32))
-  code = (tf.cast(below, tf.float32) + _ACTIVE * tf.cast(m, tf.float32) +
-          _NONFINITE * tf.cast(~tf.math.is_finite(w), tf.float32))
-  code = tf.pad(code, [[0, -code.shape[0] % _ROW]])
-  rows = tf.cast(tf.matmul(tf.reshape(code, [-1, _ROW]), tf.ones([_ROW, 1])),
-                 tf.int64)[:, 0]
-  return (tf.reduce_sum(rows // 256 % 256), tf.reduce_sum(rows % 256),
-          tf.reduce_sum(rows // 65536))
+  if row_segments is None:
+    row_segments = layout.row_segments()
+  magnitude = tf.abs(weights)
+  below = masks & (magnitude < threshold)
+  num_below, = layout.count(below, row_segments=row_segments)
+  emptied = (active > 0) & (active == num_below)
 
+  def keep_largest():
+    largest = layout.segment_max(tf.where(masks, magnitude, -1.0), row_segments)
+    is_largest = (masks & (magnitude == layout.broadcast(largest, row_segments))
+                  & layout.broadcast(emptied, row_segments))
+    index = tf.range(layout.size, dtype=tf.int32)
+    first = layout.segment_min(tf.where(is_largest, index, layout.size),
+                               row_segments)
+    return index == layout.broadcast(first, row_segments)
 
-def would_empty(counts):
-  """True when pruning at H would empty some tensor (given `count_entries`)."""
-  return tf.reduce_any(tf.stack([(active > 0) & (active == below)
-                                 for active, below, _ in counts]))
-
-
-def _prune(weight, mask, threshold, active, below, keep_largest=True):
-  """Pruned and surviving entries, given the counts of `count_entries`.
-
-  With `keep_largest=False` the caller guarantees that no tensor would be
-  emptied (`would_empty` is False), which spares a conditional per tensor
-  whose operands XLA would have to materialise.
-  """
-  magnitude = tf.abs(tf.cast(weight, tf.float32))
-  if not keep_largest:
-    pruned = mask & (magnitude < tf.cast(threshold, tf.float32))
-    return mask & ~pruned, pruned, below
-  emptied = (active > 0) & (active == below)
-
-  def largest():
-    flat = tf.reshape(tf.where(mask, magnitude, -1.0), [-1])
-    return tf.cast(tf.argmax(flat), tf.int32)
-
-  keep = tf.cond(emptied, largest, lambda: tf.constant(-1))
-  index = tf.reshape(tf.range(mask.shape.num_elements(), dtype=tf.int32),
-                     mask.shape)
-  pruned = mask & (magnitude < tf.cast(threshold, tf.float32)) & (index != keep)
-  num_pruned = below - tf.cast(emptied, tf.int64)
-  return mask & ~pruned, pruned, num_pruned
-
-
-def prune_by_threshold(weight, mask, threshold):
-  """Deactivates the active entries of one tensor whose magnitude is below H.
-
-  The comparison is strict (`|w| < H`). If every active entry would go, the
-  largest-magnitude one is kept, so no tensor is ever emptied.
-
-  Args:
-    weight: float tensor.
-    mask: bool tensor of the same shape, True where active.
-    threshold: float scalar H.
-
-  Returns:
-    `(survivors, pruned)`: bool tensors; `survivors | pruned == mask` and the
-    two are disjoint.
-  """
-  active, below, _ = count_entries(weight, mask, threshold)
-  survivors, pruned, _ = _prune(weight, mask, threshold, active, below)
-  return survivors, pruned
+  # One conditional for all tensors: the extra passes run only when some
+  # tensor would be emptied.
+  keep = tf.cond(tf.reduce_any(emptied), keep_largest,
+                 lambda: tf.zeros([layout.size], tf.bool))
+  return below & ~keep, num_below - tf.cast(emptied, tf.int64)
 
 
 def _split(total, weights, offset):
@@ -217,94 +179,97 @@ def allocate(total, survivors, capacity, seed):
                          fold_in(seed, 1))
 
 
-def _draw_round(size, target, seed, draws, round_index, taken, last_taken,
-                first_hits):
-  """One round of `grow_uniform`'s sampling; returns the updated loop state.
-
-  `first_hits` holds, per position, the number of the first draw that hit it;
-  positions that are not candidates hold -1, below every draw number, so one
-  gather tells whether a draw is the first to hit a candidate.
-  """
-  positions = tf.random.stateless_uniform(
-      [draws], fold_in(seed, round_index),
-      minval=0, maxval=size, dtype=tf.int32, alg=RANDOM_ALG)
-  ids = round_index * draws + tf.range(draws, dtype=tf.int32)
-  first_hits = tf.tensor_scatter_nd_min(first_hits, positions[:, None], ids)
-  new = tf.gather(first_hits, positions) == ids
-  rank = taken + tf.cumsum(tf.cast(new, tf.int32))
-  take = new & (rank <= target)
-  last_taken = tf.maximum(last_taken, tf.reduce_max(tf.where(take, ids, -1)))
-  return (round_index + 1, tf.minimum(rank[-1], target), last_taken,
-          first_hits)
+def _block_ids(block_sizes):
+  """int32: the index of the block of each element, blocks laid end to end."""
+  total = sum(block_sizes)
+  starts, position = [], 0
+  for size in block_sizes[:-1]:
+    position += size
+    starts.append(position)
+  if not starts:
+    return tf.zeros([total], tf.int32)
+  marks = tf.scatter_nd(tf.constant(starts, tf.int32)[:, None],
+                        tf.ones([len(starts)], tf.int32), [total])
+  return tf.cumsum(marks)
 
 
-def _unhit(candidates):
-  """The initial `first_hits`: no draw yet at candidates, -1 elsewhere."""
-  return tf.where(candidates, tf.int32.max, -1)
+def grow_uniform(layout, free, count, seed, draws, row_segments=None):
+  """Chooses exactly `count[i]` free entries of each tensor i, uniformly.
 
-
-def _sample(flat, target, seed, draws):
-  """Rounds of `_draw_round` until `target` candidates are taken."""
-
-  def cond(round_index, taken, last_taken, first_hits):
-    del round_index, last_taken, first_hits
-    return taken < target
-
-  def body(*loop_vars):
-    return _draw_round(flat.shape[0], target, seed, draws, *loop_vars)
-
-  _, _, last_taken, first_hits = tf.while_loop(
-      cond, body, (tf.constant(0), tf.constant(0), tf.constant(-1),
-                   _unhit(flat)))
-  return (first_hits >= 0) & (first_hits <= last_taken)
-
-
-def grow_uniform(candidates, count, num_candidates, seed, draws_per_round):
-  """Chooses exactly `count` of the candidate positions, uniformly at random.
-
-  Sequential sampling without replacement, at a cost that scales with `count`
-  rather than with the tensor size, and without sorting: a round draws
-  `draws_per_round` positions uniformly (with replacement) over the tensor, and
-  the draws that are the first to hit a candidate are taken, in draw order,
-  until `count` are taken. A scatter-min of draw numbers into a scratch array
-  finds the first hits deterministically; the positions taken are then the
-  candidates whose first hit is no later than the last draw taken. If one
-  round falls short, the rest is drawn the same way among the candidates not
-  yet taken, which keeps every `count`-subset equally likely. When `count` is
-  more than half the candidates, the complement is drawn instead, which bounds
-  the rounds needed.
+  Sampling without replacement at a cost that scales with the number of
+  draws, not with the tensor sizes, and without sorting. In one round every
+  tensor i gets `draws[i]` positions drawn uniformly (with replacement) over
+  its segment; a scatter-min of draw numbers into a scratch array finds, for
+  each free entry hit, the first draw that hit it, and those first hits are
+  taken in draw order until the tensor has its target. If a round falls
+  short, further rounds draw among the free entries not yet taken, which
+  keeps every subset of the right size equally likely. When a tensor is to
+  grow more than half its free entries, the complement is drawn instead,
+  which bounds the number of rounds. All tensors share every round.
 
   Args:
-    candidates: bool tensor, True where a position may be grown.
-    count: int64 scalar, `0 <= count <= num_candidates`.
-    num_candidates: int64 scalar, the number of True entries of `candidates`.
-    seed: int32 or int64 `[2]` seed.
-    draws_per_round: Python int, the static number of draws in a round.
+    layout: the `Layout` of the flat tensors.
+    free: bool flat tensor, True where an entry may be grown.
+    count: int64 `[T]`, each at most the tensor's number of free entries.
+    seed: `[2]` seed.
+    draws: Python ints, the static number of draws per round of each
+      tensor; a wrong size costs time (more rounds), never correctness.
+    row_segments: optional `layout.row_segments()`.
 
   Returns:
-    bool tensor shaped like `candidates`, True at exactly `count` candidates.
+    bool flat tensor, True at exactly `count[i]` free entries of tensor i.
   """
-  flat = tf.reshape(candidates, [-1])
-  invert = 2 * count > num_candidates
-  target = tf.cast(tf.where(invert, num_candidates - count, count), tf.int32)
-  draws = min(draws_per_round, flat.shape[0])
-  # The first round is unrolled: it is usually the only one, and on CPU a loop
-  # carrying the scratch array costs more than the round itself.
-  _, taken, last_taken, first_hits = _draw_round(
-      flat.shape[0], target, fold_in(seed, 0),
-      draws, tf.constant(0), tf.constant(0), tf.constant(-1), _unhit(flat))
-  chosen = (first_hits >= 0) & (first_hits <= last_taken)
-  chosen |= tf.cond(
-      taken < target,
-      lambda: _sample(flat & ~chosen, target - taken,
-                      fold_in(seed, 1), draws),
-      lambda: tf.zeros_like(flat))
-  grown = tf.where(invert, flat & ~chosen, chosen)
-  return tf.reshape(grown, tf.shape(candidates))
+  if row_segments is None:
+    row_segments = layout.row_segments()
+  draws = [max(1, min(int(d), size)) for d, size in zip(draws, layout.sizes)]
+  num_tensors = layout.num_tensors
+  capacity, = layout.count(free, row_segments=row_segments)
+  invert = 2 * count > capacity
+  target = tf.cast(tf.where(invert, capacity - count, count), tf.int32)
+
+  draw_tensor = _block_ids(draws)
+  block_starts, position = [], 0
+  for d in draws:
+    block_starts.append(position)
+    position += d
+  block_starts = tf.constant(block_starts, tf.int32)
+  block_ends = block_starts + tf.constant(draws, tf.int32)
+  origin = tf.gather(tf.constant(layout.starts, tf.int32), draw_tensor)
+  span = tf.gather(tf.constant(layout.sizes, tf.float64), draw_tensor)
+  ids = tf.range(position, dtype=tf.int32)
+
+  def one_round(round_index, remaining, chosen):
+    offsets = tf.cast(tf.floor(uniform([position], fold_in(seed, round_index))
+                               * span), tf.int32)
+    positions = origin + offsets
+    first_hits = tf.where(free & ~chosen, tf.int32.max, -1)
+    first_hits = tf.tensor_scatter_nd_min(first_hits, positions[:, None], ids)
+    new = tf.gather(first_hits, positions) == ids
+    rank = tf.concat([[0], tf.cumsum(tf.cast(new, tf.int32))], 0)
+    before = tf.gather(rank, block_starts)
+    rank_in_block = rank[1:] - tf.gather(before, draw_tensor)
+    take = new & (rank_in_block <= tf.gather(remaining, draw_tensor))
+    last = tf.maximum(tf.math.unsorted_segment_max(
+        tf.where(take, ids, -1), draw_tensor, num_tensors), -1)
+    taken = tf.minimum(tf.gather(rank, block_ends) - before, remaining)
+    # A hit entry of tensor i holds the number of a draw of tensor i, so one
+    # comparison with that tensor's last draw taken finds what was taken.
+    chosen |= (first_hits >= 0) & (
+        first_hits <= layout.broadcast(last, row_segments))
+    return round_index + 1, remaining - taken, chosen
+
+  # The first round is unrolled: it is usually the only one.
+  state = one_round(tf.constant(0), target,
+                    tf.zeros([layout.size], tf.bool))
+  _, _, chosen = tf.while_loop(
+      lambda round_index, remaining, chosen: tf.reduce_any(remaining > 0),
+      one_round, state)
+  return tf.where(layout.broadcast(invert, row_segments), free & ~chosen,
+                  chosen)
 
 
 def adapt_threshold(threshold, pruned, target_pruned, tolerance):
-  """Halves H if too many were pruned, doubles it if too few (DSR_SPEC 3.5).
+  """Halves H if too many were pruned, doubles it if too few (docs/algorithm.md 3.5).
 
   Args:
     threshold: float32 scalar H.
@@ -325,27 +290,26 @@ def adapt_threshold(threshold, pruned, target_pruned, tolerance):
 
 Reallocation = collections.namedtuple(
     'Reallocation',
-    ['masks', 'pruned_masks', 'grown_masks', 'threshold', 'pruned', 'candidates',
-     'regrown', 'active', 'skipped'])
-Reallocation.__doc__ = """The outcome of `drop_and_grow` (and `reallocate`).
+    ['masks', 'pruned_masks', 'grown_masks', 'pruned', 'candidates', 'regrown',
+     'active', 'skipped'])
+Reallocation.__doc__ = """The outcome of `drop_and_grow`, on flat tensors.
 
 Fields:
-  masks: new bool masks, one per tensor.
-  pruned_masks: bool masks of the entries pruned.
-  grown_masks: bool masks of the entries regrown (disjoint from pruned_masks).
-  threshold: the adapted H for the next reallocation (None from
-    `drop_and_grow`, which knows no threshold).
-  pruned: int64 K actually pruned (0 when skipped).
-  candidates: int64 number of entries the rule chose to drop (what H adapts on).
-  regrown: int64 vector g_i.
-  active: int64 vector of active entries per tensor after the reallocation.
-  skipped: bool scalar, True when K exceeded the free positions and nothing
+  masks: the new bool flat masks.
+  pruned_masks: the entries dropped (all False when skipped).
+  grown_masks: the entries regrown (disjoint from pruned_masks).
+  pruned: int64 K actually dropped (0 when skipped).
+  candidates: int64 number of entries the rule chose to drop (what H adapts
+    on).
+  regrown: int64 `[T]` g_i.
+  active: int64 `[T]` active entries per tensor after the reallocation.
+  skipped: bool scalar, True when K exceeded the free entries and nothing
     was changed (only possible below sparsity 0.5).
 """
 
 
-def drop_and_grow(masks, pruned, num_pruned, num_active, budget, seed,
-                  draws_per_round):
+def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
+                  draws, row_segments=None):
   """The drop-and-grow core shared by every reallocation rule.
 
   Given the entries a rule drops, regrows as many, spread over the tensors by
@@ -355,89 +319,40 @@ def drop_and_grow(masks, pruned, num_pruned, num_active, budget, seed,
   could not all be regrown without reviving dropped entries: nothing changes.
 
   Args:
-    masks: list of bool masks.
-    pruned: list of bool masks of the entries to drop (subsets of `masks`).
-    num_pruned: int64 vector, the number of True entries of each `pruned`.
-    num_active: int64 vector, the number of True entries of each mask.
+    layout: the `Layout` of the flat tensors.
+    masks: bool flat masks.
+    pruned: bool flat tensor of the entries to drop (a subset of `masks`).
+    num_pruned: int64 `[T]`, the number of True entries of `pruned` per tensor.
+    num_active: int64 `[T]`, the number of True entries of `masks` per tensor.
     budget: callable `(num_pruned, survivors, capacity, seed) -> g`, the int64
       regrowth per tensor, summing to `sum(num_pruned)`, each at most its
       capacity.
     seed: `[2]` seed of this reallocation.
-    draws_per_round: list of Python ints, one per tensor (see `grow_uniform`).
+    draws: Python ints, one per tensor (see `grow_uniform`).
+    row_segments: optional `layout.row_segments()`.
 
   Returns:
-    A `Reallocation` with `threshold=None`.
+    A `Reallocation`.
   """
-  sizes = tf.constant([m.shape.num_elements() for m in masks], tf.int64)
+  if row_segments is None:
+    row_segments = layout.row_segments()
+  sizes = tf.constant(layout.sizes, tf.int64)
   survivors = num_active - num_pruned
   capacity = sizes - num_active
   total_pruned = tf.reduce_sum(num_pruned)
   skipped = total_pruned > tf.reduce_sum(capacity)
   dropped = tf.where(skipped, tf.zeros_like(num_pruned), num_pruned)
-  grow_counts = budget(dropped, survivors, capacity,
-                       fold_in(seed, -1))
-
-  new_masks, pruned_masks, grown_masks = [], [], []
-  for i, (mask, prune) in enumerate(zip(masks, pruned)):
-    grown = grow_uniform(
-        ~mask, grow_counts[i], capacity[i],
-        fold_in(seed, i),
-        draws_per_round[i])
-    prune = prune & ~skipped
-    new_masks.append((mask & ~prune) | grown)
-    pruned_masks.append(prune)
-    grown_masks.append(grown)
-
+  grow_counts = budget(dropped, survivors, capacity, fold_in(seed, -1))
+  free = ~masks & layout.valid(row_segments)
+  grown = grow_uniform(layout, free, grow_counts, fold_in(seed, -2), draws,
+                       row_segments)
+  pruned = pruned & ~skipped
   return Reallocation(
-      masks=new_masks,
-      pruned_masks=pruned_masks,
-      grown_masks=grown_masks,
-      threshold=None,
+      masks=(masks & ~pruned) | grown,
+      pruned_masks=pruned,
+      grown_masks=grown,
       pruned=tf.reduce_sum(dropped),
       candidates=total_pruned,
       regrown=grow_counts,
       active=num_active - dropped + grow_counts,
       skipped=skipped)
-
-
-def reallocate(weights, masks, threshold, seed, *, target_pruned, tolerance,
-               draws_per_round, counts=None):
-  """One DSR reallocation over all sparse tensors (DSR_SPEC section 3).
-
-  1. Prune active entries with `|w| < H` in every tensor (never emptying one).
-  2. `K = sum k_i`, `L = sum l_i`.
-  3. Allocate `g_i` proportional to `l_i`, summing to `K`, within capacity.
-  4. Grow `g_i` entries per tensor uniformly among the entries that were
-     inactive before this reallocation (so not the ones just pruned).
-  5. Adapt H on K.
-  If K is more than the number of inactive entries (only possible below
-  sparsity 0.5), the masks are left unchanged and H still adapts, so a later
-  reallocation prunes fewer.
-
-  Args:
-    weights: list of float tensors.
-    masks: list of bool tensors, same shapes.
-    threshold: float32 scalar H.
-    seed: `[2]` seed for this reallocation (fold in its index first).
-    target_pruned: N_p.
-    tolerance: delta in (0, 1).
-    draws_per_round: list of Python ints, one per tensor (see `grow_uniform`).
-    counts: optional list of `count_entries(w, m, threshold)` per tensor, when
-      the caller has them already.
-
-  Returns:
-    A `Reallocation`.
-  """
-  if counts is None:
-    counts = [count_entries(w, m, threshold) for w, m in zip(weights, masks)]
-  pruned = [_prune(w, m, threshold, active, below)
-            for w, m, (active, below, _) in zip(weights, masks, counts)]
-  result = drop_and_grow(
-      masks, [p for _, p, _ in pruned], tf.stack([k for _, _, k in pruned]),
-      tf.stack([a for a, _, _ in counts]),
-      lambda dropped, survivors, capacity, seed: allocate(
-          tf.reduce_sum(dropped), survivors, capacity, seed),
-      seed, draws_per_round)
-  return result._replace(threshold=tf.cast(
-      adapt_threshold(tf.cast(threshold, tf.float64), result.candidates,
-                      target_pruned, tolerance), tf.float32))

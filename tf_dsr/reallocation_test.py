@@ -1,4 +1,4 @@
-"""Hand-worked examples for the pure reallocation math."""
+"""Hand-worked examples for the pure reallocation math on the flat layout."""
 
 import itertools
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tf_dsr import layout as layout_lib
 from tf_dsr import reallocation
 
 SEED = tf.constant([7, 11], tf.int64)
@@ -15,22 +16,48 @@ def _bools(values):
   return tf.constant([bool(v) for v in values])
 
 
+def _layout(*sizes, sparsity=0.5):
+  return layout_lib.Layout(names=tuple(f't{i}' for i in range(len(sizes))),
+                           shapes=tuple((n,) for n in sizes),
+                           sparsities=(sparsity,) * len(sizes))
+
+
+def _prune(layout, weights, masks, threshold):
+  """prune_below on per-tensor lists; returns per-tensor pruned masks."""
+  flat_w = layout.flatten([tf.constant(w, tf.float32) for w in weights])
+  flat_m = layout.flatten([_bools(m) for m in masks], padding=False)
+  active = tf.constant([sum(m) for m in masks], tf.int64)
+  pruned, num_pruned = reallocation.prune_below(
+      layout, flat_w, flat_m, active, tf.constant(threshold, tf.float32))
+  return [p.numpy().astype(int).tolist() for p in layout.unflatten(pruned)], (
+      num_pruned.numpy().tolist())
+
+
 def test_prune_is_strict_and_only_touches_active_entries():
   # index:     0      1        2      3   4        5     6   7
-  w = tf.constant([0.5, -0.0005, 0.002, 0., 0.0009, -0.3, 0., 0.001])
-  m = _bools([1, 1, 1, 0, 1, 1, 0, 1])
-  survivors, pruned = reallocation.prune_by_threshold(w, m, 1e-3)
+  w = [0.5, -0.0005, 0.002, 0., 0.0009, -0.3, 0., 0.001]
+  m = [1, 1, 1, 0, 1, 1, 0, 1]
+  pruned, counts = _prune(_layout(8), [w], [m], 1e-3)
   # |w| < 1e-3 among active: 1 and 4; entry 7 equals H, so it stays (strict).
-  np.testing.assert_array_equal(pruned, [0, 1, 0, 0, 1, 0, 0, 0])
-  np.testing.assert_array_equal(survivors, [1, 0, 1, 0, 0, 1, 0, 1])
+  assert pruned == [[0, 1, 0, 0, 1, 0, 0, 0]]
+  assert counts == [2]
 
 
 def test_prune_keeps_the_largest_entry_of_a_tensor_it_would_empty():
-  w = tf.constant([0.0001, -0.0008, 0.0003, 0.5])
-  m = _bools([1, 1, 1, 0])  # the 0.5 is inactive, so it does not count
-  survivors, pruned = reallocation.prune_by_threshold(w, m, 1e-3)
-  np.testing.assert_array_equal(survivors, [0, 1, 0, 0])
-  np.testing.assert_array_equal(pruned, [1, 0, 1, 0])
+  # Tensor 0 would lose all three active entries: its largest (-0.0008)
+  # stays. The 0.5 is inactive, so it does not count. Tensor 1 (a second
+  # segment, 130 entries: two rows) keeps its largest too, the first of two
+  # equal ones; tensor 2 is pruned normally.
+  w0, m0 = [0.0001, -0.0008, 0.0003, 0.5], [1, 1, 1, 0]
+  w1, m1 = [0.0] * 130, [0] * 130
+  for i, v in ((3, 0.0002), (129, -0.0005), (128, 0.0005)):
+    w1[i], m1[i] = v, 1
+  w2, m2 = [0.0001, 0.2], [1, 1]
+  pruned, counts = _prune(_layout(4, 130, 2), [w0, w1, w2], [m0, m1, m2], 1e-3)
+  assert pruned[0] == [1, 0, 1, 0]
+  assert [i for i, p in enumerate(pruned[1]) if p] == [3, 129]  # keeps 128
+  assert pruned[2] == [1, 0]
+  assert counts == [2, 2, 1]
 
 
 def test_allocate_is_proportional_when_exact():
@@ -76,40 +103,61 @@ def test_allocate_gives_the_excess_of_a_full_tensor_to_the_others():
   np.testing.assert_array_equal(g, [0, 2, 4])
 
 
-@pytest.mark.parametrize('count', [0, 1, 3, 4, 5])
-def test_grow_uniform_takes_exactly_count_candidates(count):
-  candidates = _bools([0, 1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0])
+def _grow(layout, free, counts, seed=SEED, draws=None):
+  flat = layout.flatten([_bools(f) for f in free], padding=False)
   grown = reallocation.grow_uniform(
-      candidates, tf.constant(count, tf.int64), tf.constant(5, tf.int64), SEED,
-      draws_per_round=4).numpy()
+      layout, flat, tf.constant(counts, tf.int64), seed,
+      draws or [4] * layout.num_tensors)
+  return [g.numpy() for g in layout.unflatten(grown)]
+
+
+@pytest.mark.parametrize('count', [0, 1, 3, 4, 5])
+def test_grow_uniform_takes_exactly_count_free_entries(count):
+  free = [0, 1, 0, 0, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]
+  # A second tensor alongside, growing 2 of its 3 free entries.
+  other = [1, 0, 1, 0, 1]
+  grown, second = _grow(_layout(16, 5), [free, other], [count, 2])
   assert grown.sum() == count
-  assert not (grown & ~candidates.numpy()).any()
+  assert not (grown & ~np.array(free, bool)).any()
+  assert second.sum() == 2 and not (second & ~np.array(other, bool)).any()
 
 
 def test_grow_uniform_is_uniform_over_subsets():
-  # Choose 2 of the 4 candidates among 12 entries: each of the 6 pairs should
-  # come up with probability 1/6.
-  candidates = _bools([0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0])
-  fn = tf.function(reallocation.grow_uniform, jit_compile=True,
-                   reduce_retracing=True)
+  # Choose 2 of the 4 free entries among 12: each of the 6 pairs should come
+  # up with probability 1/6. Draw counts of 3 per round force extra rounds.
+  layout = _layout(12)
+  free = layout.flatten([_bools([0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0])],
+                        padding=False)
+  fn = tf.function(
+      lambda seed: reallocation.grow_uniform(
+          layout, free, tf.constant([2], tf.int64), seed, [3]),
+      jit_compile=True)
   counts = {}
   runs = 1200
   for s in range(runs):
-    grown = fn(candidates, tf.constant(2, tf.int64), tf.constant(4, tf.int64),
-               tf.constant([s, 5], tf.int64), draws_per_round=3).numpy()
+    grown = layout.unflatten(fn(tf.constant([s, 5], tf.int64)))[0].numpy()
     key = tuple(np.flatnonzero(grown))
     counts[key] = counts.get(key, 0) + 1
+  assert fn.experimental_get_tracing_count() == 1
   assert set(counts) == set(itertools.combinations([1, 4, 7, 10], 2))
   freq = np.array(list(counts.values())) / runs
   np.testing.assert_allclose(freq, 1 / 6, atol=0.045)
 
 
 def test_grow_uniform_complement_path_for_large_counts():
-  candidates = tf.ones([32], tf.bool)
-  grown = reallocation.grow_uniform(
-      candidates, tf.constant(30, tf.int64), tf.constant(32, tf.int64), SEED,
-      draws_per_round=8).numpy()
+  grown, = _grow(_layout(32), [[1] * 32], [30], draws=[8])
   assert grown.sum() == 30
+
+
+def test_grow_uniform_same_compiled_or_not():
+  layout = _layout(300, 40, 7)
+  rng = np.random.default_rng(3)
+  free = layout.flatten([_bools(rng.random(n) < 0.7) for n in (300, 40, 7)],
+                        padding=False)
+  counts = tf.constant([50, 20, 2], tf.int64)
+  grow = lambda: reallocation.grow_uniform(layout, free, counts, SEED,
+                                           [20, 8, 4])
+  np.testing.assert_array_equal(grow(), tf.function(grow, jit_compile=True)())
 
 
 @pytest.mark.parametrize('pruned,expected', [
@@ -136,68 +184,3 @@ def test_adapt_threshold_stays_in_bounds():
   assert float(high) == reallocation.MAX_THRESHOLD
 
 
-def _hand_example():
-  w1 = tf.constant([0.5, 0.0005, 0.002, 0., 0.0009, -0.3, 0., 0.01])
-  m1 = _bools([1, 1, 1, 0, 1, 1, 0, 1])
-  w2 = tf.constant([0.0002, 0., 0., 0.7, 0., 0., 0., 0.])
-  m2 = _bools([1, 0, 0, 1, 0, 0, 0, 0])
-  return [w1, w2], [m1, m2]
-
-
-def test_reallocate_hand_worked():
-  weights, masks = _hand_example()
-  result = reallocation.reallocate(
-      weights, masks, tf.constant(1e-3), SEED, target_pruned=10,
-      tolerance=0.1, draws_per_round=[4, 4])
-  # Pruned: tensor 1 entries 1 and 4, tensor 2 entry 0 -> K = 3.
-  assert int(result.pruned) == 3
-  np.testing.assert_array_equal(result.pruned_masks[0], [0, 1, 0, 0, 1, 0, 0, 0])
-  np.testing.assert_array_equal(result.pruned_masks[1], [1, 0, 0, 0, 0, 0, 0, 0])
-  # Survivors l = (4, 1), L = 5: shares 2.4 and 0.6. Tensor 1 has only two
-  # free positions (3 and 6), so it regrows 2 and tensor 2 regrows 1.
-  np.testing.assert_array_equal(result.regrown, [2, 1])
-  np.testing.assert_array_equal(result.masks[0], [1, 0, 1, 1, 0, 1, 1, 1])
-  m2 = result.masks[1].numpy()
-  assert m2[3] and not m2[0] and m2.sum() == 2  # regrown elsewhere, not at 0
-  np.testing.assert_array_equal(result.active, [6, 2])
-  # K = 3 < 0.9 * 10, so H doubles.
-  assert float(result.threshold) == pytest.approx(2e-3)
-  assert not bool(result.skipped)
-
-
-def test_reallocate_invariants_on_random_inputs():
-  rng = np.random.default_rng(0)
-  fn = tf.function(reallocation.reallocate, jit_compile=True)
-  shapes = [(3, 3, 4, 8), (40, 10), (7,)]
-  for trial in range(20):
-    weights = [tf.constant(rng.normal(0, 0.01, s), tf.float32) for s in shapes]
-    masks = [tf.constant(rng.random(s) < rng.uniform(0.05, 0.5)) for s in shapes]
-    masks = [tf.tensor_scatter_nd_update(tf.reshape(m, [-1]), [[0]], [True])
-             for m in masks]
-    masks = [tf.reshape(m, s) for m, s in zip(masks, shapes)]
-    result = fn(weights, masks, tf.constant(float(rng.uniform(1e-4, 2e-2))),
-                tf.constant([trial, 1], tf.int64), target_pruned=20,
-                tolerance=0.1, draws_per_round=[32, 32, 4])
-    before = sum(int(tf.reduce_sum(tf.cast(m, tf.int32))) for m in masks)
-    after = sum(int(tf.reduce_sum(tf.cast(m, tf.int32))) for m in result.masks)
-    assert after == before
-    for old, new, pruned, grown in zip(masks, result.masks,
-                                       result.pruned_masks, result.grown_masks):
-      old, new, pruned, grown = (x.numpy() for x in (old, new, pruned, grown))
-      assert new.any()
-      assert not (pruned & grown).any()
-      assert not (grown & old).any()  # grown only where inactive before
-      np.testing.assert_array_equal(new, (old & ~pruned) | grown)
-
-
-def test_reallocate_skips_when_the_pruned_cannot_be_regrown():
-  # Sparsity 0.25: 6 of 8 active, 5 below H, only 2 free positions.
-  w = tf.constant([1e-5, 1e-5, 1e-5, 1e-5, 1e-5, 0.5, 0., 0.])
-  m = _bools([1, 1, 1, 1, 1, 1, 0, 0])
-  result = reallocation.reallocate(
-      [w], [m], tf.constant(1e-3), SEED, target_pruned=2, tolerance=0.1,
-      draws_per_round=[8])
-  assert bool(result.skipped)
-  assert int(result.pruned) == 0 and int(result.candidates) == 5
-  np.testing.assert_array_equal(result.masks[0], m)
-  assert float(result.threshold) == pytest.approx(0.5e-3)  # still adapts

@@ -2,7 +2,7 @@
 
 The period P (in training steps) is constant, or piecewise constant by epoch or
 by step. A reallocation is due at global step g > 0 when g % P == 0 and g is
-before the stop point (DSR_SPEC section 4).
+before the stop point (docs/algorithm.md section 4).
 
 Keras runs `steps_per_execution` steps between two callbacks, so the callback
 sees only the last step of each execution. `PeriodSchedule.due` answers for a

@@ -1,4 +1,6 @@
-"""The reallocation rules: hand-worked SET, static, the registry."""
+"""The rules on hand-worked tensors: SET, static, DeepR; the registry."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ def test_set_drops_the_smallest_active_weights_of_each_tensor():
   kernel = [0.5, -0.1, 0.0, 0.3, -0.02, 0.0, 0.0, 0.9]
   mask = [1, 1, 0, 1, 1, 0, 0, 1]  # 5 active
   model, k, m = _dense_model(kernel, mask)
-  realloc = tf_dsr.SETReallocator(model, drop_fraction=0.4, seed=1)
+  realloc = tf_dsr.Reallocator(model, 'set', drop_fraction=0.4, seed=1)
   stats = realloc.reallocate()
   # round(0.4 * 5) = 2 smallest active: |-0.02| (4) and |-0.1| (1) go; two
   # of the inactive entries 2, 5, 6 come back at 0.
@@ -41,26 +43,28 @@ def test_set_drops_the_smallest_active_weights_of_each_tensor():
 def test_set_fraction_defaults_to_dsr_churn():
   kernel = np.linspace(-1, 1, 8)
   model, _, m = _dense_model(kernel, [1, 1, 1, 1, 0, 0, 0, 0])
-  realloc = tf_dsr.SETReallocator(model, target_pruned=1)
+  realloc = tf_dsr.Reallocator(model, 'set', target_pruned=1)
   assert realloc.reallocate().pruned == 1  # 1 / 4 active -> 1 per call
   assert int(m.numpy().sum()) == 4
 
 
 def test_static_never_changes_the_mask():
   model, k, m = _dense_model(np.full(8, 1e-9), [1, 0, 1, 0, 1, 0, 1, 0])
-  realloc = tf_dsr.StaticReallocator(model)
+  realloc = tf_dsr.Reallocator(model, 'static')
   for _ in range(3):
     assert realloc.reallocate().pruned == 0
   np.testing.assert_array_equal(m.numpy().reshape(-1), [1, 0, 1, 0, 1, 0, 1, 0])
 
 
 def test_registry_names_and_unknown_name():
-  assert tf_dsr.get_reallocator('dsr') is tf_dsr.Reallocator
-  assert tf_dsr.get_reallocator('set') is tf_dsr.SETReallocator
-  assert tf_dsr.get_reallocator('static') is tf_dsr.StaticReallocator
-  assert tf_dsr.get_reallocator('deepr') is tf_dsr.DeepRReallocator
+  rules = tf_dsr.rules
+  assert rules.get_rule('dsr') is rules.DSR
+  assert rules.get_rule('set') is rules.SET
+  assert rules.get_rule('static') is rules.Static
+  assert rules.get_rule('deepr') is rules.DeepR
+  assert sorted(rules.REGISTRY) == ['deepr', 'dsr', 'set', 'static']
   with pytest.raises(ValueError, match=r"`method`.*\['deepr', 'dsr', .*'nope'"):
-    tf_dsr.get_reallocator('nope')
+    rules.get_rule('nope')
   with pytest.raises(ValueError, match='`method`'):
     tf_dsr.ReallocationCallback(method='nope')
 
@@ -72,7 +76,7 @@ def test_callback_runs_set_and_keeps_per_layer_counts():
                           0.5)
   model.compile('sgd', keras.losses.SparseCategoricalCrossentropy(True))
   before = [int(m.numpy().sum()) for w in
-            tf_dsr.reallocators.collect_wrappers(model)
+            tf_dsr.collect_wrappers(model)
             for _, m in w.sparse_weights]
   data = np.random.default_rng(0).normal(size=(32, 6)).astype('float32')
   labels = np.zeros(32)
@@ -81,7 +85,7 @@ def test_callback_runs_set_and_keeps_per_layer_counts():
   # Kernels 6x8 and 8x3 at 0.5: 24 and 12 active -> round(4.8) + round(2.4).
   assert [s.pruned for s in cb.history] == [5 + 2, 5 + 2]
   after = [int(m.numpy().sum()) for w in
-           tf_dsr.reallocators.collect_wrappers(model)
+           tf_dsr.collect_wrappers(model)
            for _, m in w.sparse_weights]
   assert after == before
 
@@ -96,8 +100,8 @@ def test_deepr_removes_connections_that_change_sign():
   # entries 2, 5, 6 come back at 0 with a fresh random sign. No L1 term and
   # T = 0, so the other weights are untouched.
   model, k, m = _dense_model(kernel, mask)
-  realloc = tf_dsr.DeepRReallocator(model, alpha=0.0, temperature=0.0,
-                                    learning_rate=0.1, seed=3)
+  realloc = tf_dsr.Reallocator(model, 'deepr', alpha=0.0, temperature=0.0,
+                               learning_rate=0.1, seed=3)
   (sign_var,) = model.dynamic_sparsity_state.sign if hasattr(
       model.dynamic_sparsity_state, 'sign') else (None,)
   assert sign_var is None  # Created on the first call...
@@ -117,8 +121,8 @@ def test_deepr_removes_connections_that_change_sign():
   np.testing.assert_array_equal(values[[2, 3, 4, 5, 6]], 0)
   assert values[[0, 1, 7]].tolist() == pytest.approx([0.5, -0.1, 0.9])
   signs = sign_var.numpy().reshape(-1)
-  assert signs[[0, 1, 3, 4, 7]].tolist() == [1, -1, 1, -1, 1]  # Kept.
-  assert set(np.abs(signs).tolist()) == {1.0}
+  assert signs[[0, 1, 7]].tolist() == [1, -1, 1]  # Kept while active.
+  assert set(np.abs(signs).tolist()) == {1.0}  # Fresh +-1 everywhere else.
 
 
 def test_deepr_l1_and_noise_keep_inactive_weights_zero():
@@ -126,16 +130,16 @@ def test_deepr_l1_and_noise_keep_inactive_weights_zero():
   mask = [1, 1, 0, 0, 1, 1, 0, 0]
   model, k, m = _dense_model(kernel, mask)
   # L1 only: every active weight moves lr * alpha = 0.01 towards 0.
-  realloc = tf_dsr.DeepRReallocator(model, alpha=0.1, temperature=0.0,
-                                    learning_rate=0.1)
+  realloc = tf_dsr.Reallocator(model, 'deepr', alpha=0.1, temperature=0.0,
+                               learning_rate=0.1)
   realloc.reallocate()
   np.testing.assert_allclose(k.numpy().reshape(-1),
                              [0.49, -0.49, 0, 0, 0.49, -0.49, 0, 0], atol=1e-7)
   # Noise with a temperature schedule: sqrt(2 lr T) = 0.1 at T = 0.05.
-  realloc.temperature = lambda step: 0.05 if step >= 10 else 0.0
+  realloc = tf_dsr.Reallocator(model, tf_dsr.rules.DeepR(
+      alpha=0.0, temperature=lambda step: 0.05 if step >= 10 else 0.0,
+      learning_rate=0.1))
   before = k.numpy().copy()
-  realloc.alpha = 0.0
-  realloc._function = None  # pylint: disable=protected-access  (alpha is traced)
   realloc.reallocate(step=9)
   np.testing.assert_array_equal(k.numpy(), before)  # T = 0 before step 10.
   realloc.reallocate(step=10)
@@ -148,7 +152,7 @@ def test_deepr_l1_and_noise_keep_inactive_weights_zero():
 
 def test_deepr_signs_are_checkpointed(tmp_path):
   model, _, _ = _dense_model(np.linspace(-1, 1, 8), [1, 1, 1, 1, 0, 0, 0, 0])
-  tf_dsr.DeepRReallocator(model, learning_rate=0.1).reallocate()
+  tf_dsr.Reallocator(model, 'deepr', learning_rate=0.1).reallocate()
   (sign,) = model.dynamic_sparsity_state.sign
   sign.assign(-sign)
   path = tf.train.Checkpoint(model=model).write(str(tmp_path / 'ckpt'))
@@ -156,7 +160,28 @@ def test_deepr_signs_are_checkpointed(tmp_path):
   assert any('dynamic_sparsity_state/sign/0' in n for n in names), names
   other, _, _ = _dense_model(np.zeros(8), [1] * 4 + [0] * 4)
   tf.train.Checkpoint(model=other).read(path)
-  tf_dsr.DeepRReallocator(other, learning_rate=0.1)._auxiliary_variables(  # pylint: disable=protected-access
-      tf_dsr.DeepRReallocator(other, learning_rate=0.1).sparse_tensors())
+  tf_dsr.Reallocator(other, 'deepr', learning_rate=0.1)._auxiliary_variables()  # pylint: disable=protected-access
   np.testing.assert_array_equal(other.dynamic_sparsity_state.sign[0].numpy(),
                                 sign.numpy())
+
+
+def test_a_rule_is_a_few_typed_options():
+  rule = tf_dsr.rules.make('dsr', target_pruned=np.int64(20), tolerance=0.2)
+  assert rule.options() == ('target_pruned', 'tolerance', 'initial_threshold')
+  assert type(rule)(**rule.get_config()) == rule
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    rule.tolerance = 0.3  # Rules hold no state that could change.
+  with pytest.raises(ValueError, match='`temperature`.*-1'):
+    tf_dsr.rules.DeepR(temperature=-1.0)
+  with pytest.raises(ValueError, match='SET needs `drop_fraction` or'):
+    tf_dsr.rules.SET()
+
+
+def test_set_counts_follow_the_active_counts_without_retracing():
+  kernel = np.linspace(-1, 1, 8)
+  model, _, m = _dense_model(kernel, [1, 1, 1, 1, 0, 0, 0, 0])
+  realloc = tf_dsr.Reallocator(model, 'set', drop_fraction=0.5)
+  assert realloc.reallocate().pruned == 2  # round(0.5 * 4)
+  m.assign(np.array([1, 1, 0, 0, 0, 0, 0, 0], np.float32).reshape(4, 2))
+  assert realloc.reallocate().pruned == 1  # round(0.5 * 2), same trace
+  assert realloc.trace_count == 1

@@ -1,0 +1,407 @@
+"""The reallocation engine: one compiled program for every rule and model.
+
+The `Reallocator` finds a model's sparse tensors, lays them out in one flat
+index space (`tf_dsr.layout`), and compiles one program that reads every
+kernel, mask and auxiliary variable, asks the rule (`tf_dsr.rules`) what to
+drop, regrows uniformly at random, and assigns the results. It is the only
+place that assigns masks, kernels, optimizer state and the model-wide state.
+
+The program is traced once per `Reallocator`: its size does not depend on
+the number of sparse tensors (beyond reading and writing them), everything
+that changes from call to call is an argument, and nothing is set on Python
+objects while it is traced. It runs in cross-replica context, once per local
+copy of the variables, so under `tf.distribute` every replica computes the
+same new values from its own copies; its random numbers are stateless and
+keyed by (seed, reallocation index), so any process computes the same masks
+from the same weights.
+"""
+
+import dataclasses
+import numbers
+from typing import Dict
+
+import tensorflow as tf
+
+from tf_dsr import _tfmot
+from tf_dsr import layout as layout_lib
+from tf_dsr import optimizer_state
+from tf_dsr import reallocation
+from tf_dsr import rules as rules_lib
+from tf_dsr import state as state_lib
+from tf_dsr.wrapper import DynamicSparseWrapper
+
+keras = _tfmot.keras
+
+
+def collect_wrappers(model):
+  """The `DynamicSparseWrapper` layers of `model`, nested models included."""
+  found = []
+  for layer in model.layers if isinstance(model, keras.Model) else [model]:
+    if isinstance(layer, DynamicSparseWrapper):
+      found.append(layer)
+    elif isinstance(layer, keras.Model):
+      found.extend(collect_wrappers(layer))
+  return found
+
+
+def default_jit_compile():
+  """The default `jit_compile` of a reallocation on this machine.
+
+  The flat core of a reallocation is always compiled with XLA; `jit_compile`
+  says whether the per-tensor reads and writes around it are compiled too.
+  TPUs need that (True). Elsewhere False: measured on a 2-core CPU with
+  `python -m benchmarks.first_reallocation` (see the README), compiling the
+  per-tensor part makes the first call slower (XLA compiles per-tensor
+  kernels, so its compile time grows with the number of layers) and gains
+  less on later calls than it costs on the first for short runs.
+  """
+  return bool(tf.config.list_logical_devices('TPU'))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReallocationStats:
+  """What one reallocation did.
+
+  Attributes:
+    step: the global step it ran at (-1 when not given).
+    pruned: K, the number of weights pruned (and regrown).
+    candidates: entries the rule chose to drop (equals `pruned` unless
+      skipped).
+    threshold_used: H used to prune.
+    threshold: H after adaptation, used by the next reallocation.
+    active: active weights per sparse tensor, by name.
+    regrown: weights regrown per sparse tensor, by name.
+    total_active: sum of `active` (unchanged by a reallocation).
+    skipped: True when K exceeded the free positions and nothing moved.
+  """
+  step: int
+  pruned: int
+  candidates: int
+  threshold_used: float
+  threshold: float
+  active: Dict[str, int]
+  regrown: Dict[str, int]
+  total_active: int
+  skipped: bool
+
+
+def _storage(variable):
+  """The variable itself, or the float32 variable a Keras AutoCastVariable wraps.
+
+  Passing the wrapper would retrace (and recompile) at every call: its trace
+  type equals only itself.
+  """
+  if hasattr(variable, 'true_dtype'):
+    return variable._variable  # pylint: disable=protected-access
+  return variable
+
+
+def _copies(variable):
+  """The local copies of a (possibly distributed) variable."""
+  variable = _storage(variable)
+  return list(getattr(variable, 'values', None) or [variable])
+
+
+class Reallocator:
+  """Runs a reallocation rule on every sparse tensor of a model.
+
+  For `model.fit`, use `ReallocationCallback`, which calls this on a
+  schedule; custom training loops call `reallocate(step)` themselves.
+
+  Example:
+    ```python
+    realloc = tf_dsr.Reallocator(model, target_pruned=20_000)  # DSR
+    realloc = tf_dsr.Reallocator(model, method='set', drop_fraction=0.3)
+    for step, (x, y) in enumerate(dataset, 1):
+      train_step(x, y)
+      if step % 100 == 0:
+        stats = realloc.reallocate(step)
+    ```
+
+  Args:
+    model: a tf_keras model containing `DynamicSparseWrapper` layers.
+    method: a rule name of `tf_dsr.rules.REGISTRY` ('dsr', the default;
+      'set', 'deepr', 'static'), or a `tf_dsr.rules.Rule` object.
+    seed: integer seed of the reallocations' random streams.
+    optimizer: the optimizer whose per-weight state is reset wherever a
+      weight is dropped or regrown; defaults to `model.optimizer` at the time
+      of each call.
+    jit_compile: also compile the per-tensor reads and writes with XLA (the
+      flat core always is), as TPUs need; None chooses per device
+      (`default_jit_compile`).
+    **options: the rule's options (for 'dsr': `target_pruned`, `tolerance`,
+      `initial_threshold`).
+
+  Raises:
+    TypeError: for an option the rule does not take, naming its options.
+    ValueError: for a bad option value or a model without sparse layers.
+  """
+
+  def __init__(self, model, method='dsr', *, seed=0, optimizer=None,
+               jit_compile=None, **options):
+    rule = rules_lib.make(method, **options)
+    if not _tfmot.is_tf_keras_object(model):
+      raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+      raise ValueError(f'`seed` must be an int, got {seed!r}.')
+    if jit_compile is not None and not isinstance(jit_compile, bool):
+      raise ValueError(f'`jit_compile` must be True, False or None, got '
+                       f'{jit_compile!r}.')
+    wrappers = collect_wrappers(model)
+    if not wrappers:
+      raise ValueError(
+          f'`model` {model.name!r} has no DynamicSparseWrapper layer; wrap it '
+          'with `tf_dsr.sparsify(model, sparsity=...)` first.')
+    self.model = model
+    self.rule = rule
+    self.seed = int(seed)
+    self.jit_compile = (default_jit_compile() if jit_compile is None
+                        else jit_compile)
+    self._optimizer = optimizer
+    self._wrappers = wrappers
+    self.state = state_lib.get_or_create(model, float(rule.initial_threshold))
+    for wrapper in wrappers:
+      wrapper._reallocation_bound = True  # pylint: disable=protected-access
+    self._layout = None
+    self._function = None
+
+  # ------------------------------------------------------------ the model
+  @property
+  def optimizer(self):
+    return self._optimizer if self._optimizer is not None else getattr(
+        self.model, 'optimizer', None)
+
+  def sparse_tensors(self):
+    """`(name, kernel, mask)` for every sparse kernel, in a fixed order."""
+    tensors = []
+    for wrapper in self._wrappers:
+      if not wrapper.built:
+        raise ValueError(
+            f'Layer {wrapper.name!r} is not built; build the model (call it on '
+            'data or give it an input shape) before reallocating.')
+      for kernel, mask in wrapper.sparse_weights:
+        name = f'{wrapper.name}/{kernel.name.split("/")[-1].split(":")[0]}'
+        tensors.append((name, kernel, mask))
+    return tensors
+
+  @property
+  def layout(self):
+    """The `Layout` of the model's sparse tensors (once they are built)."""
+    if self._layout is None:
+      tensors = self.sparse_tensors()
+      sparsities = [wrapper.sparsity for wrapper in self._wrappers
+                    for _ in wrapper.sparse_weights]
+      self._layout = layout_lib.Layout(
+          names=tuple(name for name, _, _ in tensors),
+          shapes=tuple(tuple(k.shape.as_list()) for _, k, _ in tensors),
+          sparsities=tuple(sparsities))
+    return self._layout
+
+  @property
+  def trace_count(self):
+    """How many times the program has been traced (1 after the first call)."""
+    if self._function is None:
+      return 0
+    return self._function.experimental_get_tracing_count()
+
+  def draws(self):
+    """Static draws per tensor of one regrowth round.
+
+    A draw lands on a free entry with probability about the tensor's
+    configured sparsity, so a tensor expected to regrow `f * n` entries gets
+    `1.25 * f * n / sparsity` draws (plus 64): one round nearly always
+    suffices, and a short round only costs another one.
+    """
+    layout = self.layout
+    fraction = self.rule.expected_regrowth(layout)
+    return [min(n, 64 + int(1.25 * fraction * n / max(s, 0.05)) + 1)
+            for n, s in zip(layout.sizes, layout.sparsities)]
+
+  def _auxiliary_variables(self):
+    """kind -> list of variables (one per tensor), created on first use."""
+    found = {}
+    tensors = self.sparse_tensors()
+    layout = self.layout
+    for kind, (dtype, initializer) in self.rule.auxiliary.items():
+      existing = getattr(self.state, kind, None)
+      if existing is None:
+        weights = layout.flatten([tf.cast(tf.convert_to_tensor(k), tf.float32)
+                                  for _, k, _ in tensors])
+        masks = layout.flatten([tf.convert_to_tensor(m) > 0.5
+                                for _, _, m in tensors], padding=False)
+        initial = layout.unflatten(initializer(
+            weights, masks, tf.constant([self.seed, 0], tf.int64)))
+        with self.model.distribute_strategy.scope():
+          values = [tf.Variable(tf.cast(value, dtype), trainable=False,
+                                name=f'{kind}_{name.replace("/", "_")}')
+                    for value, (name, _, _) in zip(initial, tensors)]
+        setattr(self.state, kind, values)
+        existing = getattr(self.state, kind)
+      found[kind] = list(existing)
+    return found
+
+  # ------------------------------------------------------------ the program
+  def _build_function(self, layout, draws):
+    """The reallocation program: a flat core inside a per-tensor read and write.
+
+    The core works on the flat index space only, so its size (and XLA's
+    compile time) does not depend on the number of tensors; it is always
+    compiled with XLA, where its many element-wise passes fuse into few. The
+    part around it reads each variable into the flat space and writes each
+    result back: one pass per variable, compiled with the core when
+    `jit_compile` is True (as TPUs need) and left to TensorFlow's kernels
+    otherwise, which costs no compile time per tensor.
+    """
+    rule = self.rule
+    seed_base = tf.constant([self.seed, 0], tf.int64)
+
+    def core(step, weights, masks, auxiliary, values, threshold, count):
+      seed = reallocation.fold_in(seed_base, count)
+      row_segments = layout.row_segments()
+      old = masks > 0.5
+      active, nonfinite = layout.count(old, ~tf.math.is_finite(weights),
+                                       row_segments=row_segments)
+      # A non-finite weight anywhere leaves everything as it was.
+      ok = tf.reduce_all(nonfinite == 0)
+      decision = rule.drop(rules_lib.RuleInputs(
+          layout=layout, weights=weights, masks=old, active=active,
+          threshold=threshold, step=step, seed=seed, auxiliary=auxiliary,
+          values=values, row_segments=row_segments))
+      result = reallocation.drop_and_grow(
+          layout, old, decision.pruned, decision.num_pruned, active,
+          rule.budget, seed, draws, row_segments)
+      # Entries whose weight and optimizer state survive: active before and
+      # after, not regrown. Everything, if the call is refused.
+      kept = (result.masks & ~result.grown_masks) | ~ok
+      new_masks = tf.where(ok, result.masks, old)
+      new_weights = None
+      if decision.weights is not None:
+        new_weights = tf.where(ok & kept, decision.weights, weights)
+      new_auxiliary = {
+          kind: tf.where(ok, tf.cast(decision.auxiliary[kind], value.dtype),
+                         value)
+          for kind, value in auxiliary.items()
+          if decision.auxiliary and kind in decision.auxiliary}
+      zero = tf.constant(0, tf.int64)
+      stats = (tf.where(ok, result.pruned, zero),
+               tf.where(ok, result.candidates, zero), threshold,
+               tf.where(ok, rule.next_threshold(threshold, result.candidates),
+                        threshold),
+               tf.where(ok, result.active, active),
+               tf.where(ok, result.regrown, tf.zeros_like(result.regrown)),
+               result.skipped & ok, nonfinite, ok)
+      return new_masks, kept, new_weights, new_auxiliary, stats
+
+    core = tf.function(core, jit_compile=True, autograph=False)
+
+    def program(step, kernels, masks, slots, auxiliary, values, threshold_var,
+                count_var, step_var):
+      originals = [tf.convert_to_tensor(k) for k in kernels]
+      weights = layout.flatten([tf.cast(v, tf.float32) for v in originals])
+      flat_masks = layout.flatten([tf.cast(m, tf.float32) for m in masks])
+      flat_auxiliary = {kind: layout.flatten(
+          [tf.convert_to_tensor(v) for v in group])
+                        for kind, group in auxiliary.items()}
+      new_masks, kept, new_weights, new_auxiliary, stats = core(
+          step, weights, flat_masks, flat_auxiliary, values,
+          tf.convert_to_tensor(threshold_var),
+          tf.convert_to_tensor(count_var))
+      kept_parts = layout.unflatten(kept)
+      mask_parts = layout.unflatten(new_masks)
+      if new_weights is not None:
+        originals = [tf.cast(v, k.dtype) for v, k in
+                     zip(layout.unflatten(new_weights), originals)]
+      for i, (kernel, mask) in enumerate(zip(kernels, masks)):
+        mask.assign(tf.cast(mask_parts[i], mask.dtype))
+        kernel.assign(tf.where(kept_parts[i], originals[i],
+                               tf.zeros_like(originals[i])))
+        for slot in slots[i]:
+          slot.assign(tf.where(kept_parts[i], slot, tf.zeros_like(slot)))
+      for kind, value in new_auxiliary.items():
+        for variable, part in zip(auxiliary[kind], layout.unflatten(value)):
+          variable.assign(tf.cast(part, variable.dtype))
+      ok = stats[-1]
+      threshold_var.assign(stats[3])
+      count_var.assign_add(tf.cast(ok, tf.int64))
+      step_var.assign(tf.where(ok, step, step_var))
+      return stats[:-1]
+
+    return tf.function(program, jit_compile=self.jit_compile, autograph=False)
+
+  def _run_on_every_replica(self, step, tensors, slots, auxiliary, values):
+    """Runs the program once per local copy of the variables.
+
+    Under `tf.distribute` each variable has one copy per local device. Every
+    copy holds the same values and the random numbers are stateless, so each
+    device computes the same new masks from its own copies, with no
+    communication; this also keeps each XLA computation on a single device,
+    as TPUs and XLA require. Returns the first replica's outputs.
+    """
+    state = self.state
+    kernels = [_copies(k) for _, k, _ in tensors]
+    masks = [_copies(m) for _, _, m in tensors]
+    slot_copies = [[_copies(s) for s in group] for group in slots]
+    auxiliary_copies = {kind: [_copies(v) for v in group]
+                        for kind, group in auxiliary.items()}
+    values = {key: tf.constant(value, tf.float32)
+              for key, value in values.items()}
+    state_copies = [_copies(v) for v in (state.threshold, state.reallocations,
+                                         state.last_step)]
+    outputs = None
+    for r in range(len(state_copies[0])):
+      with tf.device(state_copies[0][r].device):
+        result = self._function(
+            tf.constant(step, tf.int64), [k[r] for k in kernels],
+            [m[r] for m in masks],
+            [[s[r] for s in group] for group in slot_copies],
+            {kind: [v[r] for v in group]
+             for kind, group in auxiliary_copies.items()},
+            values, *[v[r] for v in state_copies])
+      if outputs is None:
+        outputs = result
+    return outputs
+
+  def reallocate(self, step=-1):
+    """Runs one reallocation now and returns its `ReallocationStats`.
+
+    Args:
+      step: the global step, recorded in the state and the stats.
+
+    Returns:
+      `ReallocationStats`.
+
+    Raises:
+      FloatingPointError: when a sparse kernel holds NaN or Inf; nothing is
+        changed and the message names the layers.
+    """
+    tensors = self.sparse_tensors()
+    optimizer = self.optimizer
+    slots = [tuple(optimizer_state.slot_variables(optimizer, kernel))
+             for _, kernel, _ in tensors]
+    auxiliary = self._auxiliary_variables()
+    values = self.rule.call_inputs(step, optimizer)
+    if self._function is None:
+      self._function = self._build_function(self.layout, self.draws())
+    (pruned, candidates, threshold_used, threshold, active, regrown, skipped,
+     nonfinite) = self._run_on_every_replica(step, tensors, slots, auxiliary,
+                                             values)
+    names = self.layout.names
+    nonfinite = nonfinite.numpy()
+    if nonfinite.any():
+      bad = [f'{name} ({int(count)} entries)'
+             for name, count in zip(names, nonfinite) if count]
+      raise FloatingPointError(
+          'Refusing to reallocate: non-finite (NaN or Inf) weights in '
+          + ', '.join(bad) + '. Masks, weights and H are unchanged; lower the '
+          'learning rate or check the inputs.')
+    active = [int(a) for a in active.numpy()]
+    return ReallocationStats(
+        step=int(step),
+        pruned=int(pruned),
+        candidates=int(candidates),
+        threshold_used=float(threshold_used),
+        threshold=float(threshold),
+        active=dict(zip(names, active)),
+        regrown=dict(zip(names, (int(g) for g in regrown.numpy()))),
+        total_active=sum(active),
+        skipped=bool(skipped))

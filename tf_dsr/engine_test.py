@@ -1,0 +1,177 @@
+"""The engine on hand-worked models: DSR end to end, invariants, one trace."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tf_dsr
+from tf_dsr import keras
+
+
+def _model(kernels, masks, sparsity=0.5):
+  """Dense layers 4 -> 2 -> 4 -> ..., wrapped, with the given flat kernels/masks.
+
+  Kernel i has shape (units[i-1], units[i]) with units (4, 2, 4, 2, ...), so
+  every kernel has 8 entries.
+  """
+  inputs = keras.Input((4,))
+  x, wrappers = inputs, []
+  for i in range(len(kernels)):
+    wrapper = tf_dsr.DynamicSparseWrapper(
+        keras.layers.Dense(2 if i % 2 == 0 else 4, name=f'd{i}'), sparsity)
+    x = wrapper(x)
+    wrappers.append(wrapper)
+  model = keras.Model(inputs, x)
+  pairs = [w.sparse_weights[0] for w in wrappers]
+  for (k, m), kernel, mask in zip(pairs, kernels, masks):
+    k.assign(np.array(kernel, np.float32).reshape(k.shape))
+    m.assign(np.array(mask, np.float32).reshape(m.shape))
+  return model, pairs
+
+
+def _flat(variable):
+  return variable.numpy().reshape(-1)
+
+
+@pytest.mark.parametrize('jit_compile', [False, True])
+def test_dsr_hand_worked(jit_compile):
+  # Tensor 0: entries 1 and 4 are below H = 1e-3; tensor 1: entry 0.
+  w0 = [0.5, 0.0005, 0.002, 0., 0.0009, -0.3, 0., 0.01]
+  m0 = [1, 1, 1, 0, 1, 1, 0, 1]
+  w1 = [0.0002, 0., 0., 0.7, 0., 0., 0., 0.]
+  m1 = [1, 0, 0, 1, 0, 0, 0, 0]
+  model, ((k0, mask0), (k1, mask1)) = _model([w0, w1], [m0, m1])
+  realloc = tf_dsr.Reallocator(model, target_pruned=10, seed=3,
+                               jit_compile=jit_compile)
+  stats = realloc.reallocate(step=7)
+  # K = 3. Survivors l = (4, 1), L = 5: shares 2.4 and 0.6. Tensor 0 has only
+  # two free entries (3 and 6), so it regrows 2 and tensor 1 regrows 1.
+  assert (stats.pruned, stats.candidates, stats.skipped) == (3, 3, False)
+  assert list(stats.regrown.values()) == [2, 1]
+  assert list(stats.active.values()) == [6, 2] and stats.total_active == 8
+  np.testing.assert_array_equal(_flat(mask0), [1, 0, 1, 1, 0, 1, 1, 1])
+  new1 = _flat(mask1)
+  assert new1[3] == 1 and new1[0] == 0 and new1.sum() == 2  # not at 0
+  # Survivors keep their values; pruned and regrown weights are 0.
+  np.testing.assert_allclose(_flat(k0), [0.5, 0, 0.002, 0, 0, -0.3, 0, 0.01])
+  assert _flat(k1)[3] == pytest.approx(0.7)
+  assert np.count_nonzero(_flat(k1)) == 1
+  # K = 3 < 0.9 * 10: H doubles; the state records the call.
+  assert stats.threshold_used == pytest.approx(1e-3)
+  assert stats.threshold == pytest.approx(2e-3)
+  assert int(realloc.state.reallocations.numpy()) == 1
+  assert int(realloc.state.last_step.numpy()) == 7
+
+
+def test_optimizer_state_is_zeroed_exactly_where_entries_moved():
+  w0 = [0.5, 0.0005, 0.002, 0., 0.0009, -0.3, 0., 0.01]
+  m0 = [1, 1, 1, 0, 1, 1, 0, 1]
+  model, ((kernel, mask),) = _model([w0], [m0])
+  optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+  optimizer.build(model.trainable_variables)
+  slot, = tf_dsr.engine.optimizer_state.slot_variables(optimizer, kernel)
+  slot.assign(tf.fill(slot.shape, 5.0))
+  tf_dsr.Reallocator(model, target_pruned=2, optimizer=optimizer).reallocate()
+  new = _flat(mask)
+  # Entries 1 and 4 pruned, 3 and 6 regrown (the only free ones): their
+  # momentum is 0; every kept entry keeps its momentum.
+  np.testing.assert_array_equal(new, [1, 0, 1, 1, 0, 1, 1, 1])
+  np.testing.assert_array_equal(_flat(slot), [5, 0, 5, 0, 0, 5, 0, 5])
+
+
+def test_skips_when_the_pruned_cannot_be_regrown_and_h_still_adapts():
+  # Sparsity 0.25: 6 of 8 active, 5 below H, only 2 free entries.
+  w = [1e-5, 1e-5, 1e-5, 1e-5, 1e-5, 0.5, 0., 0.]
+  m = [1, 1, 1, 1, 1, 1, 0, 0]
+  model, ((_, mask),) = _model([w], [m])
+  stats = tf_dsr.Reallocator(model, target_pruned=2).reallocate()
+  assert stats.skipped and stats.pruned == 0 and stats.candidates == 5
+  np.testing.assert_array_equal(_flat(mask), m)
+  assert stats.threshold == pytest.approx(0.5e-3)
+
+
+def test_invariants_over_many_random_reallocations_with_one_trace():
+  rng = np.random.default_rng(0)
+  kernels = [rng.normal(0, 0.01, 8) for _ in range(3)]
+  masks = [(rng.random(8) < 0.4) | (np.arange(8) == 0) for _ in range(3)]
+  model, pairs = _model(kernels, masks)
+  realloc = tf_dsr.Reallocator(model, target_pruned=3, seed=5)
+  outcomes = set()
+  for call in range(40):
+    if call % 10 == 9:  # Nearly dense masks: H = 1 then prunes more than fit.
+      for _, m in pairs:
+        m.assign((np.arange(8) != call % 8).reshape(m.shape).astype('float32'))
+    old = [_flat(m).astype(bool) for _, m in pairs]
+    total = sum(int(o.sum()) for o in old)
+    for (k, m), o in zip(pairs, old):  # fresh weights on the current masks
+      k.assign((rng.normal(0, 0.01, 8) * o).reshape(k.shape).astype('float32'))
+    realloc.state.threshold.assign(float(rng.choice([1e-4, 5e-3, 1.0])))
+    stats = realloc.reallocate(step=call)
+    careful = stats.threshold_used == 1.0  # every tensor would be emptied
+    outcomes.add(('skipped' if stats.skipped else 'moved', careful))
+    new = [_flat(m) for _, m in pairs]
+    assert sum(int(n.sum()) for n in new) == total == stats.total_active
+    for (k, _), n, o in zip(pairs, new, old):
+      assert set(np.unique(n)) <= {0.0, 1.0} and n.sum() >= 1
+      assert not (_flat(k)[n == 0]).any()  # inactive weights are 0
+      grown = (n > 0) & ~o
+      assert not (_flat(k)[grown]).any()  # regrown at 0
+      if stats.skipped:
+        np.testing.assert_array_equal(n, o)
+  # Careful drops (H = 1 would empty tensors), plain drops and skipped calls
+  # all ran on the one trace.
+  assert {('moved', True), ('moved', False), ('skipped', True)} <= outcomes
+  assert realloc.trace_count == 1
+
+
+def test_a_non_finite_weight_changes_nothing_and_names_the_layer():
+  model, ((kernel, mask), _) = _model(
+      [[np.nan, 0.5, 0, 0, 0, 0, 0, 0.0001], [0.2] * 8],
+      [[1, 1, 0, 0, 0, 0, 0, 1], [1] * 4 + [0] * 4])
+  realloc = tf_dsr.Reallocator(model, target_pruned=2)
+  with pytest.raises(FloatingPointError, match=r'dynamic_sparse_d0/kernel \(1'):
+    realloc.reallocate()
+  np.testing.assert_array_equal(_flat(mask), [1, 1, 0, 0, 0, 0, 0, 1])
+  assert _flat(kernel)[7] == pytest.approx(0.0001)
+  assert int(realloc.state.reallocations.numpy()) == 0
+  assert float(realloc.state.threshold.numpy()) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize('make,pattern', [
+    (lambda m: tf_dsr.Reallocator(m, target_pruned=5, periods=3),
+     r"takes no option 'periods'.*\['target_pruned', 'tolerance', "
+     r"'initial_threshold'\]"),
+    (lambda m: tf_dsr.Reallocator(m, target_pruned=5, drop_fraction=0.3),
+     "takes no option 'drop_fraction'"),
+    (lambda m: tf_dsr.Reallocator(m), "needs the option.*'target_pruned'"),
+    (lambda m: tf_dsr.Reallocator(m, method='static', target_pruned=5),
+     r"'static' takes no option 'target_pruned'.*\[\]"),
+    (lambda m: tf_dsr.Reallocator(m, tf_dsr.rules.DSR(5), tolerance=0.2),
+     'set them on the rule'),
+])
+def test_options_are_checked_when_the_reallocator_is_made(make, pattern):
+  model, _ = _model([[0.1] * 8], [[1] * 4 + [0] * 4])
+  with pytest.raises(TypeError, match=pattern):
+    make(model)
+  assert not hasattr(model, 'dynamic_sparsity_state')
+
+
+def test_callback_checks_options_at_construction():
+  with pytest.raises(TypeError, match="'dsr' takes no option 'periods'"):
+    tf_dsr.ReallocationCallback(target_pruned=5, periods=3)
+  with pytest.raises(TypeError, match=r"'set' takes no option 'tolerance'.*"
+                     r"\['drop_fraction', 'target_pruned'\]"):
+    tf_dsr.ReallocationCallback(method='set', drop_fraction=0.2, tolerance=0.1)
+  with pytest.raises(ValueError, match='`drop_fraction`.*1.5'):
+    tf_dsr.ReallocationCallback(method='set', drop_fraction=1.5)
+  cb = tf_dsr.ReallocationCallback(method='set', drop_fraction=0.25)
+  assert cb.rule == tf_dsr.rules.SET(drop_fraction=0.25)
+  assert cb.method == 'set'
+
+
+def test_layout_names_every_tensor_once():
+  model, _ = _model([[0.1] * 8] * 3, [[1] * 4 + [0] * 4] * 3)
+  layout = tf_dsr.Reallocator(model, target_pruned=1).layout
+  assert layout.names == ('dynamic_sparse_d0/kernel', 'dynamic_sparse_d1/kernel',
+                          'dynamic_sparse_d2/kernel')
+  assert layout.starts == (0, 128, 256) and layout.size == 384

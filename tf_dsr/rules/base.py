@@ -1,0 +1,228 @@
+"""The rule interface: what one drop-and-grow decides, with typed options.
+
+A rule is a small frozen dataclass. Its fields are its options (checked when
+it is made), and it overrides at most a few hooks over flat tensors of a
+`tf_dsr.layout.Layout`; it holds no model, no variable and no state. The
+engine (`tf_dsr.Reallocator`) reads the variables, calls the hooks inside one
+compiled program, regrows uniformly at random (`reallocation.drop_and_grow`)
+and is the only place that assigns anything.
+
+The hooks:
+- `drop(inputs)` chooses the entries to deactivate (required);
+- `budget(num_pruned, survivors, capacity, seed)` spreads the regrowth over
+  the tensors (by default each tensor regrows what it dropped);
+- `next_threshold(threshold, candidates)` adapts the global threshold H (by
+  default unchanged).
+Rules that need more declare `auxiliary` (per-entry variables the engine
+keeps, such as DeepR's signs) and `call_inputs` (per-call scalars, such as the
+learning rate), and give `expected_regrowth` to size the random draws.
+"""
+
+import dataclasses
+import math
+import numbers
+from typing import Any, ClassVar, Dict, Mapping, NamedTuple, Optional
+
+import tensorflow as tf
+
+from tf_dsr import reallocation
+
+
+class RuleInputs(NamedTuple):
+  """What a rule's `drop` sees of one reallocation (all tensors).
+
+  Attributes:
+    layout: the `Layout` of the flat tensors.
+    weights: float32 flat weights (0 where inactive).
+    masks: bool flat masks, True where active.
+    active: int64 `[T]` active entries per tensor.
+    threshold: float32 scalar, the current H.
+    step: int64 scalar, the global step of the call.
+    seed: `[2]` seed of this reallocation.
+    auxiliary: kind -> flat tensor of the rule's auxiliary values.
+    values: name -> float32 scalar from `call_inputs`.
+    row_segments: `layout.row_segments()`, to pass to layout helpers.
+  """
+  layout: Any
+  weights: tf.Tensor
+  masks: tf.Tensor
+  active: tf.Tensor
+  threshold: tf.Tensor
+  step: tf.Tensor
+  seed: tf.Tensor
+  auxiliary: Mapping[str, tf.Tensor]
+  values: Mapping[str, tf.Tensor]
+  row_segments: tf.Tensor
+
+
+class Drop(NamedTuple):
+  """A rule's decision: the entries to deactivate, and optional new values.
+
+  Attributes:
+    pruned: bool flat tensor, a subset of the masks.
+    num_pruned: int64 `[T]`, its True entries per tensor.
+    weights: float32 flat weights that replace the current ones before the
+      drop (DeepR's update); None to keep them.
+    auxiliary: kind -> new flat auxiliary values; None to keep them.
+  """
+  pruned: tf.Tensor
+  num_pruned: tf.Tensor
+  weights: Optional[tf.Tensor] = None
+  auxiliary: Optional[Mapping[str, tf.Tensor]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """Base of the reallocation rules; subclasses are frozen dataclasses.
+
+  Class attributes:
+    name: the registry name (`method=` of the callback and the launcher).
+    label: how reports and tables name the method.
+    auxiliary: kind -> `(dtype, initializer)`, where `initializer(weights,
+      masks, seed)` maps the flat float32 weights and bool masks to the
+      initial flat values. The engine keeps one variable per sparse tensor
+      and kind on `model.dynamic_sparsity_state` (so checkpoints carry them)
+      and passes their flat values in `RuleInputs.auxiliary`.
+  """
+  name: ClassVar[str] = ''
+  label: ClassVar[str] = ''
+  auxiliary: ClassVar[Mapping[str, Any]] = {}
+
+  @property
+  def initial_threshold(self):
+    """H for a model that has no state yet (rules without H keep 1e-3)."""
+    return 1e-3
+
+  def drop(self, inputs):
+    """The entries to deactivate: a `Drop`, from a `RuleInputs`."""
+    raise NotImplementedError
+
+  def budget(self, num_pruned, survivors, capacity, seed):
+    """Regrowth per tensor; by default each tensor regrows what it dropped.
+
+    Args:
+      num_pruned: int64 `[T]`, entries dropped per tensor.
+      survivors: int64 `[T]`, entries still active per tensor.
+      capacity: int64 `[T]`, entries inactive before the call.
+      seed: `[2]` seed.
+
+    Returns:
+      int64 `[T]` summing to `sum(num_pruned)`, each at most its capacity.
+    """
+    return reallocation.cap_to_capacity(num_pruned, tf.maximum(survivors, 1),
+                                        capacity, seed)
+
+  def next_threshold(self, threshold, candidates):
+    """H for the next call; by default unchanged."""
+    del candidates
+    return threshold
+
+  def call_inputs(self, step, optimizer):
+    """Per-call Python scalars (name -> float), passed without retracing.
+
+    Args:
+      step: the global step of the call.
+      optimizer: the optimizer whose state the engine resets, or None.
+    """
+    del step, optimizer
+    return {}
+
+  def expected_regrowth(self, layout):
+    """Expected fraction of all sparse entries one call regrows.
+
+    It sizes the static random draws of the regrowth; a wrong guess costs
+    time, never correctness.
+    """
+    del layout
+    return 0.02
+
+  @classmethod
+  def options(cls):
+    """The names of this rule's options, in order."""
+    return tuple(field.name for field in dataclasses.fields(cls))
+
+  def get_config(self):
+    """The options as a dict; `type(rule)(**rule.get_config())` is equal."""
+    return {name: getattr(self, name) for name in self.options()}
+
+
+REGISTRY: Dict[str, type] = {}
+
+
+def register(cls):
+  """Class decorator: adds a rule to the registry under `cls.name`."""
+  if not cls.name or cls.name in REGISTRY:
+    raise ValueError(f'A rule needs a new, non-empty `name`, got {cls.name!r}.')
+  REGISTRY[cls.name] = cls
+  return cls
+
+
+def get_rule(name):
+  """The rule class registered as `name`.
+
+  Raises:
+    ValueError: for an unknown name, listing the valid ones.
+  """
+  if not isinstance(name, str) or name not in REGISTRY:
+    raise ValueError(f'`method` must be one of {sorted(REGISTRY)}, got '
+                     f'{name!r}.')
+  return REGISTRY[name]
+
+
+def make(method, **options):
+  """A rule from a registered name and its options, or a rule unchanged.
+
+  Args:
+    method: a name of the registry, or a `Rule` (then no options).
+    **options: the rule's options.
+
+  Raises:
+    ValueError: for an unknown name or a bad option value.
+    TypeError: for an option the rule does not take or a missing one, naming
+      the rule's options.
+  """
+  if isinstance(method, Rule):
+    if options:
+      raise TypeError(
+          f'Options {sorted(options)} were given with the rule object '
+          f'{method!r}; set them on the rule instead.')
+    return method
+  cls = get_rule(method)
+  valid = cls.options()
+  unknown = sorted(set(options) - set(valid))
+  if unknown:
+    raise TypeError(
+        f'Method {method!r} takes no option {", ".join(map(repr, unknown))}; '
+        f'its options are {list(valid)}.')
+  required = [field.name for field in dataclasses.fields(cls)
+              if field.default is dataclasses.MISSING and
+              field.default_factory is dataclasses.MISSING]
+  missing = [name for name in required if name not in options]
+  if missing:
+    raise TypeError(
+        f'Method {method!r} needs the option(s) {missing}; its options are '
+        f'{list(valid)}.')
+  return cls(**options)
+
+
+# ------------------------------------------------------------ option checks
+def check_number(argument, value, *, low=None, high=None, low_open=False,
+                 high_open=False, optional=False):
+  """Raises ValueError naming `argument` unless `value` is a finite real in range."""
+  if value is None and optional:
+    return
+  ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and
+        math.isfinite(value))
+  if ok and low is not None:
+    ok = value > low if low_open else value >= low
+  if ok and high is not None:
+    ok = value < high if high_open else value <= high
+  if not ok:
+    bounds = []
+    if low is not None:
+      bounds.append(f'{">" if low_open else ">="} {low:g}')
+    if high is not None:
+      bounds.append(f'{"<" if high_open else "<="} {high:g}')
+    what = 'a finite number' + (' ' + ' and '.join(bounds) if bounds else '')
+    raise ValueError(f'`{argument}` must be {what}'
+                     f'{" or None" if optional else ""}, got {value!r}.')
