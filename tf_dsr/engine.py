@@ -255,10 +255,13 @@ class Reallocator:
     rule = self.rule
     seed_base = tf.constant([self.seed, 0], tf.int64)
 
-    def core(step, weights, masks, auxiliary, values, threshold, count):
+    def core(step, kernels, masks, auxiliary, values, threshold, count):
       seed = reallocation.fold_in(seed_base, count)
       row_segments = layout.row_segments()
-      old = masks > 0.5
+      weights = layout.flatten([tf.cast(k, tf.float32) for k in kernels])
+      old = layout.flatten([m > 0.5 for m in masks], padding=False)
+      auxiliary = {kind: layout.flatten(group)
+                   for kind, group in auxiliary.items()}
       active, nonfinite = layout.count(old, ~tf.math.is_finite(weights),
                                        row_segments=row_segments)
       # A non-finite weight anywhere leaves everything as it was.
@@ -297,13 +300,10 @@ class Reallocator:
     def program(step, kernels, masks, slots, auxiliary, values, threshold_var,
                 count_var, step_var):
       originals = [tf.convert_to_tensor(k) for k in kernels]
-      weights = layout.flatten([tf.cast(v, tf.float32) for v in originals])
-      flat_masks = layout.flatten([tf.cast(m, tf.float32) for m in masks])
-      flat_auxiliary = {kind: layout.flatten(
-          [tf.convert_to_tensor(v) for v in group])
-                        for kind, group in auxiliary.items()}
       new_masks, kept, new_weights, new_auxiliary, stats = core(
-          step, weights, flat_masks, flat_auxiliary, values,
+          step, originals, [tf.convert_to_tensor(m) for m in masks],
+          {kind: [tf.convert_to_tensor(v) for v in group]
+           for kind, group in auxiliary.items()}, values,
           tf.convert_to_tensor(threshold_var),
           tf.convert_to_tensor(count_var))
       kept_parts = layout.unflatten(kept)

@@ -72,12 +72,12 @@ def prune_below(layout, weights, masks, active, threshold, row_segments=None):
   """
   if row_segments is None:
     row_segments = layout.row_segments()
-  magnitude = tf.abs(weights)
-  below = masks & (magnitude < threshold)
+  below = masks & (tf.abs(weights) < threshold)
   num_below, = layout.count(below, row_segments=row_segments)
   emptied = (active > 0) & (active == num_below)
 
   def keep_largest():
+    magnitude = tf.abs(weights)
     largest = layout.segment_max(tf.where(masks, magnitude, -1.0), row_segments)
     is_largest = (masks & (magnitude == layout.broadcast(largest, row_segments))
                   & layout.broadcast(emptied, row_segments))
@@ -193,7 +193,8 @@ def _block_ids(block_sizes):
   return tf.cumsum(marks)
 
 
-def grow_uniform(layout, free, count, seed, draws, row_segments=None):
+def grow_uniform(layout, free, count, seed, draws, row_segments=None,
+                 capacity=None):
   """Chooses exactly `count[i]` free entries of each tensor i, uniformly.
 
   Sampling without replacement at a cost that scales with the number of
@@ -215,6 +216,8 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None):
     draws: Python ints, the static number of draws per round of each
       tensor; a wrong size costs time (more rounds), never correctness.
     row_segments: optional `layout.row_segments()`.
+    capacity: optional int64 `[T]`, the free entries per tensor, when the
+      caller has it.
 
   Returns:
     bool flat tensor, True at exactly `count[i]` free entries of tensor i.
@@ -223,7 +226,8 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None):
     row_segments = layout.row_segments()
   draws = [max(1, min(int(d), size)) for d, size in zip(draws, layout.sizes)]
   num_tensors = layout.num_tensors
-  capacity, = layout.count(free, row_segments=row_segments)
+  if capacity is None:
+    capacity, = layout.count(free, row_segments=row_segments)
   invert = 2 * count > capacity
   target = tf.cast(tf.where(invert, capacity - count, count), tf.int32)
 
@@ -345,7 +349,7 @@ def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
   grow_counts = budget(dropped, survivors, capacity, fold_in(seed, -1))
   free = ~masks & layout.valid(row_segments)
   grown = grow_uniform(layout, free, grow_counts, fold_in(seed, -2), draws,
-                       row_segments)
+                       row_segments, capacity)
   pruned = pruned & ~skipped
   return Reallocation(
       masks=(masks & ~pruned) | grown,
