@@ -102,6 +102,21 @@ def _copies(variable):
   return list(getattr(variable, 'values', None) or [variable])
 
 
+def _write(kernel, mask, slots, dropped, grown):
+  """Writes one tensor's reallocation: dropped and grown entries, and their state.
+
+  Whole-tensor selects with static shapes. (Scattering into the moved
+  entries instead was measured 1.8x slower on CPU: finding their indices
+  costs more than the selects.)
+  """
+  moved = dropped | grown
+  kernel.assign(tf.where(moved, tf.zeros_like(kernel), kernel))
+  mask.assign(tf.where(dropped, tf.zeros_like(mask),
+                       tf.where(grown, tf.ones_like(mask), mask)))
+  for slot in slots:
+    slot.assign(tf.where(moved, tf.zeros_like(slot), slot))
+
+
 class Reallocator:
   """Runs a reallocation rule on every sparse tensor of a model.
 
@@ -273,13 +288,12 @@ class Reallocator:
       result = reallocation.drop_and_grow(
           layout, old, decision.pruned, decision.num_pruned, active,
           rule.budget, seed, draws, row_segments)
-      # Entries whose weight and optimizer state survive: active before and
-      # after, not regrown. Everything, if the call is refused.
-      kept = (result.masks & ~result.grown_masks) | ~ok
-      new_masks = tf.where(ok, result.masks, old)
+      # What moves: nothing if the call is refused.
+      dropped = result.pruned_masks & ok
+      grown = result.grown_masks & ok
       new_weights = None
       if decision.weights is not None:
-        new_weights = tf.where(ok & kept, decision.weights, weights)
+        new_weights = tf.where(ok, decision.weights, weights)
       new_auxiliary = {
           kind: tf.where(ok, tf.cast(decision.auxiliary[kind], value.dtype),
                          value)
@@ -293,30 +307,25 @@ class Reallocator:
                tf.where(ok, result.active, active),
                tf.where(ok, result.regrown, tf.zeros_like(result.regrown)),
                result.skipped & ok, nonfinite, ok)
-      return new_masks, kept, new_weights, new_auxiliary, stats
+      return dropped, grown, new_weights, new_auxiliary, stats
 
     core = tf.function(core, jit_compile=True, autograph=False)
 
     def program(step, kernels, masks, slots, auxiliary, values, threshold_var,
                 count_var, step_var):
       originals = [tf.convert_to_tensor(k) for k in kernels]
-      new_masks, kept, new_weights, new_auxiliary, stats = core(
+      dropped, grown, new_weights, new_auxiliary, stats = core(
           step, originals, [tf.convert_to_tensor(m) for m in masks],
           {kind: [tf.convert_to_tensor(v) for v in group]
            for kind, group in auxiliary.items()}, values,
           tf.convert_to_tensor(threshold_var),
           tf.convert_to_tensor(count_var))
-      kept_parts = layout.unflatten(kept)
-      mask_parts = layout.unflatten(new_masks)
       if new_weights is not None:
-        originals = [tf.cast(v, k.dtype) for v, k in
-                     zip(layout.unflatten(new_weights), originals)]
-      for i, (kernel, mask) in enumerate(zip(kernels, masks)):
-        mask.assign(tf.cast(mask_parts[i], mask.dtype))
-        kernel.assign(tf.where(kept_parts[i], originals[i],
-                               tf.zeros_like(originals[i])))
-        for slot in slots[i]:
-          slot.assign(tf.where(kept_parts[i], slot, tf.zeros_like(slot)))
+        for kernel, value in zip(kernels, layout.unflatten(new_weights)):
+          kernel.assign(tf.cast(value, kernel.dtype))
+      for i, (dropped_i, grown_i) in enumerate(
+          zip(layout.unflatten(dropped), layout.unflatten(grown))):
+        _write(kernels[i], masks[i], slots[i], dropped_i, grown_i)
       for kind, value in new_auxiliary.items():
         for variable, part in zip(auxiliary[kind], layout.unflatten(value)):
           variable.assign(tf.cast(part, variable.dtype))
