@@ -102,19 +102,22 @@ def _copies(variable):
   return list(getattr(variable, 'values', None) or [variable])
 
 
-def _write(kernel, mask, slots, dropped, grown):
-  """Writes one tensor's reallocation: dropped and grown entries, and their state.
+def _write(kernel, mask, slots, dropped, grown, ok):
+  """Writes one tensor's reallocation; whole-tensor selects, static shapes.
 
-  Whole-tensor selects with static shapes. (Scattering into the moved
-  entries instead was measured 1.8x slower on CPU: finding their indices
-  costs more than the selects.)
+  The weight and optimizer state of an entry survive where it stays active
+  (active before, not dropped); everywhere else they are zeroed, which also
+  restores the invariant that inactive entries hold 0. A refused call
+  (`ok` False) changes nothing. (Scattering into the moved entries instead
+  was measured 1.8x slower on CPU: finding their indices costs more than the
+  selects.)
   """
-  moved = dropped | grown
-  kernel.assign(tf.where(moved, tf.zeros_like(kernel), kernel))
-  mask.assign(tf.where(dropped, tf.zeros_like(mask),
-                       tf.where(grown, tf.ones_like(mask), mask)))
+  old = mask > 0.5
+  kept = (old & ~dropped) | ~ok
+  kernel.assign(tf.where(kept, kernel, tf.zeros_like(kernel)))
+  mask.assign(tf.cast((old & ~dropped) | grown, mask.dtype))
   for slot in slots:
-    slot.assign(tf.where(moved, tf.zeros_like(slot), slot))
+    slot.assign(tf.where(kept, slot, tf.zeros_like(slot)))
 
 
 class Reallocator:
@@ -325,7 +328,7 @@ class Reallocator:
           kernel.assign(tf.cast(value, kernel.dtype))
       for i, (dropped_i, grown_i) in enumerate(
           zip(layout.unflatten(dropped), layout.unflatten(grown))):
-        _write(kernels[i], masks[i], slots[i], dropped_i, grown_i)
+        _write(kernels[i], masks[i], slots[i], dropped_i, grown_i, stats[-1])
       for kind, value in new_auxiliary.items():
         for variable, part in zip(auxiliary[kind], layout.unflatten(value)):
           variable.assign(tf.cast(part, variable.dtype))
