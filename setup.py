@@ -23,6 +23,6 @@ setuptools.setup(
         'matplotlib>=3.7',
     ],
     extras_require={
-        'test': ['pytest>=7', 'pytest-timeout>=2.1'],
+        'test': ['pytest>=7', 'pytest-timeout>=2.1', 'pytest-xdist>=3.5'],
     },
 )
