@@ -1,5 +1,7 @@
 """The engine on hand-worked models: DSR end to end, invariants, one trace."""
 
+import collections
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -175,3 +177,31 @@ def test_layout_names_every_tensor_once():
   assert layout.names == ('dynamic_sparse_d0/kernel', 'dynamic_sparse_d1/kernel',
                           'dynamic_sparse_d2/kernel')
   assert layout.starts == (0, 128, 256) and layout.size == 384
+
+
+def _program_ops(realloc):
+  """Op types of the traced program, its functions (core, loop bodies) included."""
+  concrete, = realloc._function._list_all_concrete_functions()  # pylint: disable=protected-access
+  graph_def = concrete.graph.as_graph_def()
+  ops = collections.Counter(node.op for node in graph_def.node)
+  for function in graph_def.library.function:
+    ops.update(node.op for node in function.node_def)
+  return ops
+
+
+def test_program_size_does_not_grow_with_control_flow_per_tensor():
+  sizes = {}
+  for num_layers in (2, 8):
+    model, _ = _model([[0.1] * 8] * num_layers,
+                      [[1] * 4 + [0] * 4] * num_layers)
+    realloc = tf_dsr.Reallocator(model, target_pruned=2)
+    realloc.reallocate()
+    sizes[num_layers] = _program_ops(realloc)
+  control_flow = ('While', 'StatelessWhile', 'If', 'StatelessIf')
+  loops = [sum(ops[k] for k in control_flow) for ops in sizes.values()]
+  # One conditional (keep-largest), one growth fallback loop and one
+  # capacity loop, whatever the number of tensors; only reading and writing
+  # each variable adds ops (about 50 per tensor here).
+  assert loops == [3, 3]
+  growth = (sum(sizes[8].values()) - sum(sizes[2].values())) / 6
+  assert growth < 80, growth
