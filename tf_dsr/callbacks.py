@@ -78,11 +78,7 @@ class ReallocationCallback(keras.callbacks.Callback):
                **options):
     super().__init__()
     self.rule = rules.make(method, **options)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-      raise ValueError(f'`seed` must be an int, got {seed!r}.')
-    if jit_compile is not None and not isinstance(jit_compile, bool):
-      raise ValueError(f'`jit_compile` must be True, False or None, got '
-                       f'{jit_compile!r}.')
+    engine.check_seed_and_jit_compile(seed, jit_compile)
     self.schedule = schedules.as_schedule(period)
     self.stop_epoch = _validate_stop(stop_epoch, 'stop_epoch')
     self.stop_step = _validate_stop(stop_step, 'stop_step')

@@ -58,6 +58,15 @@ def default_jit_compile():
   return bool(tf.config.list_logical_devices('TPU'))
 
 
+def check_seed_and_jit_compile(seed, jit_compile):
+  """Raises ValueError naming `seed` or `jit_compile` when it is not valid."""
+  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    raise ValueError(f'`seed` must be an int, got {seed!r}.')
+  if jit_compile is not None and not isinstance(jit_compile, bool):
+    raise ValueError(f'`jit_compile` must be True, False or None, got '
+                     f'{jit_compile!r}.')
+
+
 @dataclasses.dataclass(frozen=True)
 class ReallocationStats:
   """What one reallocation did.
@@ -160,11 +169,7 @@ class Reallocator:
     rule = rules_lib.make(method, **options)
     if not _tfmot.is_tf_keras_object(model):
       raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-      raise ValueError(f'`seed` must be an int, got {seed!r}.')
-    if jit_compile is not None and not isinstance(jit_compile, bool):
-      raise ValueError(f'`jit_compile` must be True, False or None, got '
-                       f'{jit_compile!r}.')
+    check_seed_and_jit_compile(seed, jit_compile)
     wrappers = collect_wrappers(model)
     if not wrappers:
       raise ValueError(

@@ -205,3 +205,14 @@ def test_program_size_does_not_grow_with_control_flow_per_tensor():
   assert loops == [3, 3]
   growth = (sum(sizes[8].values()) - sum(sizes[2].values())) / 6
   assert growth < 80, growth
+
+
+@pytest.mark.parametrize('make', [
+    lambda m: tf_dsr.Reallocator(m, target_pruned=5, jit_compile='yes'),
+    lambda m: tf_dsr.ReallocationCallback(target_pruned=5, jit_compile='yes'),
+])
+def test_jit_compile_must_be_a_bool_or_none(make):
+  model, _ = _model([[0.1] * 8], [[1] * 4 + [0] * 4])
+  with pytest.raises(ValueError, match="`jit_compile`.*'yes'"):
+    make(model)
+  assert not hasattr(model, 'dynamic_sparsity_state')

@@ -30,6 +30,27 @@ ROW = 128
 _BASES = (1.0, 256.0, 65536.0)
 
 
+def block_ids(block_sizes):
+  """int32: the index of the block of each element, blocks laid end to end.
+
+  Built in the program (a scatter of block starts and a cumsum), so no
+  constant as long as the blocks is stored in the graph.
+
+  Args:
+    block_sizes: Python ints, each at least 1.
+  """
+  total = sum(block_sizes)
+  starts, position = [], 0
+  for size in block_sizes[:-1]:
+    position += size
+    starts.append(position)
+  if not starts:
+    return tf.zeros([total], tf.int32)
+  marks = tf.scatter_nd(tf.constant(starts, tf.int32)[:, None],
+                        tf.ones([len(starts)], tf.int32), [total])
+  return tf.cumsum(marks)
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Where each sparse tensor lives in the flat index space.
@@ -101,12 +122,7 @@ class Layout:
   # ------------------------------------------------------ per-tensor values
   def row_segments(self):
     """int32 `[num_rows]`: the segment of each row, built in the program."""
-    starts = [start // ROW for start in self.starts[1:]]
-    if not starts:
-      return tf.zeros([self.num_rows], tf.int32)
-    marks = tf.scatter_nd(tf.constant(starts, tf.int32)[:, None],
-                          tf.ones([len(starts)], tf.int32), [self.num_rows])
-    return tf.cumsum(marks)
+    return block_ids(self.rows)
 
   def broadcast(self, values, row_segments=None):
     """Each segment's entry of the `[T]` vector `values`, at every flat index."""

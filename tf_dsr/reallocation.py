@@ -28,6 +28,8 @@ import collections
 
 import tensorflow as tf
 
+from tf_dsr import layout as layout_lib
+
 # The interval H is kept in, so that repeated halving or doubling (K always 0,
 # or always huge) can neither underflow to 0 nor overflow to inf.
 MIN_THRESHOLD = 2.0**-60
@@ -179,20 +181,6 @@ def allocate(total, survivors, capacity, seed):
                          fold_in(seed, 1))
 
 
-def _block_ids(block_sizes):
-  """int32: the index of the block of each element, blocks laid end to end."""
-  total = sum(block_sizes)
-  starts, position = [], 0
-  for size in block_sizes[:-1]:
-    position += size
-    starts.append(position)
-  if not starts:
-    return tf.zeros([total], tf.int32)
-  marks = tf.scatter_nd(tf.constant(starts, tf.int32)[:, None],
-                        tf.ones([len(starts)], tf.int32), [total])
-  return tf.cumsum(marks)
-
-
 def grow_uniform(layout, free, count, seed, draws, row_segments=None,
                  capacity=None):
   """Chooses exactly `count[i]` free entries of each tensor i, uniformly.
@@ -231,7 +219,7 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
   invert = 2 * count > capacity
   target = tf.cast(tf.where(invert, capacity - count, count), tf.int32)
 
-  draw_tensor = _block_ids(draws)
+  draw_tensor = layout_lib.block_ids(draws)
   block_starts, position = [], 0
   for d in draws:
     block_starts.append(position)
@@ -294,12 +282,13 @@ def adapt_threshold(threshold, pruned, target_pruned, tolerance):
 
 Reallocation = collections.namedtuple(
     'Reallocation',
-    ['masks', 'pruned_masks', 'grown_masks', 'pruned', 'candidates', 'regrown',
+    ['pruned_masks', 'grown_masks', 'pruned', 'candidates', 'regrown',
      'active', 'skipped'])
 Reallocation.__doc__ = """The outcome of `drop_and_grow`, on flat tensors.
 
+The new masks are `(masks & ~pruned_masks) | grown_masks`.
+
 Fields:
-  masks: the new bool flat masks.
   pruned_masks: the entries dropped (all False when skipped).
   grown_masks: the entries regrown (disjoint from pruned_masks).
   pruned: int64 K actually dropped (0 when skipped).
@@ -352,7 +341,6 @@ def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
                        row_segments, capacity)
   pruned = pruned & ~skipped
   return Reallocation(
-      masks=(masks & ~pruned) | grown,
       pruned_masks=pruned,
       grown_masks=grown,
       pruned=tf.reduce_sum(dropped),
