@@ -9,8 +9,10 @@ it, so every run prunes and regrows about N_p weights.
 
 Each timed run restores the same kernels, masks and H first (untimed), then
 times one `Reallocator.reallocate()` call until its stats reach the host.
-Runs are interleaved over sizes and over `jit_compile=True/False` (the order
-of the two modes alternates between rounds), and medians are reported, since
+Runs are interleaved over sizes and over `jit_compile=True` ("jit": the
+whole program compiled) and `jit_compile=False` ("core": only the flat core
+compiled, the CPU default); the order of the two modes alternates between
+rounds, and medians are reported, since
 the machine is shared and noisy. The exponent is the least-squares slope of
 log(time) against log(weights) for each mode: 1 means linear cost. The
 optimizer-state reset is not included (no optimizer); see
@@ -147,8 +149,8 @@ def main():
   print(f'\nsparsity {args.sparsity}, target_pruned {args.pruned_fraction:.2%}'
         f' of the weights, {args.repeats} interleaved runs, medians')
   print(f'{"sparse weights":>15}{"N_p":>10}{"median K":>10}'
-        f'{"XLA ms":>10}{"no-XLA ms":>11}{"no-XLA/XLA":>12}'
-        f'{"XLA ns/w":>10}{"no-XLA ns/w":>13}')
+        f'{"jit ms":>10}{"core ms":>11}{"core/jit":>12}'
+        f'{"jit ns/w":>10}{"core ns/w":>13}')
   for i, case in enumerate(cases):
     xla, plain = medians[i, True], medians[i, False]
     k = int(statistics.median(pruned[i, True] + pruned[i, False]))
