@@ -7,7 +7,7 @@ source "$(dirname "$0")/common.sh"
 
 archive="$(mktemp -d)/tf_dsr.tar.gz"
 tar -C "$REPO_ROOT" -czf "$archive" --exclude='__pycache__' \
-  setup.py tf_dsr models launch
+  pyproject.toml README.md tf_dsr models launch
 
 remote_install=$(cat <<'REMOTE'
 set -euo pipefail
