@@ -16,9 +16,11 @@ since the machine is shared and noisy.
     python -m benchmarks.first_reallocation [--rounds 3] [--later 10]
 """
 
+# First, before anything loads TensorFlow: quiets its start-up log.
+from launch import quiet  # pylint: disable=unused-import,g-bad-import-order
+
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -33,7 +35,6 @@ MODELS = {
 
 def _case(arch, jit, later, sparsity):
   """Runs in the child process: returns a dict of timings."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import models  # pylint: disable=g-import-not-at-top
   import tf_dsr  # pylint: disable=g-import-not-at-top
@@ -85,8 +86,9 @@ def main():
   for round_index in range(args.rounds):
     order = cases if round_index % 2 == 0 else cases[::-1]
     for arch, mode in order:
-      print(f'round {round_index + 1}/{args.rounds}: {arch}, {mode} ...',
-            flush=True)
+      print(f'round {round_index + 1}/{args.rounds}: {arch}, {mode}: timing '
+            f'the first and {args.later} later reallocations in a fresh '
+            'process ...', flush=True)
       output = subprocess.run(
           [sys.executable, '-m', 'benchmarks.first_reallocation',
            f'--child={arch}:{mode}', f'--later={args.later}',

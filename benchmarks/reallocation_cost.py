@@ -13,6 +13,9 @@ compared, since the machine is shared and noisy.
     python -m benchmarks.reallocation_cost [--repeats 15]
 """
 
+# First, before anything loads TensorFlow: quiets its start-up log.
+from launch import quiet  # pylint: disable=unused-import,g-bad-import-order
+
 import argparse
 import statistics
 import time
@@ -44,6 +47,8 @@ def main():
   parser.add_argument('--sparsity', type=float, default=0.8)
   args = parser.parse_args()
 
+  print(f'building ResNet-50 with its sparse set at sparsity {args.sparsity} ...',
+        flush=True)
   optimizer = tf_dsr.keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
   model = build(args.sparsity, optimizer)
   default_jit = tf_dsr.engine.default_jit_compile()
@@ -85,10 +90,14 @@ def main():
 
   runs = {'floor': floor}
   runs.update({name: r.reallocate for name, r in reallocators.items()})
-  for fn in runs.values():  # compile and warm up
+  for name, fn in runs.items():  # compile and warm up
+    print(f'compiling and warming up (untimed): {name} ...', flush=True)
     fn(); fn()
   times = {name: [] for name in runs}
-  for _ in range(args.repeats):
+  for round_index in range(args.repeats):
+    print(f'round {round_index + 1}/{args.repeats}: timing the floor and '
+          f'{len(reallocators)} reallocation variants, interleaved ...',
+          flush=True)
     for name, fn in runs.items():
       times[name].append(timed(fn))
   stats = any_reallocator.reallocate()

@@ -21,6 +21,9 @@ optimizer-state reset is not included (no optimizer); see
     python -m benchmarks.reallocation_scaling [--sizes 1 5 25] [--repeats 7]
 """
 
+# First, before anything loads TensorFlow: quiets its start-up log.
+from launch import quiet  # pylint: disable=unused-import,g-bad-import-order
+
 import argparse
 import math
 import statistics
@@ -123,6 +126,8 @@ def main():
 
   cases = []
   for millions in args.sizes:
+    print(f'building and compiling (untimed) the {millions:g}M-weight model, '
+          'both jit_compile modes ...', flush=True)
     start = time.perf_counter()
     case = Case(round(millions * 1e6), args.sparsity, args.pruned_fraction,
                 seed=0)
@@ -138,6 +143,8 @@ def main():
   times = {(i, jit): [] for i in range(len(cases)) for jit in modes}
   pruned = {key: [] for key in times}
   for round_index in range(args.repeats):
+    print(f'round {round_index + 1}/{args.repeats}: timing one reallocation '
+          f'per size and jit_compile mode ...', flush=True)
     order = modes if round_index % 2 == 0 else modes[::-1]
     for i, case in enumerate(cases):
       for jit in order:

@@ -11,6 +11,9 @@ the timed steps (its cost is measured by `benchmarks.reallocation_cost`).
     python -m benchmarks.step_time [--batch 100] [--rounds 5] [--steps 6]
 """
 
+# First, before anything loads TensorFlow: quiets its start-up log.
+from launch import quiet  # pylint: disable=unused-import,g-bad-import-order
+
 import argparse
 import statistics
 import time
@@ -89,12 +92,16 @@ def main():
   x = rng.normal(size=(args.batch, 32, 32, 3)).astype('float32')
   y = rng.integers(0, 10, size=args.batch)
   data = tf.data.Dataset.from_tensors((x, y)).repeat()
+  print('building WRN-28-2: dense, tf_dsr and tfmot ...', flush=True)
   models, callbacks = build_models(args.sparsity)
   times = {name: [] for name in models}
   for name, model in models.items():  # trace and warm up
+    print(f'tracing and warming up (untimed): {name} ...', flush=True)
     model.fit(data, steps_per_epoch=2, epochs=1, verbose=0,
               callbacks=callbacks[name])
-  for _ in range(args.rounds):
+  for round_index in range(args.rounds):
+    print(f'round {round_index + 1}/{args.rounds}: timing {args.steps} '
+          f'training steps of each model ...', flush=True)
     for name, model in models.items():
       timer = _StepTimer()
       model.fit(data, steps_per_epoch=args.steps, epochs=1, verbose=0,

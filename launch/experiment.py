@@ -28,6 +28,9 @@ static sparse), `stop_epoch_sweep` (DSR frozen after epoch E), and `small`
 net; 3 seeds; minutes on a CPU). The paper-scale suites need accelerators.
 """
 
+# First, before anything loads TensorFlow: quiets its start-up log.
+from launch import quiet  # pylint: disable=unused-import,g-bad-import-order
+
 import dataclasses
 import json
 import os
@@ -42,6 +45,7 @@ from absl import flags
 from absl import logging
 
 from launch import configs
+from launch import progress as progress_lib
 from launch.errors import LaunchError
 
 # The order of the methods in grids, tables and plots; rules registered later
@@ -248,7 +252,9 @@ def run_grid(runs, out, overrides=(), verbose=True):
     out: the experiment directory.
     overrides: `key=value` strings for every run, each given to the methods
       it applies to (see `applicable`).
-    verbose: print one line per run.
+    verbose: print how many runs are finished already and, for each run to
+      do, `run i of N: NAME` with the elapsed time and an estimate of the
+      time left when it starts, and its accuracy and time when it ends.
 
   Returns:
     `(ran, skipped)`: run ids.
@@ -257,12 +263,21 @@ def run_grid(runs, out, overrides=(), verbose=True):
   from tf_dsr import keras  # pylint: disable=g-import-not-at-top
   from launch import outputs  # pylint: disable=g-import-not-at-top
 
-  ran, skipped = [], []
-  for index, run in enumerate(runs):
+  ran, skipped, todo = [], [], []
+  for run in runs:
     run_dir = outputs.RunDir(os.path.join(out, run.run_id))
     if os.path.exists(run_dir.results):
       skipped.append(run.run_id)
-      continue
+    else:
+      todo.append((run, run_dir))
+  progress = progress_lib.Progress(len(todo))
+  if verbose:
+    print(f'[experiment] {len(runs)} runs in {out}: {len(skipped)} finished '
+          f'earlier, {len(todo)} to run', flush=True)
+  for index, (run, run_dir) in enumerate(todo):
+    if verbose:
+      print(f'[experiment] run {index + 1} of {len(todo)}: {run.run_id} '
+            f'({progress.status()})', flush=True)
     all_overrides = list(run.overrides) + applicable(overrides, run.method)
     config = runner.resolve(run.config, all_overrides)
     resume = run_dir.latest_checkpoint() is not None
@@ -273,9 +288,10 @@ def run_grid(runs, out, overrides=(), verbose=True):
     results = runner.run(config, model_dir=run_dir.path, resume=resume,
                          overrides=all_overrides, verbose=0, export=False)
     ran.append(run.run_id)
+    progress.finish_one()
     if verbose:
-      print(f'[experiment] {index + 1}/{len(runs)} {run.run_id}: top-1 '
-            f'{results["top1"]:.4f}, {time.time() - start:.1f} s', flush=True)
+      print(f'[experiment] run {index + 1} of {len(todo)}: {run.run_id}: top-1 '
+            f'{results["top1"]:.4f} in {time.time() - start:.1f} s', flush=True)
   return ran, skipped
 
 

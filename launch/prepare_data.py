@@ -9,6 +9,9 @@ ILSVRC2012_img_val.tar (from image-net.org) in `--manual_dir` first. The
 `digits` dataset ships with scikit-learn and needs no preparation.
 """
 
+# First, before anything loads TensorFlow: quiets its start-up log.
+from launch import quiet  # pylint: disable=unused-import,g-bad-import-order
+
 import sys
 
 from absl import app

@@ -12,6 +12,9 @@ test accuracy over the seeds. Each run goes through `launch.runner.run`, the
 code path of the full experiments.
 """
 
+# First, before anything loads TensorFlow: quiets its start-up log.
+from launch import quiet  # pylint: disable=unused-import,g-bad-import-order
+
 import statistics
 import sys
 import time
@@ -23,6 +26,7 @@ from absl import logging
 from tf_dsr import keras
 
 from launch import configs
+from launch import progress as progress_lib
 from launch import runner
 from launch.errors import LaunchError
 
@@ -34,27 +38,38 @@ flags.DEFINE_multi_string('override', [], 'key=value change applied to every '
                           'run (for example epochs=2 for a smoke test).')
 
 
-def compare(seeds=3, overrides=(), methods=METHODS):
+def compare(seeds=3, overrides=(), methods=METHODS, say=None):
   """Trains every method once per seed with the same step budget.
 
   Args:
     seeds: number of seeds (0 .. seeds - 1).
     overrides: `key=value` strings applied to every config.
     methods: config suffixes of `lenet_digits_*`.
+    say: if set, called with one progress line after each run: its number,
+      method, seed, accuracy and time, the elapsed time and an estimate of
+      the time left.
 
   Returns:
     One dict per method: method, active and total parameters, steps, the
     test accuracies (one per seed), and the wall time in seconds.
   """
   rows = []
+  progress = progress_lib.Progress(len(methods) * seeds)
   for method in methods:
     accuracies, start = [], time.time()
     for seed in range(seeds):
       keras.backend.clear_session()
       config = runner.resolve(f'lenet_digits_{method}',
                              list(overrides) + [f'seed={seed}'])
+      run_start = time.time()
       results = runner.run(config, verbose=0)
       accuracies.append(results['top1'])
+      progress.finish_one()
+      if say:
+        say(f'[quickstart] run {progress.done} of {progress.total}: '
+            f'{configs.label(method)}, seed {seed}: test accuracy '
+            f'{results["top1"]:.4f} in {time.time() - run_start:.0f} s; '
+            f'{progress.status()}')
     rows.append({'method': method, 'active': results['params']['active'],
                  'total': results['params']['total'], 'steps': results['steps'],
                  'accuracies': accuracies,
@@ -84,7 +99,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   start = time.time()
   try:
-    rows = compare(FLAGS.seeds, FLAGS.override)
+    print(f'[quickstart] {len(METHODS) * FLAGS.seeds} runs: '
+          f'{", ".join(configs.label(m) for m in METHODS)} x {FLAGS.seeds} '
+          'seeds', flush=True)
+    rows = compare(FLAGS.seeds, FLAGS.override,
+                   say=lambda line: print(line, flush=True))
   except LaunchError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(2)

@@ -82,7 +82,8 @@ def _results(config, overrides, model, built, final, data, strategy, steps,
   return results
 
 
-def _build(config, data, strategy, steps_per_execution, dsr_log_dir, verbose):
+def _build(config, data, strategy, steps_per_execution, dsr_log_dir, verbose,
+           log_reallocations):
   """Builds, compiles and binds the model; returns (built, callbacks, checkpoint).
 
   Everything a checkpoint holds (masks, DSR state, optimizer slots, the epoch
@@ -96,7 +97,7 @@ def _build(config, data, strategy, steps_per_execution, dsr_log_dir, verbose):
     modeling.compile_model(model, config, data.steps_per_epoch,
                            steps_per_execution)
     callbacks = method.attach(model, config, log_dir=dsr_log_dir,
-                              verbose=verbose == 1,
+                              verbose=log_reallocations,
                               steps_per_epoch=data.steps_per_epoch)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name='epoch')
   if built.width_multiplier is not None:
@@ -122,7 +123,7 @@ def _output_callbacks(write_dir, checkpoint, is_chief):
 
 def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
         resume=False, overrides=(), verbose=1, export=True, digest_dir=None,
-        backup_steps=0):
+        backup_steps=0, log_reallocations=None):
   """Trains, evaluates and exports one experiment.
 
   Args:
@@ -134,8 +135,10 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
     resume: continue the run in `model_dir` from its newest checkpoint or
       backup, exactly where it stopped.
     overrides: the `key=value` strings `config` was made with (recorded).
-    verbose: 0 silent, 1 progress bars and one line per reallocation, 2 one
-      line per epoch.
+    verbose: Keras' `fit` verbosity: 0 silent, 1 progress bars, 2 one line
+      per epoch; above 0 also a line when the run starts, resumes and ends.
+    log_reallocations: print one line per reallocation (H, K, active count);
+      None: when `verbose == 1`.
     export: write the stripped SavedModel (experiment grids may skip it).
     digest_dir: if set, every process appends digests of its masks, H and
       weights to `digest_dir/worker-<task>.jsonl` (see `launch.digests`).
@@ -189,7 +192,8 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
 
   built, callbacks, checkpoint = _build(
       config, data, strategy, steps_per_execution,
-      write_dir.dsr_logs if write_dir else None, verbose)
+      write_dir.dsr_logs if write_dir else None, verbose,
+      verbose == 1 if log_reallocations is None else log_reallocations)
   model = built.model
   if begin.backup:
     # BackupAndRestore restores this again when `fit` starts; restoring here

@@ -18,7 +18,14 @@ not prepared, `--resume` with no checkpoint, no TPU) prints `error: ...` and
 exits with status 2 before anything is written. A multi-worker run that loses
 a worker stops every other worker within seconds with `error: ...` and status
 1; restart all of them with `--resume`.
+
+A run shows Keras' progress bar; `-v 1` (absl's `--verbosity`) adds one line
+per reallocation (H, K and the active count). TensorFlow's own Python log stays
+at WARNING either way.
 """
+
+# First, before anything loads TensorFlow: quiets its start-up log.
+from launch import quiet  # pylint: disable=unused-import,g-bad-import-order
 
 import sys
 
@@ -58,13 +65,16 @@ flags.DEFINE_bool('resume', False, 'Continue the run in --model_dir from its '
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)  # Keep TensorFlow's INFO lines out.
+  # absl's -v picks our reallocation lines; TensorFlow's INFO lines stay out.
+  log_reallocations = FLAGS.verbosity >= 1
+  logging.set_verbosity(logging.WARNING)
   try:
     config = runner.resolve(FLAGS.config, FLAGS.override)
     runner.run(config, model_dir=FLAGS.model_dir, data_dir=FLAGS.data_dir,
                strategy=FLAGS.strategy, tpu=FLAGS.tpu, resume=FLAGS.resume,
                overrides=FLAGS.override, digest_dir=FLAGS.digest_dir,
-               backup_steps=FLAGS.backup_steps)
+               backup_steps=FLAGS.backup_steps,
+               log_reallocations=log_reallocations)
   except LaunchError as error:
     print(f'error: {error}', file=sys.stderr)
     sys.exit(2)

@@ -76,7 +76,7 @@ def test_suites_resolve_to_valid_configs(tmp_path):
     experiment.suite_runs('nope', str(tmp_path))
 
 
-def test_grid_runs_each_cell_once_and_skips_finished_runs(finished):
+def test_grid_runs_each_cell_once_and_skips_finished_runs(finished, capsys):
   out, runs, ran = finished
   assert ran == [r.run_id for r in runs] and len(runs) == 6
   results = os.path.join(out, runs[1].run_id, 'results.json')
@@ -87,9 +87,19 @@ def test_grid_runs_each_cell_once_and_skips_finished_runs(finished):
   # A run without results.json (interrupted after its checkpoint) is redone.
   dense = runs[0]
   os.remove(os.path.join(out, dense.run_id, 'results.json'))
-  ran_again, skipped = experiment.run_grid(runs, out, TINY, verbose=False)
+  capsys.readouterr()
+  ran_again, skipped = experiment.run_grid(runs, out, TINY, verbose=True)
   assert ran_again == [dense.run_id] and len(skipped) == 5
   assert os.path.exists(os.path.join(out, dense.run_id, 'results.json'))
+  # Progress: what is left, then "run i of N" with the run's name and the
+  # time so far (no estimate before a run has finished), then its result.
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == f'[experiment] 6 runs in {out}: 5 finished earlier, 1 to run'
+  assert re.fullmatch(rf'\[experiment\] run 1 of 1: {re.escape(dense.run_id)} '
+                      r'\(elapsed \d+ s, time left unknown\)', lines[1]), lines
+  assert re.fullmatch(rf'\[experiment\] run 1 of 1: {re.escape(dense.run_id)}: '
+                      r'top-1 [\d.]+ in [\d.]+ s', lines[2]), lines
+  assert len(lines) == 3, lines
 
 
 def test_report_is_rebuilt_from_run_directories_alone(finished, tmp_path):

@@ -6,7 +6,7 @@
   the stripped SavedModel and results.json; a run stopped after epoch 1 and
   resumed ends with the same masks, weights, optimizer and DSR state.
 - Bad input: clear messages, exit status 2, nothing written.
-- The quick start prints its table.
+- The quick start prints a progress line per run, then its table.
 """
 
 import json
@@ -283,3 +283,13 @@ def test_quickstart_prints_its_table():
   # still climbing (about 0.65 here, 0.96 after 30 epochs).
   assert float(rows[0][4]) > 0.9
   assert float(rows[1][4]) > 0.3 and float(rows[2][4]) > 0.3
+  # One progress line per run, in order, with the time so far and left.
+  progress = re.findall(r'^\[quickstart\] run (\d) of 6: (dense|static sparse|DSR), '
+                        r'seed (\d): test accuracy [\d.]+ in \d+ s; elapsed '
+                        r'[\w ]+, about [\w ]+ left$', done.stdout, re.MULTILINE)
+  assert progress == [(str(i + 1), method, str(seed))
+                      for i, (method, seed) in enumerate(
+                          (m, s) for m in ('dense', 'static sparse', 'DSR')
+                          for s in (0, 1))], done.stdout
+  assert done.stdout.startswith('[quickstart] 6 runs: dense, static sparse, '
+                                'DSR x 2 seeds\n'), done.stdout
