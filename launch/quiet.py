@@ -13,9 +13,10 @@ default, and only if the variable is unset, so a user's own value wins:
 What no setting removes on TensorFlow 2.21: the shared libraries log, as they
 load and before they read any setting, `WARNING: All log messages before
 absl::InitializeLog() ...`, the oneDNN notice and, without CUDA, `Could not
-find cuda drivers`; twice, once per library. `TF_ENABLE_ONEDNN_OPTS=0` would
-remove the oneDNN notice by switching oneDNN's kernels off, which changes speed
-and rounding, so the tools leave it alone.
+find cuda drivers`, each twice (`TF_CPP_MIN_LOG_LEVEL`, `ABSL_MIN_LOG_LEVEL`,
+`GLOG_minloglevel` and `CUDA_VISIBLE_DEVICES=-1` leave them).
+`TF_ENABLE_ONEDNN_OPTS=0` would remove the oneDNN notice by switching oneDNN's
+kernels off, which changes speed and rounding, so the tools leave it alone.
 
 TensorFlow's Python log goes through absl's: the tools keep absl at WARNING
 (`absl.logging.set_verbosity`), which hides TensorFlow's INFO lines (the

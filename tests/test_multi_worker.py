@@ -193,6 +193,7 @@ def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path, victim):
     took = time.monotonic() - killed
     log = cluster.logs[1 - victim].read_text()
 
+  print(f'the survivor stopped {took:.1f} s after the kill')  # Shown with -s.
   assert code == 1, log[-3000:]
   assert took < 120
   assert 'error: the multi-worker cluster lost a worker' in log, log[-3000:]
