@@ -21,6 +21,7 @@ A failure names the module and the dep it is missing.
 import ast
 import os
 import sys
+import sysconfig
 
 import pytest
 
@@ -42,6 +43,15 @@ PYPI = {
     'tensorflow_model_optimization': 'tensorflow_model_optimization',
     'tf_keras': 'tf_keras',
 }
+
+
+def _is_stdlib(name):
+  if hasattr(sys, 'stdlib_module_names'):  # Python >= 3.10
+    return name in sys.stdlib_module_names or name == '__future__'
+  stdlib = sysconfig.get_paths()['stdlib']
+  return name in sys.builtin_module_names or any(
+      os.path.exists(os.path.join(stdlib, name + suffix))
+      for suffix in ('', '.py'))
 
 
 def parse_build(text):
@@ -122,7 +132,7 @@ def imports_of(path):
     top = name.split('.')[0]
     if top in PACKAGES:
       project.update(_loaded_files(name))
-    elif top not in sys.stdlib_module_names and top != '__future__':
+    elif not _is_stdlib(top):
       third_party.add(top)
   conftest = os.path.join(os.path.dirname(path), 'conftest.py')
   if is_test(path) and os.path.isfile(os.path.join(ROOT, conftest)):
