@@ -4,5 +4,6 @@
 `launch.configs`); `python -m launch.quickstart` compares dense, static sparse
 and DSR training on scikit-learn's digits in a few minutes on a CPU.
 
-Importing this package (and `launch.configs`) does not import TensorFlow.
+Importing this package does not import TensorFlow. Every entry point imports
+`launch.quiet` first, which keeps TensorFlow's removable start-up log out.
 """

@@ -44,6 +44,9 @@ prints one config. Importing this module imports TensorFlow (through
 `tf_dsr.rules`, which declares the options).
 """
 
+# First, before anything loads TensorFlow: quiets its start-up log.
+from launch import quiet  # pylint: disable=unused-import,g-bad-import-order
+
 import bisect
 import copy
 import dataclasses

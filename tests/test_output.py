@@ -2,7 +2,9 @@
 
 - `launch.progress`: elapsed time and the estimate of the time left, worked by
   hand on a fake clock.
-- `launch.quiet` sets TensorFlow's C++ log level only when the user has not.
+- `launch.quiet` sets TensorFlow's C++ log level only when the user has not,
+  and every entry point of `launch/` and `benchmarks/` loads TensorFlow with
+  no C++ log line but those no setting removes.
 - `import tf_dsr` changes no process-wide setting beyond what importing
   TensorFlow and tfmot themselves change.
 - `launch.train` with the C++ log level unset: only the start-up lines that no
@@ -122,6 +124,25 @@ def test_importing_the_library_changes_no_global_setting():
   done = _run('-c', _GLOBALS)
   assert done.returncode == 0, done.stderr[-3000:]
   assert done.stdout.strip().splitlines()[-1] == '[]'
+
+
+ENTRY_POINTS = ['launch.configs', 'launch.experiment', 'launch.prepare_data',
+                'launch.quickstart', 'launch.train',
+                'benchmarks.first_reallocation', 'benchmarks.reallocation_cost',
+                'benchmarks.reallocation_scaling', 'benchmarks.step_time']
+
+
+@pytest.mark.parametrize('module', ENTRY_POINTS)
+def test_entry_points_load_tensorflow_quietly(module):
+  """`--help` loads every module (and TensorFlow), then stops (absl's with
+  status 1)."""
+  # launch.configs has no --help; without arguments it lists the configs.
+  done = _run('-m', module, *([] if module == 'launch.configs' else ['--help']))
+  assert done.returncode in (0, 1) and 'Traceback' not in done.stderr, (
+      done.stderr[-3000:])
+  sources = [m.group(1) for m in map(CPP_LOG.match, done.stderr.splitlines())
+             if m]
+  assert all(s.startswith(UNREMOVABLE) for s in sources), done.stderr
 
 
 # ------------------------------------------------------------ launch.train
