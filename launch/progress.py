@@ -37,6 +37,7 @@ class Progress:
     self._start = clock()
 
   def elapsed(self):
+    """Seconds since the `Progress` was made."""
     return self._clock() - self._start
 
   def finish_one(self):
