@@ -157,11 +157,13 @@ def owner(targets):
 
 def test_every_module_is_in_exactly_one_target(owner):
   files = tree()
-  assert sorted(f for f in files if f not in owner) == [], (
-      'modules in no BUILD target: add each to the srcs of one')
-  assert {f: o for f, o in owner.items() if len(o) > 1} == {}, (
-      'modules in more than one BUILD target')
-  assert sorted(set(owner) - files) == [], 'BUILD names files that do not exist'
+  orphans = sorted(f for f in files if f not in owner)
+  assert not orphans, ('modules in no BUILD target (add each to the srcs of '
+                       f'one): {orphans}')
+  shared = {f: o for f, o in owner.items() if len(o) > 1}
+  assert not shared, f'modules in more than one BUILD target: {shared}'
+  missing = sorted(set(owner) - files)
+  assert not missing, f'BUILD names files that do not exist: {missing}'
 
 
 def test_tests_are_py_tests_and_helpers_testonly(targets):

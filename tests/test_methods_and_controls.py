@@ -226,6 +226,24 @@ def test_deepr_replicas_agree_under_mirrored_strategy():
   assert result['masked_nonzero'] == 0
 
 
+@pytest.mark.parametrize('method, reallocations', [('rigl', 7), ('snfs', 2)])
+def test_gradient_rules_replicas_agree_under_mirrored_strategy(
+    method, reallocations):
+  """RigL and SNFS grow by the replica-summed gradient: masks stay identical."""
+  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'tests.mirrored_run', 'graph', method], cwd=REPO,
+      env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result['replicas'] == 2 and result['mirrored_masks']
+  # RigL: steps 2, 4, ..., 14 (none from end_step 16); SNFS: 2 epoch ends.
+  assert result['reallocations'] == result['checked'] == reallocations
+  assert result['pruned'] > 0
+  assert result['disagreements'] == []
+  assert result['masked_nonzero'] == 0
+
+
 def test_small_builders_scale_their_widths():
   import models  # pylint: disable=g-import-not-at-top
   lenet = models.lenet_300_100(input_shape=(8, 8, 1), width_multiplier=0.5)

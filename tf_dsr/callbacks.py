@@ -93,6 +93,7 @@ class ReallocationCallback(keras.callbacks.Callback):
     self._epoch_begin_iterations = 0
     self._epoch_start_step = None
     self._seen_step = 0
+    self._execution = None  # Steps per batch callback, once seen.
     # Keep batch logs as tensors: no host sync per step.
     self._supports_tf_logs = True
 
@@ -110,6 +111,9 @@ class ReallocationCallback(keras.callbacks.Callback):
   def on_train_begin(self, logs=None):
     if self.log_dir and self._writer is None:
       self._writer = tf.summary.create_file_writer(self.log_dir)
+    # Rules that grow by gradient hook the forward pass; make the hook now if
+    # the model was not built when the callback got it.
+    self.reallocator.gradient_recorder  # pylint: disable=pointless-statement
 
   def on_epoch_begin(self, epoch, logs=None):
     # The step counter is read here rather than at train begin: a callback
@@ -125,11 +129,20 @@ class ReallocationCallback(keras.callbacks.Callback):
       # BackupAndRestore resumed part-way through.
       self._epoch_start_step = self._epoch_begin_iterations - batch
       self._seen_step = self._epoch_begin_iterations
+    if self.rule.dense_gradients == 'last':
+      # Record the dense gradient only in a batch that ends in a
+      # reallocation (until the batch size in steps is known, in every one).
+      first = self._epoch_start_step + batch + 1
+      last = first + (self._execution or 1) - 1
+      self.reallocator.record_gradients(
+          self._execution is None or (self._active(last) and (
+              self.schedule.due(self._epoch, first, last))))
 
   def _active(self, step):
     if self.stop_epoch is not None and self._epoch >= self.stop_epoch:
       return False
-    return self.stop_step is None or step < self.stop_step
+    stops = [s for s in (self.stop_step, self.rule.stop_step) if s is not None]
+    return not stops or step < min(stops)
 
   def on_train_batch_end(self, batch, logs=None):
     if self._epoch_start_step is None:  # Driven without on_train_batch_begin.
@@ -137,15 +150,25 @@ class ReallocationCallback(keras.callbacks.Callback):
     step = self._epoch_start_step + batch + 1
     first = self._seen_step + 1
     self._seen_step = step
-    if not self._active(step):
+    self._execution = step - first + 1
+    if self.rule.at_epoch_end or not self._active(step):
       return
     if not self.schedule.due(self._epoch, first, step):
       return
+    self._reallocate(step)
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.rule.at_epoch_end and self._active(self._seen_step):
+      self._reallocate(self._seen_step)
+
+  def _reallocate(self, step):
     if step <= int(self.reallocator.state.last_step.numpy()):
       return  # Already done at this step (a resumed run).
     self._record(self.reallocator.reallocate(step))
 
   def on_train_end(self, logs=None):
+    if self.rule.dense_gradients == 'last':
+      self.reallocator.record_gradients(False)
     if self._writer is not None:
       self._writer.flush()
 

@@ -122,6 +122,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
         'training' in inspect.signature(layer.call).parameters)
     # Set by a Reallocator; training a wrapper nothing reallocates is an error.
     self._reallocation_bound = False
+    # Set by a `tf_dsr.gradients.GradientRecorder` (rules that grow by
+    # gradient): (recorder, one variable per kernel). Held in a plain tuple
+    # outside Keras' tracking, so it adds no weights to the layer.
+    object.__setattr__(self, '_gradient_recorder', None)
     # As tfmot does: let the first layer of a Sequential model keep its input
     # shape when wrapped.
     if not hasattr(self, '_batch_input_shape') and hasattr(
@@ -171,14 +175,22 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
           '`callbacks=[tf_dsr.ReallocationCallback(...)]` to `fit`, or create a '
           '`tf_dsr.Reallocator(model, ...)` (or a static one) before training.')
     substitutions = []
-    for (owner, name), (kernel, mask) in zip(self._substitution_targets,
-                                             self._sparse_weights):
+    recorder = self._gradient_recorder
+    for index, ((owner, name), (kernel, mask)) in enumerate(
+        zip(self._substitution_targets, self._sparse_weights)):
       value = tf.convert_to_tensor(kernel)
-      substitutions.append((owner, name, value * tf.cast(mask, value.dtype)))
+      masked = value * tf.cast(mask, value.dtype)
+      if recorder is not None:
+        masked = recorder[0].watch(masked, recorder[1][index])
+      substitutions.append((owner, name, masked))
     if self._call_takes_training:
       kwargs['training'] = training
     with _substituted(substitutions):
       return self.layer.call(inputs, **kwargs)
+
+  def _attach_gradient_recorder(self, recorder, variables):
+    """Records this layer's dense kernel gradients (see `tf_dsr.gradients`)."""
+    object.__setattr__(self, '_gradient_recorder', (recorder, list(variables)))
 
   def compute_output_shape(self, input_shape):
     return self.layer.compute_output_shape(input_shape)
