@@ -83,7 +83,7 @@ def _results(config, overrides, model, built, final, data, strategy, steps,
 
 
 def _build(config, data, strategy, steps_per_execution, dsr_log_dir, verbose,
-           log_reallocations):
+           log_reallocations=None):
   """Builds, compiles and binds the model; returns (built, callbacks, checkpoint).
 
   Everything a checkpoint holds (masks, DSR state, optimizer slots, the epoch
@@ -96,6 +96,8 @@ def _build(config, data, strategy, steps_per_execution, dsr_log_dir, verbose,
   with strategy.scope():
     modeling.compile_model(model, config, data.steps_per_epoch,
                            steps_per_execution)
+    if log_reallocations is None:
+      log_reallocations = verbose == 1
     callbacks = method.attach(model, config, log_dir=dsr_log_dir,
                               verbose=log_reallocations,
                               steps_per_epoch=data.steps_per_epoch)
@@ -192,8 +194,7 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
 
   built, callbacks, checkpoint = _build(
       config, data, strategy, steps_per_execution,
-      write_dir.dsr_logs if write_dir else None, verbose,
-      verbose == 1 if log_reallocations is None else log_reallocations)
+      write_dir.dsr_logs if write_dir else None, verbose, log_reallocations)
   model = built.model
   if begin.backup:
     # BackupAndRestore restores this again when `fit` starts; restoring here
