@@ -109,6 +109,12 @@ class ReallocationCallback(keras.callbacks.Callback):
           model, self.rule, seed=self.seed, jit_compile=self.jit_compile)
 
   def on_train_begin(self, logs=None):
+    params = self.params or {}
+    if params.get('epochs') and params.get('steps'):
+      rule = self.rule.for_training(params['epochs'] * params['steps'])
+      if rule is not self.rule:
+        # Only the Python-side schedule changes (`end_step`): no retrace.
+        self.rule = self.reallocator.rule = rule
     if self.log_dir and self._writer is None:
       self._writer = tf.summary.create_file_writer(self.log_dir)
     # Rules that grow by gradient hook the forward pass; make the hook now if

@@ -126,6 +126,15 @@ class Rule:
     """No reallocation at or after this step (None: the callback decides)."""
     return None
 
+  def for_training(self, total_steps):
+    """This rule for a fit of `total_steps` steps (`ReallocationCallback`).
+
+    Rules whose schedule spans the training (RigL, SNFS) return a copy with
+    its length filled in; the others return `self`.
+    """
+    del total_steps
+    return self
+
   def drop(self, inputs):
     """The entries to deactivate: a `Drop`, from a `RuleInputs`."""
     raise NotImplementedError
