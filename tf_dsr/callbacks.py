@@ -63,7 +63,8 @@ class ReallocationCallback(keras.callbacks.Callback):
       and writes included (TPUs need it); the flat core always is. None
       chooses per device (`tf_dsr.engine.default_jit_compile`).
     method: the rule: a name of `tf_dsr.rules.REGISTRY` ('dsr', the default;
-      'set', 'deepr', 'rigl', 'snfs', 'snip', 'static') or a `tf_dsr.rules.Rule` object.
+      'set', 'deepr', 'rigl', 'snfs', 'snip', 'static') or a
+      `tf_dsr.rules.Rule` object.
     **options: the rule's options, checked here (for 'dsr': `target_pruned`,
       `tolerance`, `initial_threshold`; for 'set': `drop_fraction` or
       `target_pruned`; for 'deepr': `alpha`, `temperature`, `learning_rate`,
