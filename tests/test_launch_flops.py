@@ -1,0 +1,61 @@
+"""FLOPs in the launcher's results.json, per method, on small_cnn and digits.
+
+small_cnn on 8x8x1 images, counted by hand (2 FLOPs per multiply-add):
+- conv1 (dense in every method): 3*3*1*16 = 144 entries at 8*8 = 64
+  positions: 18,432 FLOPs;
+- conv2 (sparse): 3*3*16*32 = 4,608 entries at 4*4 = 16 positions (stride 2):
+  147,456 FLOPs, at sparsity 0.5 2,304 active: 73,728;
+- fc (sparse): 32*10 = 320 entries once: 640, at 0.5 160 active: 320.
+f_D = 166,528; f_S at 0.5 = 92,480.
+"""
+
+import pytest
+
+from tf_dsr import keras
+
+from launch import runner
+
+ONE_STEP = ['epochs=1', 'steps_per_epoch=1', 'eval_steps=1', 'batch_size=2',
+            'validation_freq=0']
+F_D = 18_432 + 147_456 + 640
+F_S = 18_432 + 73_728 + 320
+
+
+def _run(name, overrides=ONE_STEP):
+  keras.backend.clear_session()
+  return runner.run(runner.resolve(name, overrides), verbose=0)['flops']
+
+
+@pytest.mark.parametrize('name', ['small_cnn_digits_static',
+                                  'small_cnn_digits_dsr'])
+def test_sparse_methods_train_at_three_sparse_forward_passes(name):
+  flops = _run(name)
+  assert (flops['inference'], flops['dense_inference']) == (F_S, F_D)
+  assert flops['inference_fraction'] == pytest.approx(92_480 / 166_528)
+  assert flops['training_multiplier'] == pytest.approx(92_480 / 166_528)
+
+
+def test_dense_and_thin_are_relative_to_the_full_dense_model():
+  assert _run('small_cnn_digits_dense') == {
+      'inference': F_D, 'dense_inference': F_D, 'inference_fraction': 1.0,
+      'training_multiplier': 1.0}
+  thin = _run('small_cnn_digits_thin')
+  assert thin['dense_inference'] == F_D and thin['inference'] < F_D
+  assert thin['inference_fraction'] == pytest.approx(thin['inference'] / F_D)
+  assert thin['training_multiplier'] == pytest.approx(
+      thin['inference_fraction'])
+
+
+def test_gradual_pruning_integrates_its_schedule():
+  # 6 steps; pruning from step 2 to step 4, every step, to 0.5 (cubic):
+  # the sparsity during steps 0..5 is 0, 0, 0, 0.5 - 0.5 * 0.5**3 = 0.4375,
+  # 0.5, 0.5: mean 1.4375 / 6. Only conv2 and fc (147,456 + 640 dense
+  # FLOPs) are pruned, so the multiplier is 1 - mean * 148,096 / 166,528.
+  flops = _run('small_cnn_digits_prune', [
+      'epochs=3', 'steps_per_epoch=2', 'eval_steps=1', 'batch_size=2',
+      'validation_freq=0', 'prune_begin_epoch=1', 'prune_end_epoch=2',
+      'prune_frequency=1'])
+  assert flops['dense_inference'] == F_D
+  assert flops['training_multiplier'] == pytest.approx(
+      1 - 1.4375 / 6 * 148_096 / 166_528)
+  assert F_S <= flops['inference'] < F_D
