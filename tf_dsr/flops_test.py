@@ -125,3 +125,13 @@ def test_a_model_without_a_graph_is_refused():
     flops.flops_report(Sub(name='sub'))
   with pytest.raises(ValueError, match='`model`'):
     flops.flops_report(keras.layers.Dense(2))
+
+
+def test_unknown_spatial_sizes_are_refused_but_the_sparsity_report_stands():
+  inputs = keras.Input((None, None, 2))
+  x = keras.layers.Conv2D(4, 3, name='conv')(inputs)
+  model = tf_dsr.sparsify(keras.Model(inputs, x), 0.5)
+  with pytest.raises(ValueError, match="layer 'conv' has the unknown shape"):
+    flops.flops_report(model)
+  report = tf_dsr.sparsity_report(model)
+  assert report.flops is None and report.sparse_active == 36

@@ -35,7 +35,7 @@ class SparsityReport:
     model_total: trainable parameters of the whole model.
     flops: the model's inference FLOPs, sparse and dense
       (`tf_dsr.flops_report`); None for a model without a graph of layer
-      calls (subclassed).
+      calls (subclassed) or with unknown spatial sizes.
   """
   tensors: List[TensorCount]
   sparse_active: int
@@ -98,7 +98,11 @@ def sparsity_report(model):
   model_total = sum(w.shape.num_elements() for w in model.trainable_weights)
   sparse_total = sum(t.total for t in tensors)
   sparse_active = sum(t.active for t in tensors)
-  flops = (flops_lib.flops_report(model)
-           if _tfmot.is_graph_network(model) else None)
+  flops = None
+  if _tfmot.is_graph_network(model):
+    try:
+      flops = flops_lib.flops_report(model)
+    except ValueError:  # Unknown spatial sizes: no FLOPs, the counts stand.
+      flops = None
   return SparsityReport(tensors, sparse_active, sparse_total,
                         model_total - inactive, model_total, flops)
