@@ -231,8 +231,12 @@ def apply_exported_structure(model, config, fresh_kernels):
                   FINAL_MASKS)
   for wrapper in wrappers:
     for kernel, mask in wrapper.sparse_weights:
-      value = (kernel.numpy() if config.initial_values == 'saved' else
-               fresh_kernels[kernel.name])
+      if config.initial_values == 'saved':
+        value = kernel.numpy()
+      else:  # Fresh values, scaled for the loaded mask as at build.
+        value = fresh_kernels[kernel.name]
+        if config.init_scale == 'sparse_fan_in':
+          value = value * tf_dsr.wrapper.initial_scale(mask).numpy()
       kernel.assign(value * mask.numpy())
 
 
@@ -315,7 +319,8 @@ class Static(Dense):
                model.get_layer(name).kernel.numpy() for name in sparse}
       model = tf_dsr.sparsify(
           model, config.sparsity, exclude=lambda layer: layer.name not in sparse,
-          seed=config.seed)
+          seed=config.seed, distribution=config.distribution,
+          erk_power_scale=config.erk_power_scale, init_scale=config.init_scale)
       if config.masks_from:
         apply_exported_structure(model, config, fresh)
       return Built(model)

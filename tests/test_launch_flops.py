@@ -14,6 +14,7 @@ import pytest
 from tf_dsr import keras
 
 from launch import runner
+from launch.errors import LaunchError
 
 ONE_STEP = ['epochs=1', 'steps_per_epoch=1', 'eval_steps=1', 'batch_size=2',
             'validation_freq=0']
@@ -59,3 +60,28 @@ def test_gradual_pruning_integrates_its_schedule():
   assert flops['training_multiplier'] == pytest.approx(
       1 - 1.4375 / 6 * 148_096 / 166_528)
   assert F_S <= flops['inference'] < F_D
+
+
+def test_erk_and_sparse_fan_in_reach_the_model_through_the_config():
+  # ERK on conv2 (3,3,16,32) and fc (32,10) at 0.5, budget 2,304 + 160 =
+  # 2,464: raw densities 54/4,608 and 42/320, eps = 2,464 / (54 + 42) = 25.7,
+  # so fc would get 3.4: it is dense (320) and conv2 keeps 2,464 - 320 =
+  # 2,144. f_S = 18,432 + 2,144*16*2 + 640 = 87,680.
+  flops = _run('small_cnn_digits_static', ONE_STEP + [
+      'distribution=erk', 'init_scale=sparse_fan_in'])
+  assert flops['inference'] == 87_680
+
+
+@pytest.mark.parametrize('name, override, match', [
+    ('small_cnn_digits_dense', 'distribution=erk',
+     "`distribution` must be 'uniform'.*'erk'"),
+    ('small_cnn_digits_prune', 'init_scale=sparse_fan_in',
+     "`init_scale` must be 'dense'.*'sparse_fan_in'"),
+    ('small_cnn_digits_dsr', 'distribution=ERK', "`distribution`.*'ERK'"),
+    ('small_cnn_digits_dsr', 'erk_power_scale=0.5',
+     '`erk_power_scale`.*0.5'),
+    ('small_cnn_digits_static', 'init_scale=fan_in', "`init_scale`.*'fan_in'"),
+])
+def test_sparse_init_fields_are_checked(name, override, match):
+  with pytest.raises(LaunchError, match=match):
+    runner.resolve(name, [override])
