@@ -258,6 +258,16 @@ class ExperimentConfig:
     return dataclasses.asdict(self)
 
 
+def default_settings():
+  """`{field: default}` (JSON form) of the fields that have a default."""
+  return json.loads(json.dumps({
+      f.name: f.default if f.default_factory is dataclasses.MISSING else
+              f.default_factory()
+      for f in dataclasses.fields(ExperimentConfig)
+      if f.default is not dataclasses.MISSING or
+      f.default_factory is not dataclasses.MISSING}))
+
+
 def _fail(field, value, expected):
   raise LaunchError(f'config field `{field}` must be {expected}, got {value!r}.')
 

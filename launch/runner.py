@@ -168,7 +168,8 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
     raise LaunchError('TensorBoard logs need the tensorboard package, which '
                       'TensorFlow >= 2.21 no longer installs: pip install '
                       'tensorboard.')
-  begin = run_dir.check_start(resume, settings) if run_dir else outputs.Start()
+  begin = (run_dir.check_start(resume, settings, configs.default_settings())
+           if run_dir else outputs.Start())
 
   strategy = strategy_lib.create(strategy, tpu)
   on_tpu = strategy_lib.is_tpu(strategy)

@@ -1,4 +1,4 @@
-"""FLOPs in the launcher's results.json, per method, on small_cnn and digits.
+"""The launcher's FLOPs (results.json, per method) and sparse-init fields.
 
 small_cnn on 8x8x1 images, counted by hand (2 FLOPs per multiply-add):
 - conv1 (dense in every method): 3*3*1*16 = 144 entries at 8*8 = 64
@@ -9,10 +9,14 @@ small_cnn on 8x8x1 images, counted by hand (2 FLOPs per multiply-add):
 f_D = 166,528; f_S at 0.5 = 92,480.
 """
 
+import json
+
 import pytest
 
 from tf_dsr import keras
 
+from launch import configs
+from launch import outputs
 from launch import runner
 from launch.errors import LaunchError
 
@@ -85,3 +89,20 @@ def test_erk_and_sparse_fan_in_reach_the_model_through_the_config():
 def test_sparse_init_fields_are_checked(name, override, match):
   with pytest.raises(LaunchError, match=match):
     runner.resolve(name, [override])
+
+
+def test_a_run_saved_before_the_sparse_init_fields_still_resumes(tmp_path):
+  run_dir = outputs.RunDir(str(tmp_path))
+  settings = json.loads(json.dumps(
+      runner.resolve('small_cnn_digits_dsr').to_dict()))
+  older = {k: v for k, v in settings.items()
+           if k not in configs.SPARSE_INIT_DEFAULTS}
+  run_dir.write_json(run_dir.config, {'config': 'small_cnn_digits_dsr',
+                                      'overrides': [], 'settings': older})
+  # No checkpoint yet, so the resume starts over once the configs agree.
+  assert run_dir.check_start(True, settings, configs.default_settings()) == (
+      outputs.Start())
+  erk = json.loads(json.dumps(runner.resolve(
+      'small_cnn_digits_dsr', ['distribution=erk']).to_dict()))
+  with pytest.raises(LaunchError, match="distribution: 'uniform' -> 'erk'"):
+    run_dir.check_start(True, erk, configs.default_settings())
