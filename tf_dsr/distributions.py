@@ -58,6 +58,9 @@ def validate(distribution, erk_power_scale):
 def raw_density(shape, distribution, erk_power_scale=1.0):
   """The unnormalised ER or ERK density of a kernel of `shape`."""
   shape = [int(d) for d in shape]
+  if len(shape) < 2:
+    raise ValueError(f'`distribution` {distribution!r} needs kernels of rank '
+                     f'>= 2, got one of shape {tuple(shape)}.')
   if distribution == 'erk':
     raw = sum(shape) / math.prod(shape)
   elif distribution == 'er':
