@@ -93,7 +93,7 @@ def sparse_active_count(model, arch, sparsity):
   active = trainable_count(model)
   for name in models.sparse_kernel_layers(model, arch):
     size = model.get_layer(name).kernel.shape.num_elements()
-    active -= size - max(1, round((1.0 - sparsity) * size))
+    active -= size - tf_dsr.distributions.uniform_count(size, sparsity)
   return active
 
 

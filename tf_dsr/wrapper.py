@@ -7,6 +7,7 @@ import zlib
 import tensorflow as tf
 
 from tf_dsr import _tfmot
+from tf_dsr import distributions
 
 keras = _tfmot.keras
 
@@ -32,7 +33,7 @@ def initial_mask(shape, sparsity, seed):
     A float32 tensor of `shape`.
   """
   size = int(tf.TensorShape(shape).num_elements())
-  num_active = max(1, int(round((1.0 - sparsity) * size)))
+  num_active = distributions.uniform_count(size, sparsity)
   keys = tf.random.stateless_uniform([size], seed)
   _, chosen = tf.math.top_k(keys, num_active, sorted=False)
   flat = tf.scatter_nd(chosen[:, None], tf.ones([num_active]), [size])
