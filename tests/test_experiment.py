@@ -148,3 +148,17 @@ def test_report_without_runs_is_an_error(tmp_path):
        f'--out={tmp_path}'], capture_output=True, text=True, cwd=REPO,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO))
   assert done.returncode == 2 and 'error: no finished run' in done.stderr
+
+
+def test_rows_from_runs_without_flops_show_a_dash():
+  # results.json written before FLOPs were recorded has no `flops`.
+  row = {'family': 'f', 'method': 'dense', 'variant': '', 'sparsity': 0.0,
+         'active': 10, 'mean': 0.5, 'std': 0.0, 'seeds': 1, 'seconds': 1.0,
+         'inference_flops': None, 'training_flops': None}
+  assert '| 10 | - | - | 50.00 ± 0.00 |' in experiment.format_table([row])
+  assert experiment._mean_flops(  # pylint: disable=protected-access
+      [{'flops': {'inference_fraction': 0.2}}, {}], 'inference_fraction') is None
+  assert experiment._mean_flops(  # pylint: disable=protected-access
+      [{'flops': {'inference_fraction': 0.2}},
+       {'flops': {'inference_fraction': 0.4}}],
+      'inference_fraction') == pytest.approx(0.3)
