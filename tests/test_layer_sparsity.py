@@ -114,6 +114,14 @@ class _TwoKernels(keras.layers.Layer, tfmot.sparsity.keras.PrunableLayer):
     return [self.a, self.b]
 
 
+def test_no_kernel_is_left_empty():
+  # Budget 1 + 1 = 2 (both uniform counts round up to the minimum 1). ERK
+  # targets 2*4/2004 = 0.004 and 2*2000/2004 = 1.996 round to 0 and 2; the
+  # empty kernel gets one entry from the other: 1, 1.
+  assert distributions.active_counts([(2, 2), (1000, 1000)], 0.9999995,
+                                     'erk') == [1, 1]
+
+
 def test_a_layer_with_two_kernels_gets_one_sparsity_each_and_round_trips():
   # The kernels of three_dense in one layer plus d3: 12, 19, 25 as above.
   inputs = keras.Input((4,))
