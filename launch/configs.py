@@ -555,6 +555,8 @@ _FAMILIES = {
                     learning_rate={0: 0.1, 30: 0.01, 60: 0.001, 90: 0.0001},
                     shuffle_buffer=10_000),
         sparsities=(0.8, 0.9),
+        # RigL's comparison: each method also with ERK layer densities.
+        erk=('rigl', 'snfs', 'snip', 'static', 'dsr'),
         schedule=dict(period={0: 1000, 25: 2000, 50: 4000, 75: 8000},
                       stop_epoch=95),
         methods={
@@ -631,7 +633,7 @@ _FAMILIES = {
 }
 
 
-def family_config(family, method, sparsity=None):
+def family_config(family, method, sparsity=None, distribution='uniform'):
   """The config of `family` (a key of `_FAMILIES`) and `method`.
 
   Args:
@@ -646,13 +648,16 @@ def family_config(family, method, sparsity=None):
   """
   spec = _FAMILIES[family]
   named = 'sparsities' in spec
+  tag = '' if distribution == 'uniform' else f'_{distribution}'
   if method == 'dense':
     sparsity, name = 0.0, f'{family}_dense'
   elif named:
-    name = f'{family}_{method}_s{sparsity:g}'
+    name = f'{family}_{method}{tag}_s{sparsity:g}'
   else:
-    sparsity, name = spec['sparsity'], f'{family}_{method}'
+    sparsity, name = spec['sparsity'], f'{family}_{method}{tag}'
   fields = copy.deepcopy(spec['fields'])
+  if distribution != 'uniform':
+    fields['distribution'] = distribution
   if method in reallocating():
     fields.update(copy.deepcopy(spec['schedule']))
     if method not in on_period():
@@ -678,6 +683,9 @@ def build_registry():
           if method in spec['methods'] or method not in reallocating():
             raise
           # A rule with a required option that has no value here.
+    for method in spec.get('erk', ()):
+      for sparsity in spec.get('sparsities', (None,)):
+        configs.append(family_config(family, method, sparsity, 'erk'))
   return {c.name: c for c in sorted(configs, key=lambda c: c.name)}
 
 

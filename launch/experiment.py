@@ -146,6 +146,11 @@ def _resnet50(out, family, methods, seeds):
               methods or _methods_of('resnet50_imagenet'), range(seeds or 1))
 
 
+# The `small` suite's ERK column: these methods again with ERK layer
+# densities (`distribution=erk`), as RigL's comparison does.
+SMALL_ERK_METHODS = ('static', 'rigl')
+
+
 def _small(out, family, methods, seeds):
   del out
   families = {'lenet_digits': (0.8, 0.9), 'small_cnn_digits': (0.5, 0.8)}
@@ -153,8 +158,11 @@ def _small(out, family, methods, seeds):
     families = {family: families[family]}
   runs = []
   for name, sparsities in families.items():
-    runs += grid({name: sparsities}, methods or _methods_of(name),
-                 range(seeds or 3))
+    chosen = methods or _methods_of(name)
+    runs += grid({name: sparsities}, chosen, range(seeds or 3))
+    runs += [cell(name, method, sparsity, seed, 'erk', ('distribution=erk',))
+             for seed in range(seeds or 3) for sparsity in sparsities
+             for method in SMALL_ERK_METHODS if method in chosen]
   return runs
 
 

@@ -401,9 +401,15 @@ class Snip(Static):
     with scope():
       model = build_dense(config, input_shape, num_classes)
       sparse = set(models.sparse_kernel_layers(model, config.arch))
+      # Global ranking (the paper's) for the uniform budget; per-layer
+      # budgets for another distribution.
+      layerwise = {} if config.distribution == 'uniform' else dict(
+          distribution=config.distribution,
+          erk_power_scale=config.erk_power_scale)
       model = tf_dsr.snip(model, config.sparsity, inputs, targets, loss(),
                           exclude=lambda layer: layer.name not in sparse,
-                          seed=config.seed)
+                          seed=config.seed, init_scale=config.init_scale,
+                          **layerwise)
       return Built(model)
 
   def attach(self, model, config, log_dir=None, verbose=True,
