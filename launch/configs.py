@@ -56,7 +56,9 @@ import sys
 import typing
 from typing import Any, Dict, Optional
 
+from tf_dsr import distributions as tf_dsr_distributions
 from tf_dsr import rules
+from tf_dsr import wrapper as tf_dsr_wrapper
 
 from launch.errors import LaunchError
 
@@ -86,9 +88,16 @@ def is_rule(method):
 
 
 def reallocating():
-  """The methods that move masks with a rule on a period: every rule but static."""
+  """The methods whose rule moves masks: every rule but the static ones."""
   return tuple(m for m in sorted(rules.REGISTRY)
-               if m != STATIC and m not in OWN_METHODS)
+               if not issubclass(rules.get_rule(m), rules.Static) and
+               m not in OWN_METHODS)
+
+
+def on_period():
+  """The reallocating methods that run on the config's `period` (not SNFS,
+  which reallocates at epoch ends)."""
+  return tuple(m for m in reallocating() if not rules.get_rule(m).at_epoch_end)
 
 
 def sparse_methods():
@@ -191,6 +200,13 @@ class ExperimentConfig:
     prune_frequency: 'prune' only: steps between mask updates.
     masks_from: 'static' only: a model_dir whose exported final masks
       (`final_masks.npz`) the run freezes instead of random ones.
+    distribution: the rules only: how the initial budget is spread over
+      the sparse kernels, 'uniform' (the paper's), 'er' or 'erk'
+      (`tf_dsr.sparsify`); the total active count is the same.
+    erk_power_scale: the rules with 'er' or 'erk' only: the power on the
+      raw densities (1 is the published rule).
+    init_scale: the rules only: 'dense' (the paper's) or 'sparse_fan_in'
+      (initial kernels times 1 / sqrt(density)).
     initial_values: 'random' (a fresh initialisation) or 'saved' (with
       `masks_from`: that run's initial values, `initial_weights.npz`).
     epochs: training epochs.
@@ -226,6 +242,9 @@ class ExperimentConfig:
   prune_end_epoch: Optional[int] = None
   prune_frequency: Optional[int] = None
   masks_from: Optional[str] = None
+  distribution: str = 'uniform'
+  erk_power_scale: float = 1.0
+  init_scale: str = 'dense'
   initial_values: str = 'random'
   epochs: int = 1
   batch_size: int = 32
@@ -247,6 +266,16 @@ class ExperimentConfig:
   def to_dict(self):
     """The config as JSON-friendly data (dict keys become strings in JSON)."""
     return dataclasses.asdict(self)
+
+
+def default_settings():
+  """`{field: default}` (JSON form) of the fields that have a default."""
+  return json.loads(json.dumps({
+      f.name: f.default if f.default_factory is dataclasses.MISSING else
+              f.default_factory()
+      for f in dataclasses.fields(ExperimentConfig)
+      if f.default is not dataclasses.MISSING or
+      f.default_factory is not dataclasses.MISSING}))
 
 
 def _fail(field, value, expected):
@@ -292,13 +321,19 @@ def method_fields():
   A rule's own settings are in `options` instead.
   """
   return {
-      'period': reallocating(),
+      'period': on_period(),
       'stop_epoch': reallocating(),
       'prune_begin_epoch': ('prune',),
       'prune_end_epoch': ('prune',),
       'prune_frequency': ('prune',),
       'masks_from': (STATIC,),
   }
+
+
+# Fields of the sparse initialisation, which only the rules use (through
+# `tf_dsr.sparsify`); other methods keep their defaults.
+SPARSE_INIT_DEFAULTS = {'distribution': 'uniform', 'erk_power_scale': 1.0,
+                        'init_scale': 'dense'}
 
 
 def applies(key, method):
@@ -314,6 +349,8 @@ def applies(key, method):
   fields = method_fields()
   if not explicit and name in fields:
     return method in fields[name]
+  if not explicit and name in SPARSE_INIT_DEFAULTS:
+    return is_rule(method)
   if not explicit and name == 'options':
     return bool(option_types(method))
   if not explicit and name in {f.name for f in dataclasses.fields(
@@ -362,6 +399,22 @@ def _check_options(c):
                'the step)')
 
 
+def _check_sparse_init(c):
+  """`distribution`, `erk_power_scale`, `init_scale`: valid, and set only for rules."""
+  if not is_rule(c.method):
+    for field, default in SPARSE_INIT_DEFAULTS.items():
+      if getattr(c, field) != default:
+        _fail(field, getattr(c, field), f'{default!r}: it applies only to the '
+              'reallocation rules')
+    return
+  try:
+    tf_dsr_distributions.validate(c.distribution, c.erk_power_scale)
+    tf_dsr_wrapper.validate_init_scale(c.init_scale)
+  except ValueError as error:
+    field = next(f for f in SPARSE_INIT_DEFAULTS if f'`{f}`' in str(error))
+    raise LaunchError(f'config field `{field}` is invalid: {error}') from None
+
+
 def _validate(c):
   """Raises LaunchError naming the first bad field of config `c`."""
   for field, choices in (('arch', ARCHS), ('dataset', DATASETS),
@@ -405,14 +458,16 @@ def _validate(c):
     if c.method not in owners and getattr(c, field) is not None:
       _fail(field, getattr(c, field), 'None: it applies only to method' +
             (f' {owners[0]!r}' if len(owners) == 1 else f's {list(owners)}'))
-  if c.method in reallocating():
+  if c.method in on_period():
     _check_by_epoch(c, 'period', lambda v: _is_int(v) and v > 0, 'steps > 0')
+  if c.method in reallocating():
     _check_int(c, 'stop_epoch', 0, optional=True)
   _check_options(c)
   if c.method == 'prune':
     _check_int(c, 'prune_begin_epoch', 0)
     _check_int(c, 'prune_end_epoch', c.prune_begin_epoch + 1)
     _check_int(c, 'prune_frequency', 1)
+  _check_sparse_init(c)
   if c.initial_values not in INITIAL_VALUES:
     _fail('initial_values', c.initial_values, f'one of {list(INITIAL_VALUES)}')
   if c.initial_values == 'saved' and c.masks_from is None:
@@ -442,6 +497,23 @@ def _validate(c):
 
 
 # ------------------------------------------------------------------ the registry
+def _GRADIENT_RULES(period):  # pylint: disable=invalid-name
+  """The published settings of RigL and SNFS, for every family.
+
+  RigL (Evci et al. 2020): drop fraction 0.3 annealed by cosine, an update
+  every `period` steps (100 in the paper), none in the last 25% of training
+  (the rule stops itself, so no `stop_epoch`). SNFS (Dettmers & Zettlemoyer
+  2019): prune rate 0.5 annealed by cosine over training, momentum 0.9, at
+  every epoch end. SNIP needs no settings.
+  """
+  return {
+      'rigl': dict(period={0: period}, stop_epoch=None, options=dict(
+          drop_fraction=0.3, schedule='cosine', end_fraction=0.75)),
+      'snfs': dict(stop_epoch=None, options=dict(
+          prune_rate=0.5, momentum=0.9, schedule='cosine')),
+  }
+
+
 # Per family: `fields` every method shares; `sparsities` (named `_s{s}`) or
 # one `sparsity` (no suffix); `schedule`, the `period` and `stop_epoch` of the
 # reallocating rules; `methods`, each method's own settings (a rule's
@@ -473,6 +545,7 @@ _FAMILIES = {
                           period={0: 1}, stop_epoch=None),
             'prune': dict(prune_begin_epoch=5, prune_end_epoch=100,
                           prune_frequency=100),
+            **_GRADIENT_RULES(period=100),
         }),
     # ResNet-50 on ImageNet (docs/algorithm.md section 5, right column). The paper's
     # thin baselines used width multipliers 0.54 (s0.8) and 0.46 (s0.9); the
@@ -485,6 +558,8 @@ _FAMILIES = {
                     learning_rate={0: 0.1, 30: 0.01, 60: 0.001, 90: 0.0001},
                     shuffle_buffer=10_000),
         sparsities=(0.8, 0.9),
+        # RigL's comparison: each method also with ERK layer densities.
+        erk=('rigl', 'snfs', 'snip', 'static', 'dsr'),
         schedule=dict(period={0: 1000, 25: 2000, 50: 4000, 75: 8000},
                       stop_epoch=95),
         methods={
@@ -496,6 +571,7 @@ _FAMILIES = {
                           period={0: 1}, stop_epoch=None),
             'prune': dict(prune_begin_epoch=2, prune_end_epoch=50,
                           prune_frequency=2000),
+            **_GRADIENT_RULES(period=100),
         }),
     # LeNet-300-100 on scikit-learn's 8x8 digits: the quick start (no
     # download). 1,347 training images, batch 32: 42 steps per epoch, 1,260
@@ -522,6 +598,7 @@ _FAMILIES = {
                           period={0: 1}, stop_epoch=None),
             'prune': dict(prune_begin_epoch=2, prune_end_epoch=20,
                           prune_frequency=10),
+            **_GRADIENT_RULES(period=20),
         }),
     # LeNet-300-100 on MNIST at sparsity 0.9 (266,200 sparse weights).
     'lenet_mnist': dict(
@@ -554,11 +631,12 @@ _FAMILIES = {
                           period={0: 1}, stop_epoch=None),
             'prune': dict(prune_begin_epoch=2, prune_end_epoch=20,
                           prune_frequency=10),
+            **_GRADIENT_RULES(period=10),
         }),
 }
 
 
-def family_config(family, method, sparsity=None):
+def family_config(family, method, sparsity=None, distribution='uniform'):
   """The config of `family` (a key of `_FAMILIES`) and `method`.
 
   Args:
@@ -573,15 +651,20 @@ def family_config(family, method, sparsity=None):
   """
   spec = _FAMILIES[family]
   named = 'sparsities' in spec
+  tag = '' if distribution == 'uniform' else f'_{distribution}'
   if method == 'dense':
     sparsity, name = 0.0, f'{family}_dense'
   elif named:
-    name = f'{family}_{method}_s{sparsity:g}'
+    name = f'{family}_{method}{tag}_s{sparsity:g}'
   else:
-    sparsity, name = spec['sparsity'], f'{family}_{method}'
+    sparsity, name = spec['sparsity'], f'{family}_{method}{tag}'
   fields = copy.deepcopy(spec['fields'])
+  if distribution != 'uniform':
+    fields['distribution'] = distribution
   if method in reallocating():
     fields.update(copy.deepcopy(spec['schedule']))
+    if method not in on_period():
+      fields.pop('period')
   fields.update(copy.deepcopy(spec['methods'].get(method, {})))
   return ExperimentConfig(name=name, method=method, sparsity=sparsity, **fields)
 
@@ -603,6 +686,9 @@ def build_registry():
           if method in spec['methods'] or method not in reallocating():
             raise
           # A rule with a required option that has no value here.
+    for method in spec.get('erk', ()):
+      for sparsity in spec.get('sparsities', (None,)):
+        configs.append(family_config(family, method, sparsity, 'erk'))
   return {c.name: c for c in sorted(configs, key=lambda c: c.name)}
 
 

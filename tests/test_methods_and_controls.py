@@ -49,9 +49,12 @@ def _train(name, extra=()):
 
 @pytest.mark.parametrize('method, extra', [
     ('static', []),
+    ('snip', []),
     ('set', ['period=5']),
     ('deepr', []),
     ('dsr', ['period=5']),
+    ('rigl', ['period=5']),
+    ('snfs', ['schedule=constant']),
 ])
 def test_sparse_methods_keep_masked_weights_zero_and_count_fixed(method, extra):
   model, initial, callbacks = _train(f'lenet_digits_{method}', extra)
@@ -63,14 +66,16 @@ def test_sparse_methods_keep_masked_weights_zero_and_count_fixed(method, extra):
   total = lambda masks: sum(int(m.sum()) for m in masks.values())
   assert total(final) == total(initial)
   moved = sum(int((final[k] != initial[k]).sum()) for k in final)
-  if method == 'static':
+  if method in ('static', 'snip'):
     assert moved == 0 and not callbacks
     return
   assert moved > 0  # The rule did move masks ...
   state = model.dynamic_sparsity_state
-  # ... after every 5th step (DSR, SET) or after every step (DeepR).
-  assert int(state.reallocations.numpy()) == (20 if method == 'deepr' else 4)
-  if method == 'set':  # SET keeps each tensor's count.
+  # ... after every 5th step (DSR, SET), after every step (DeepR), every 5th
+  # step until 75% of training (RigL: 5, 10), at the epoch's end (SNFS).
+  assert int(state.reallocations.numpy()) == {'deepr': 20, 'rigl': 2,
+                                              'snfs': 1}.get(method, 4)
+  if method in ('set', 'rigl'):  # SET and RigL keep each tensor's count.
     for key in final:
       assert final[key].sum() == initial[key].sum(), key
   if method == 'deepr':

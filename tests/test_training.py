@@ -158,13 +158,23 @@ def test_period_by_step_and_stop_step():
   assert [s.step for s in cb.history] == [5, 10, 12, 14]
 
 
-def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
+RESUMABLE = {
+    'dsr': dict(target_pruned=20, period=3),
+    # end_step given: without it each `fit` would set it from its own length.
+    'rigl': dict(method='rigl', period=3, end_step=40),
+    # Its dense-gradient momentum is state that the checkpoint must carry.
+    'snfs': dict(method='snfs', end_step=40),
+}
+
+
+@pytest.mark.parametrize('method', sorted(RESUMABLE))
+def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, method):
   tf.config.experimental.enable_op_determinism()
   x, y = tiny_data()
 
   def fresh():
     model = sparse_tiny_cnn(seed=4)
-    cb = tf_dsr.ReallocationCallback(target_pruned=20, period=3, seed=4)
+    cb = tf_dsr.ReallocationCallback(seed=4, **RESUMABLE[method])
     return model, cb
 
   model, cb = fresh()
@@ -172,6 +182,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
             callbacks=[cb])
   expected = masks_of(model)
   expected_h = float(model.dynamic_sparsity_state.threshold.numpy())
+  expected_weights = model.get_weights()
 
   model, cb = fresh()
   model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False,
@@ -187,10 +198,13 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path):
   model.fit(x, y, batch_size=8, epochs=4, initial_epoch=2, verbose=0,
             shuffle=False, callbacks=[cb])
   # The state was restored when the callback created it (deferred restore).
-  assert int(model.dynamic_sparsity_state.reallocations.numpy()) == 10
+  assert int(model.dynamic_sparsity_state.reallocations.numpy()) == {
+      'dsr': 10, 'rigl': 10, 'snfs': 4}[method]
   for a, b in zip(masks_of(model), expected):
     np.testing.assert_array_equal(a, b)
   assert float(model.dynamic_sparsity_state.threshold.numpy()) == expected_h
+  for a, b in zip(model.get_weights(), expected_weights):
+    np.testing.assert_array_equal(a, b)
 
 
 class _Preempted(Exception):

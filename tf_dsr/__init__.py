@@ -3,12 +3,16 @@
 Mostafa & Wang, ICML 2019, https://arxiv.org/abs/1902.05967.
 """
 
+from tf_dsr import distributions
+from tf_dsr import flops
 from tf_dsr import rules
 from tf_dsr._tfmot import keras
 from tf_dsr.callbacks import ReallocationCallback
 from tf_dsr.engine import collect_wrappers
 from tf_dsr.engine import ReallocationStats
 from tf_dsr.engine import Reallocator
+from tf_dsr.flops import flops_report
+from tf_dsr.flops import FlopsReport
 from tf_dsr.report import SparsityReport
 from tf_dsr.report import sparsity_report
 from tf_dsr.schedules import PeriodSchedule
@@ -23,12 +27,16 @@ __version__ = '0.1.0'
 __all__ = [
     'DynamicSparseWrapper',
     'DynamicSparsityState',
+    'FlopsReport',
     'PeriodSchedule',
     'ReallocationCallback',
     'ReallocationStats',
     'Reallocator',
     'SparsityReport',
     'collect_wrappers',
+    'distributions',
+    'flops',
+    'flops_report',
     'keras',
     'rules',
     'snip',

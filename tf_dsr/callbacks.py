@@ -32,6 +32,12 @@ class ReallocationCallback(keras.callbacks.Callback):
   number of reallocations, the step of the last one) lives in variables of
   the model, so checkpoints carry it and a resumed run continues exactly.
 
+  Rules with `at_epoch_end` (SNFS) reallocate at the end of every epoch
+  instead of on `period`. For rules that grow by the dense gradient (RigL),
+  the callback records it in the step before each reallocation; for rules
+  whose schedule spans training (RigL, SNFS) without an `end_step`, it sets
+  one from the fit's epochs and steps per epoch.
+
   With `steps_per_execution = k > 1` the callback sees every k-th step: a
   reallocation due within an execution runs once at its end (see
   `tf_dsr.schedules`); choose P as a multiple of k to avoid any rounding.
@@ -57,7 +63,8 @@ class ReallocationCallback(keras.callbacks.Callback):
       and writes included (TPUs need it); the flat core always is. None
       chooses per device (`tf_dsr.engine.default_jit_compile`).
     method: the rule: a name of `tf_dsr.rules.REGISTRY` ('dsr', the default;
-      'set', 'deepr', 'static') or a `tf_dsr.rules.Rule` object.
+      'set', 'deepr', 'rigl', 'snfs', 'snip', 'static') or a
+      `tf_dsr.rules.Rule` object.
     **options: the rule's options, checked here (for 'dsr': `target_pruned`,
       `tolerance`, `initial_threshold`; for 'set': `drop_fraction` or
       `target_pruned`; for 'deepr': `alpha`, `temperature`, `learning_rate`,
@@ -109,6 +116,12 @@ class ReallocationCallback(keras.callbacks.Callback):
           model, self.rule, seed=self.seed, jit_compile=self.jit_compile)
 
   def on_train_begin(self, logs=None):
+    params = self.params or {}
+    if params.get('epochs') and params.get('steps'):
+      rule = self.rule.for_training(params['epochs'] * params['steps'])
+      if rule is not self.rule:
+        # Only the Python-side schedule changes (`end_step`): no retrace.
+        self.rule = self.reallocator.rule = rule
     if self.log_dir and self._writer is None:
       self._writer = tf.summary.create_file_writer(self.log_dir)
     # Rules that grow by gradient hook the forward pass; make the hook now if

@@ -149,7 +149,8 @@ class Reallocator:
   Args:
     model: a tf_keras model containing `DynamicSparseWrapper` layers.
     method: a rule name of `tf_dsr.rules.REGISTRY` ('dsr', the default;
-      'set', 'deepr', 'static'), or a `tf_dsr.rules.Rule` object.
+      'set', 'deepr', 'rigl', 'snfs', 'snip', 'static'), or a
+      `tf_dsr.rules.Rule` object.
     seed: integer seed of the reallocations' random streams.
     optimizer: the optimizer whose per-weight state is reset wherever a
       weight is dropped or regrown; defaults to `model.optimizer` at the time

@@ -1,9 +1,10 @@
 """sparsity_report: per-layer and total active / total counts."""
 
 import dataclasses
-from typing import List
+from typing import List, Optional
 
 from tf_dsr import _tfmot
+from tf_dsr import flops as flops_lib
 from tf_dsr import strip
 
 keras = _tfmot.keras
@@ -32,12 +33,16 @@ class SparsityReport:
     model_active: active trainable parameters of the whole model (every
       unmasked parameter counts as active).
     model_total: trainable parameters of the whole model.
+    flops: the model's inference FLOPs, sparse and dense
+      (`tf_dsr.flops_report`); None for a model without a graph of layer
+      calls (subclassed) or with unknown spatial sizes.
   """
   tensors: List[TensorCount]
   sparse_active: int
   sparse_total: int
   model_active: int
   model_total: int
+  flops: Optional[flops_lib.FlopsReport] = None
 
   def __str__(self):
     width = max([len(t.name) for t in self.tensors] + [len('total sparse')])
@@ -51,6 +56,9 @@ class SparsityReport:
     lines.append(f'{"whole model":<{width}} {self.model_active:>12,} '
                  f'{self.model_total:>12,} '
                  f'{self.model_active / max(self.model_total, 1):>8.4f}')
+    if self.flops is not None:
+      lines.append(f'{"inference FLOPs":<{width}} {self.flops.sparse:>12,} '
+                   f'{self.flops.dense:>12,} {self.flops.fraction:>8.4f}')
     return '\n'.join(lines)
 
 
@@ -69,7 +77,9 @@ def sparsity_report(model):
     model: a built tf_keras model with tf_dsr and/or tfmot wrappers.
 
   Returns:
-    A `SparsityReport`; `print(report)` shows a table.
+    A `SparsityReport`; `print(report)` shows a table. Its `flops` holds
+    the inference FLOPs per example (sparse, dense and their ratio;
+    `tf_dsr.flops_report`) for a Sequential or functional model.
   """
   if not _tfmot.is_tf_keras_object(model) or not isinstance(model, keras.Model):
     raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
@@ -88,5 +98,11 @@ def sparsity_report(model):
   model_total = sum(w.shape.num_elements() for w in model.trainable_weights)
   sparse_total = sum(t.total for t in tensors)
   sparse_active = sum(t.active for t in tensors)
+  flops = None
+  if _tfmot.is_graph_network(model):
+    try:
+      flops = flops_lib.flops_report(model)
+    except ValueError:  # Unknown spatial sizes: no FLOPs, the counts stand.
+      flops = None
   return SparsityReport(tensors, sparse_active, sparse_total,
-                        model_total - inactive, model_total)
+                        model_total - inactive, model_total, flops)

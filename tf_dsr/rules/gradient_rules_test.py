@@ -88,9 +88,17 @@ def test_rigl_cosine_schedule_and_options():
   constant = tf_dsr.rules.make('rigl', schedule='constant', drop_fraction=0.2)
   assert constant.call_inputs(10**6, None)['drop_fraction'] == 0.2
   assert constant.stop_step is None
-  with pytest.raises(ValueError, match=r"`end_step` is needed with "
-                     r"schedule='cosine'"):
-    tf_dsr.rules.make('rigl')
+  # Without end_step, the callback sets it from the fit's length.
+  open_ended = tf_dsr.rules.make('rigl')
+  assert open_ended.stop_step is None
+  with pytest.raises(ValueError, match=r"RigL's cosine schedule needs "
+                     r"`end_step`"):
+    open_ended.call_inputs(5, None)
+  assert open_ended.for_training(1000).end_step == 750
+  assert rule.for_training(1000) is rule and constant.for_training(9).end_step \
+      == 6
+  with pytest.raises(ValueError, match=r'`end_fraction` must be .* got 0'):
+    tf_dsr.rules.make('rigl', end_fraction=0)
   with pytest.raises(ValueError, match=r"`schedule` must be one of .*'linear'"):
     tf_dsr.rules.make('rigl', schedule='linear', end_step=5)
   with pytest.raises(ValueError, match=r'`end_step` must be .* got 0'):
@@ -160,7 +168,7 @@ def test_recorder_holds_the_dense_gradient_of_the_step_before_an_update():
   weights_before = len(model.weights)
   kernel, mask = k.numpy(), m.numpy()
   cb = tf_dsr.ReallocationCallback(method='rigl', schedule='constant',
-                                   drop_fraction=0.25, period=2)
+                                   drop_fraction=0.25, period=2, end_step=100)
   model.fit(x, t, batch_size=4, epochs=1, shuffle=False, verbose=0,
             callbacks=[cb])
   assert [s.step for s in cb.history] == [2]
@@ -188,10 +196,11 @@ def test_rigl_in_fit_keeps_counts_and_zeros_and_traces_once():
   counts = lambda: [int(m.numpy().sum()) for w in tf_dsr.collect_wrappers(model)
                     for _, m in w.sparse_weights]
   before = counts()
-  cb = tf_dsr.ReallocationCallback(method='rigl', end_step=6, period=1)
+  cb = tf_dsr.ReallocationCallback(method='rigl', period=1)
   model.fit(np.tile(x, (4, 1)), np.tile(t, (4, 1)), batch_size=4, epochs=1,
             verbose=0, callbacks=[cb])
-  # Updates at steps 1..5 (none from end_step 6 on); 16 and 8 active:
+  # 8 steps: end_step = 0.75 * 8 = 6 (set by the callback), so updates at
+  # steps 1..5; 16 and 8 active:
   # floor(f * 16) + floor(f * 8) with f = 0.15 (1 + cos(pi t / 6)).
   fractions = [0.15 * (1 + np.cos(np.pi * s / 6)) for s in range(1, 6)]
   assert [s.step for s in cb.history] == [1, 2, 3, 4, 5]
@@ -236,8 +245,9 @@ def test_snfs_in_fit_reallocates_at_epoch_ends():
   total = lambda: sum(int(m.numpy().sum()) for w in tf_dsr.collect_wrappers(
       model) for _, m in w.sparse_weights)
   before = total()
-  cb = tf_dsr.ReallocationCallback(method='snfs', end_step=6)
+  cb = tf_dsr.ReallocationCallback(method='snfs')  # end_step: all 6 steps.
   model.fit(x, t, batch_size=4, epochs=3, verbose=0, callbacks=[cb])
+  assert cb.rule.end_step == 6
   assert [s.step for s in cb.history] == [2, 4, 6]
   # ceil(p * a) per tensor with p = 0.25 (1 + cos(pi t / 6)); at step 6 p = 0.
   assert cb.history[0].pruned == 2 * 0 + int(np.ceil(0.375 * 16)) + int(
@@ -330,3 +340,43 @@ def test_select_largest_matches_a_sort_on_random_ties():
       expected = np.zeros(len(v), bool)
       expected[index[order[:c]]] = True
       np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_snip_with_a_distribution_ranks_within_each_kernel():
+  rng = np.random.default_rng(4)
+  inputs = keras.Input((6,))
+  hidden = keras.layers.Dense(8, name='a', use_bias=False)(inputs)
+  model = keras.Model(inputs, keras.layers.Dense(3, name='b',
+                                                 use_bias=False)(hidden))
+  model.get_layer('b').kernel.assign(model.get_layer('b').kernel * 1e-4)
+  initial = [v.numpy() for v in model.trainable_variables]
+  x = rng.normal(size=(16, 6)).astype('float32')
+  y = rng.integers(0, 3, 16)
+  loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  with tf.GradientTape() as tape:
+    value = loss(y, model(x))
+  scores = [np.abs(g.numpy() * v.numpy()).ravel() for g, v in zip(
+      tape.gradient(value, model.trainable_variables),
+      model.trainable_variables)]
+  sparse = tf_dsr.snip(model, 0.75, x, y, loss, distribution='uniform',
+                       init_scale='sparse_fan_in')
+  pairs = [p for w in tf_dsr.collect_wrappers(sparse) for p in w.sparse_weights]
+  # Uniform budgets 12 of 48 and 6 of 24, each the kernel's own top entries,
+  # scaled by 1 / sqrt(density) = 2.
+  for (kernel, mask), score, value, count in zip(pairs, scores, initial,
+                                                 (12, 6)):
+    chosen = mask.numpy().ravel() > 0
+    assert chosen.sum() == count
+    assert score[chosen].min() >= score[~chosen].max()
+    np.testing.assert_allclose(kernel.numpy(), 2.0 * value * mask.numpy(),
+                               rtol=1e-6)
+
+
+def test_training_flops_of_the_gradient_rules():
+  # f_S = 1, f_D = 10, an update every 100 steps.
+  rigl = tf_dsr.rules.make('rigl')
+  assert rigl.training_flops(1.0, 10.0, 100) == pytest.approx(
+      (3 * 100 + 2 + 10) / 101)
+  assert rigl.training_flops(1.0, 10.0, float('inf')) == 3.0
+  assert tf_dsr.rules.make('snfs').training_flops(1.0, 10.0, 5) == 12.0
+  assert tf_dsr.rules.make('snip').training_flops(1.0, 10.0, 5) == 3.0

@@ -6,6 +6,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tf_dsr import flops
 from tf_dsr import reallocation
 from tf_dsr.rules import base
 from tf_dsr.rules import rigl
@@ -37,7 +38,10 @@ class SNFS(base.Rule):
     prune_rate: p in (0, 1).
     momentum: decay of the dense-gradient momentum, in [0, 1).
     schedule: 'cosine' or 'constant'.
-    end_step: the last training step (needed for 'cosine').
+    end_step: the step where p reaches 0. None: `ReallocationCallback` sets
+      it to `end_fraction` of the fit's total steps; a custom loop must give
+      it for 'cosine'.
+    end_fraction: see `end_step`, in (0, 1].
   """
   name = 'snfs'
   label = 'SNFS'
@@ -47,17 +51,25 @@ class SNFS(base.Rule):
   momentum: float = 0.9
   schedule: str = 'cosine'
   end_step: Optional[int] = None
+  end_fraction: float = 1.0
 
   def __post_init__(self):
     base.check_number('prune_rate', self.prune_rate, low=0, high=1,
                       low_open=True, high_open=True)
     base.check_number('momentum', self.momentum, low=0, high=1,
                       high_open=True)
-    rigl.check_schedule(self.schedule, self.end_step)
+    rigl.check_schedule(self.schedule, self.end_step, self.end_fraction)
 
   @property
   def gradient_momentum(self):
     return float(self.momentum)
+
+  def for_training(self, total_steps):
+    return rigl.with_end_step(self, total_steps)
+
+  def training_flops(self, sparse_flops, dense_flops, period):
+    del period  # The momentum needs the dense gradient at every step.
+    return flops.snfs_training_flops(sparse_flops, dense_flops)
 
   def expected_regrowth(self, layout):
     del layout
@@ -66,7 +78,7 @@ class SNFS(base.Rule):
   def call_inputs(self, step, optimizer):
     del optimizer
     return {'prune_rate': rigl.decayed(self.prune_rate, self.schedule, step,
-                                       self.end_step)}
+                                       self.end_step, self.label)}
 
   def drop(self, inputs):
     layout, active = inputs.layout, inputs.active
