@@ -159,16 +159,18 @@ class Built:
 
 
 def freeze_masks(model):
-  """Static sparse training: bind the model's wrappers to masks that never move.
+  """Static sparse training: a callback that keeps the masks where they are.
 
-  A static `tf_dsr.Reallocator` marks the wrappers as managed (so training is
-  allowed) and attaches the state to the model; nothing ever calls it, as it
-  would change nothing.
+  `fit` on a model with wrappers needs a `tf_dsr.ReallocationCallback`; the
+  static rule with `stop_step=0` never reallocates, so the masks stay as
+  built. It also attaches the state to the model.
 
   Returns:
-    The reallocator (kept only so that callers may inspect it).
+    The callback, to pass to `fit`.
   """
-  return tf_dsr.Reallocator(model, method='static')
+  callback = tf_dsr.ReallocationCallback(method='static', stop_step=0)
+  callback.set_model(model)
+  return callback
 
 
 # What a run exports for the controls (see `launch.outputs`).
@@ -304,8 +306,7 @@ class Static(Dense):
   def attach(self, model, config, log_dir=None, verbose=True,
              steps_per_epoch=None):
     del config, log_dir, verbose, steps_per_epoch
-    freeze_masks(model)
-    return []
+    return [freeze_masks(model)]
 
 
 class DynamicSparse(Static):

@@ -7,17 +7,15 @@ import zlib
 import tensorflow as tf
 
 from tf_dsr import _tfmot
+from tf_dsr import state as state_lib
+from tf_dsr import validation
 
 keras = _tfmot.keras
 
 
 def validate_sparsity(sparsity, argument='sparsity'):
-  """Raises ValueError unless `sparsity` is a number in [0, 1)."""
-  if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-    raise ValueError(
-        f'`{argument}` must be a number in [0, 1), got {sparsity!r}.')
-  if not 0.0 <= sparsity < 1.0:
-    raise ValueError(f'`{argument}` must be in [0, 1), got {sparsity!r}.')
+  """Raises ValueError unless `sparsity` is a (Python or NumPy) number in [0, 1)."""
+  validation.check_number(argument, sparsity, low=0, high=1, high_open=True)
 
 
 def initial_mask(shape, sparsity, seed):
@@ -110,18 +108,19 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
           'in tfmot\'s prune registry and does not implement '
           '`get_prunable_weights`; there is nothing to make sparse.')
     validate_sparsity(sparsity)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-      raise ValueError(f'`seed` must be an int, got {seed!r}.')
+    seed = validation.check_int('seed', seed)
     kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
     super().__init__(layer, **kwargs)
     self.sparsity = float(sparsity)
     self.seed = seed
     self._sparse_weights = []
     self._substitution_targets = []
+    self._state_variables = None
     self._call_takes_training = (
         'training' in inspect.signature(layer.call).parameters)
-    # Set by a Reallocator; training a wrapper nothing reallocates is an error.
-    self._reallocation_bound = False
+    # Shared by the wrappers of one model (`tf_dsr.binding`): who moves the
+    # masks. Training a wrapper that nothing moves is an error.
+    object.__setattr__(self, '_binding', None)
     # As tfmot does: let the first layer of a Sequential model keep its input
     # shape when wrapped.
     if not hasattr(self, '_batch_input_shape') and hasattr(
@@ -135,6 +134,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       raise ValueError(
           f'Layer {self.layer.name!r} ({type(self.layer).__name__}) has no prunable '
           'weight once built; there is nothing to make sparse.')
+    self._state_variables = state_lib.add_variables(self)
     layer_key = zlib.crc32(self.layer.name.encode('utf-8')) & 0x7FFFFFFF
     for index, kernel in enumerate(kernels):
       dtype = getattr(kernel, 'true_dtype', kernel.dtype)
@@ -162,14 +162,24 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     """List of `(kernel, mask)` variable pairs, one per sparse kernel."""
     return list(self._sparse_weights)
 
+  @property
+  def state_variables(self):
+    """The DSR state variables this wrapper carries (see `tf_dsr.state`)."""
+    if self._state_variables is None:
+      raise ValueError(f'Layer {self.name!r} is not built yet.')
+    return dict(self._state_variables)
+
   def call(self, inputs, training=None, **kwargs):
-    if training is True and not self._reallocation_bound:
-      raise ValueError(
-          f'{self.name!r} is being trained, but no `tf_dsr.ReallocationCallback` or '
-          '`tf_dsr.Reallocator` is attached to its model, so its mask would never '
-          'move (silently static sparse training). Pass '
-          '`callbacks=[tf_dsr.ReallocationCallback(...)]` to `fit`, or create a '
-          '`tf_dsr.Reallocator(model, ...)` (or a static one) before training.')
+    if training is True and not _tfmot.keras_is_saving():
+      if self._binding is None:
+        raise ValueError(
+            f'{self.name!r} is being trained, but no '
+            '`tf_dsr.ReallocationCallback` or `tf_dsr.Reallocator` is attached '
+            'to its model, so its mask would never move (silently static sparse '
+            'training). Pass `callbacks=[tf_dsr.ReallocationCallback(...)]` to '
+            '`fit`, or create a `tf_dsr.Reallocator(model, ...)` for a custom '
+            'training loop.')
+      self._binding.check_training(self.name)
     substitutions = []
     for (owner, name), (kernel, mask) in zip(self._substitution_targets,
                                              self._sparse_weights):
