@@ -73,7 +73,7 @@ def test_optimizer_state_is_zeroed_exactly_where_entries_moved():
   optimizer.build(model.trainable_variables)
   slot, = tf_dsr.engine.optimizer_state.slot_variables(optimizer, kernel)
   slot.assign(tf.fill(slot.shape, 5.0))
-  tf_dsr.Reallocator(model, optimizer=False, target_pruned=2, optimizer=optimizer).reallocate()
+  tf_dsr.Reallocator(model, target_pruned=2, optimizer=optimizer).reallocate()
   new = _flat(mask)
   # Entries 1 and 4 pruned, 3 and 6 regrown (the only free ones): their
   # momentum is 0; every kept entry keeps its momentum.
@@ -148,7 +148,7 @@ def test_a_non_finite_weight_changes_nothing_and_names_the_layer():
     (lambda m: tf_dsr.Reallocator(m, optimizer=False), "needs the option.*'target_pruned'"),
     (lambda m: tf_dsr.Reallocator(m, optimizer=False, method='static', target_pruned=5),
      r"'static' takes no option 'target_pruned'.*\[\]"),
-    (lambda m: tf_dsr.Reallocator(m, optimizer=False, tf_dsr.rules.DSR(5), tolerance=0.2),
+    (lambda m: tf_dsr.Reallocator(m, optimizer=False, method=tf_dsr.rules.DSR(5), tolerance=0.2),
      'set them on the rule'),
 ])
 def test_options_are_checked_when_the_reallocator_is_made(make, pattern):
