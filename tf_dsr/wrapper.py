@@ -7,6 +7,7 @@ import zlib
 import tensorflow as tf
 
 from tf_dsr import _tfmot
+from tf_dsr import binding as binding_lib
 from tf_dsr import state as state_lib
 from tf_dsr import validation
 
@@ -171,15 +172,9 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
 
   def call(self, inputs, training=None, **kwargs):
     if training is True and not _tfmot.keras_is_saving():
-      if self._binding is None:
-        raise ValueError(
-            f'{self.name!r} is being trained, but no '
-            '`tf_dsr.ReallocationCallback` or `tf_dsr.Reallocator` is attached '
-            'to its model, so its mask would never move (silently static sparse '
-            'training). Pass `callbacks=[tf_dsr.ReallocationCallback(...)]` to '
-            '`fit`, or create a `tf_dsr.Reallocator(model, ...)` for a custom '
-            'training loop.')
-      self._binding.check_training(self.name)
+      # Raises unless a callback (in `fit`) or a Reallocator (in a custom
+      # loop) moves this model's masks.
+      (self._binding or binding_lib.Binding()).check_training(self.name)
     substitutions = []
     for (owner, name), (kernel, mask) in zip(self._substitution_targets,
                                              self._sparse_weights):
