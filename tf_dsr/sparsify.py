@@ -1,6 +1,7 @@
 """sparsify: wrap the prunable layers of a model, layer or list for DSR."""
 
 from tf_dsr import _tfmot
+from tf_dsr import validation
 from tf_dsr.wrapper import DynamicSparseWrapper
 from tf_dsr.wrapper import validate_sparsity
 
@@ -65,8 +66,7 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0):
       prunable kernel, or an object that is not a tf_keras layer or model.
   """
   validate_sparsity(sparsity)
-  if isinstance(seed, bool) or not isinstance(seed, int):
-    raise ValueError(f'`seed` must be an int, got {seed!r}.')
+  seed = validation.check_int('seed', seed)
   if exclude is None:
     excluded = lambda layer: False
   elif callable(exclude):
