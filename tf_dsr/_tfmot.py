@@ -8,6 +8,7 @@ wrappers all share one Keras. Every other module imports Keras from here.
 import importlib
 import sys
 
+import tensorflow as tf
 from tensorflow.python.framework import ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow_model_optimization.python.core.keras.compat import keras
 from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer
@@ -25,6 +26,13 @@ EXTRA_PRUNABLE_WEIGHTS = {
 }
 if hasattr(keras.layers, 'DepthwiseConv1D'):
   EXTRA_PRUNABLE_WEIGHTS[keras.layers.DepthwiseConv1D] = ('depthwise_kernel',)
+
+
+# Layers that tfmot's registry lists but that create their kernels only when
+# first called (not in `build`), so a wrapper rebuilt from a config (by
+# `keras.models.load_model`) cannot find them, and whose call takes several
+# tensors. tf_dsr refuses to wrap them.
+KERNELS_CREATED_ON_CALL = (keras.layers.MultiHeadAttention,)
 
 
 def is_tf_keras_object(obj):
@@ -108,6 +116,7 @@ def may_have_prunable_weights(layer):
 _KERAS_TRAIN_FUNCTION = 'train_function'
 
 
+@tf.autograph.experimental.do_not_convert
 def in_keras_train_function():
   """True inside Keras's train step (`fit`, `train_on_batch`).
 
@@ -132,15 +141,18 @@ def in_keras_train_function():
   return False
 
 
+_base_layer_utils = importlib.import_module(
+    keras.__name__.split('.')[0] + '.src.engine.base_layer_utils')
+
+
+@tf.autograph.experimental.do_not_convert
 def keras_is_saving():
   """True while Keras traces a layer's call to save it (SavedModel export).
 
   Keras traces `call(training=True)` too when it writes a SavedModel; that
   is not training.
   """
-  utils = importlib.import_module(
-      keras.__name__.split('.')[0] + '.src.engine.base_layer_utils')
-  return bool(utils.call_context().saving)
+  return bool(_base_layer_utils.call_context().saving)
 
 
 def forget_train_function(model):

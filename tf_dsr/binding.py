@@ -9,10 +9,13 @@ wrappers of one model share one `Binding`, which the callback and the
 called in training mode (when Keras traces its train step, or at every step
 when it runs eagerly).
 
-Contract shared by this file: no TensorFlow ops; plain Python bookkeeping.
+Contract shared by this file: no TensorFlow ops; plain Python bookkeeping
+(run while a step is traced, never converted by autograph).
 """
 
 import weakref
+
+import tensorflow as tf
 
 from tf_dsr import _tfmot
 
@@ -76,6 +79,7 @@ class Binding:
       self.callback = None
       self.fit_params = None
 
+  @tf.autograph.experimental.do_not_convert
   def check_training(self, layer_name):
     """Raises ValueError unless something moves the masks of this training.
 

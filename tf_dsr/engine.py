@@ -298,8 +298,8 @@ class Reallocator:
         raise ValueError(
             f'Layer {wrapper.name!r} is not built; build the model (call it on '
             'data or give it an input shape) before reallocating.')
-      for kernel, mask in wrapper.sparse_weights:
-        name = f'{wrapper.name}/{kernel.name.split("/")[-1].split(":")[0]}'
+      for name, (kernel, mask) in zip(wrapper.sparse_names,
+                                      wrapper.sparse_weights):
         tensors.append((name, kernel, mask))
     return tensors
 

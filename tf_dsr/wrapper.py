@@ -103,6 +103,13 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       raise ValueError(
           f'`layer` must be a single layer, got the model {layer.name!r}; use '
           '`tf_dsr.sparsify(model, ...)` to wrap the layers of a model.')
+    if isinstance(layer, _tfmot.KERNELS_CREATED_ON_CALL):
+      raise ValueError(
+          f'`layer` {layer.name!r} ({type(layer).__name__}) creates its kernels '
+          'only when first called, not when built, so a model holding it '
+          'wrapped could not be loaded from a saved config. tf_dsr does not '
+          'wrap it; keep it dense (`tf_dsr.sparsify(..., '
+          f'exclude=[{layer.name!r}])`).')
     if not _tfmot.may_have_prunable_weights(layer):
       raise ValueError(
           f'`layer` {layer.name!r} ({type(layer).__name__}) has no prunable kernel '
@@ -162,6 +169,26 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   def sparse_weights(self):
     """List of `(kernel, mask)` variable pairs, one per sparse kernel."""
     return list(self._sparse_weights)
+
+  @property
+  def sparse_names(self):
+    """One name per sparse kernel, `<wrapper>/<kernel>`, unique in the model.
+
+    The kernel part is the attribute that holds the kernel (`kernel` for a
+    Dense or Conv layer, `kernel` and `recurrent_kernel` for an LSTM), led
+    by the sublayer that owns it when that is needed to tell this layer's
+    kernels apart (`first/kernel`, `second/kernel`). Stats, the sparsity
+    report and TensorBoard use these names.
+    """
+    paths = [[name.lstrip('_')] if owner is self.layer else
+             [owner.name, name.lstrip('_')]
+             for owner, name in self._substitution_targets]
+    tails = [path[-1] for path in paths]
+    if len(set(tails)) != len(tails):
+      tails = ['/'.join(path) for path in paths]
+    if len(set(tails)) != len(tails):
+      tails = [f'{tail}_{i}' for i, tail in enumerate(tails)]
+    return [f'{self.name}/{tail}' for tail in tails]
 
   @property
   def state_variables(self):
