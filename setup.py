@@ -23,6 +23,7 @@ setuptools.setup(
         'matplotlib>=3.7',
     ],
     extras_require={
-        'test': ['pytest>=7', 'pytest-timeout>=2.1', 'pytest-xdist>=3.5'],
+        'test': ['pytest>=7', 'pytest-timeout>=2.1', 'pytest-xdist>=3.5',
+                 'hypothesis>=6'],
     },
 )

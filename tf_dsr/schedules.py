@@ -43,7 +43,7 @@ class PeriodSchedule:
   """
 
   def __init__(self, period, unit='epoch'):
-    if unit not in _UNITS:
+    if not isinstance(unit, str) or unit not in _UNITS:
       raise ValueError(f'`unit` must be one of {_UNITS}, got {unit!r}.')
     if _is_int(period):
       pieces = {0: period}

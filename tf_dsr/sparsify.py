@@ -75,9 +75,14 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0):
     raise ValueError(
         f'`exclude` must be a list of layer names or a callable, got the string '
         f'{exclude!r}; write [{exclude!r}].')
-  else:
+  elif isinstance(exclude, (list, tuple, set, frozenset)) and all(
+      isinstance(name, str) for name in exclude):
     names = set(exclude)
     excluded = lambda layer: layer.name in names
+  else:
+    raise ValueError(
+        f'`exclude` must be a list of layer names or a callable, got '
+        f'{exclude!r}.')
 
   def wrap(layer):
     return DynamicSparseWrapper(layer, sparsity=sparsity, seed=seed)

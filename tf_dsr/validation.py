@@ -48,16 +48,22 @@ def check_number(argument, value, *, low=None, high=None, low_open=False,
                      f'{" or None" if optional else ""}, got {value!r}.')
 
 
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+
+
 def check_int(argument, value, *, low=None, optional=False):
   """Raises ValueError naming `argument` unless `value` is an int >= `low`.
+
+  Every int tf_dsr takes ends up in an int64 tensor, so it must fit one.
 
   Returns:
     The value as a Python int (or None when optional and None).
   """
   if value is None and optional:
     return None
-  if not is_int(value) or (low is not None and value < low):
-    what = 'an int' if low is None else f'an int >= {low}'
+  low = INT64_MIN if low is None else low
+  if not is_int(value) or not low <= value <= INT64_MAX:
+    what = ('an int64' if low == INT64_MIN else f'an int64 >= {low}')
     raise ValueError(f'`{argument}` must be {what}'
                      f'{" or None" if optional else ""}, got {value!r}.')
   return int(value)
