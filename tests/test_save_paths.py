@@ -259,3 +259,29 @@ def test_keras_file_continued_in_a_new_process(tmp_path):
   outcome['weights'] = arrays[num_masks:]
   outcome['steps'] = [s.step for s in first.history] + outcome['steps']
   _assert_same(outcome, expected)
+
+
+def test_deepr_signs_refuse_the_keras_formats_and_resume_from_tf_format(
+    tmp_path):
+  tf.config.experimental.enable_op_determinism()
+
+  def deepr():
+    return tf_dsr.ReallocationCallback(method='deepr', period=1, seed=4,
+                                       alpha=1e-3, temperature=1e-6)
+
+  model, cb = _model(True), deepr()
+  _fit(model, [cb], 0, 1)
+  for name in ('m.keras', 'w.weights.h5'):
+    with pytest.raises(ValueError, match=r"\['sign'\].*TensorFlow format"):
+      if name.endswith('.keras'):
+        model.save(str(tmp_path / name))
+      else:
+        model.save_weights(str(tmp_path / name))
+  model.save_weights(str(tmp_path / 'w'))
+  expected_signs = [v.numpy() for v in model.dynamic_sparsity_state.sign]
+  fresh, second = _model(True), deepr()
+  fresh.load_weights(str(tmp_path / 'w'))
+  _fit(fresh, [second], 1, 1)  # No step: the signs are created and restored.
+  second.reallocator._auxiliary_variables()  # pylint: disable=protected-access
+  for a, b in zip(fresh.dynamic_sparsity_state.sign, expected_signs):
+    np.testing.assert_array_equal(a.numpy(), b)

@@ -510,6 +510,7 @@ class Reallocator:
     slots = [tuple(optimizer_state.slot_variables(optimizer, kernel))
              for _, kernel, _ in tensors]
     auxiliary = self._auxiliary_variables()
+    binding.auxiliary_kinds.update(auxiliary)
     values = self.rule.call_inputs(step, optimizer)
     if self._function is None:
       self._function = self._build_function(self.layout, self.draws())

@@ -212,6 +212,25 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     with _substituted(substitutions):
       return self.layer.call(inputs, **kwargs)
 
+  def save_own_variables(self, store):
+    """Saves the weights for the `.keras` / `.weights.h5` formats.
+
+    Raises:
+      ValueError: when the model's state holds rule variables (DeepR's
+        `sign`) that these formats cannot hold.
+    """
+    kinds = sorted(self._binding.auxiliary_kinds) if self._binding else []
+    if kinds:
+      raise ValueError(
+          f'This model\'s reallocation rule keeps per-weight variables {kinds} '
+          'in `model.dynamic_sparsity_state`, which the `.keras` and '
+          '`.weights.h5` formats cannot hold (a run continued from them would '
+          'silently restart them). Save with `model.save_weights(path)` in the '
+          'TensorFlow format (a path without `.h5` / `.keras`) or '
+          '`tf.train.Checkpoint`; to export, save '
+          '`tf_dsr.strip_dynamic_sparsity(model)`.')
+    super().save_own_variables(store)
+
   def compute_output_shape(self, input_shape):
     return self.layer.compute_output_shape(input_shape)
 
