@@ -83,9 +83,16 @@ def is_rule(method):
 
 
 def reallocating():
-  """The methods that move masks with a rule on a period: every rule but static."""
+  """The methods whose rule moves masks: every rule but the static ones."""
   return tuple(m for m in sorted(rules.REGISTRY)
-               if m != STATIC and m not in OWN_METHODS)
+               if not issubclass(rules.get_rule(m), rules.Static) and
+               m not in OWN_METHODS)
+
+
+def on_period():
+  """The reallocating methods that run on the config's `period` (not SNFS,
+  which reallocates at epoch ends)."""
+  return tuple(m for m in reallocating() if not rules.get_rule(m).at_epoch_end)
 
 
 def sparse_methods():
@@ -289,7 +296,7 @@ def method_fields():
   A rule's own settings are in `options` instead.
   """
   return {
-      'period': reallocating(),
+      'period': on_period(),
       'stop_epoch': reallocating(),
       'prune_begin_epoch': ('prune',),
       'prune_end_epoch': ('prune',),
@@ -402,8 +409,9 @@ def _validate(c):
     if c.method not in owners and getattr(c, field) is not None:
       _fail(field, getattr(c, field), 'None: it applies only to method' +
             (f' {owners[0]!r}' if len(owners) == 1 else f's {list(owners)}'))
-  if c.method in reallocating():
+  if c.method in on_period():
     _check_by_epoch(c, 'period', lambda v: _is_int(v) and v > 0, 'steps > 0')
+  if c.method in reallocating():
     _check_int(c, 'stop_epoch', 0, optional=True)
   _check_options(c)
   if c.method == 'prune':
@@ -439,6 +447,23 @@ def _validate(c):
 
 
 # ------------------------------------------------------------------ the registry
+def _GRADIENT_RULES(period):  # pylint: disable=invalid-name
+  """The published settings of RigL and SNFS, for every family.
+
+  RigL (Evci et al. 2020): drop fraction 0.3 annealed by cosine, an update
+  every `period` steps (100 in the paper), none in the last 25% of training
+  (the rule stops itself, so no `stop_epoch`). SNFS (Dettmers & Zettlemoyer
+  2019): prune rate 0.5 annealed by cosine over training, momentum 0.9, at
+  every epoch end. SNIP needs no settings.
+  """
+  return {
+      'rigl': dict(period={0: period}, stop_epoch=None, options=dict(
+          drop_fraction=0.3, schedule='cosine', end_fraction=0.75)),
+      'snfs': dict(stop_epoch=None, options=dict(
+          prune_rate=0.5, momentum=0.9, schedule='cosine')),
+  }
+
+
 # Per family: `fields` every method shares; `sparsities` (named `_s{s}`) or
 # one `sparsity` (no suffix); `schedule`, the `period` and `stop_epoch` of the
 # reallocating rules; `methods`, each method's own settings (a rule's
@@ -470,6 +495,7 @@ _FAMILIES = {
                           period={0: 1}, stop_epoch=None),
             'prune': dict(prune_begin_epoch=5, prune_end_epoch=100,
                           prune_frequency=100),
+            **_GRADIENT_RULES(period=100),
         }),
     # ResNet-50 on ImageNet (docs/algorithm.md section 5, right column). The paper's
     # thin baselines used width multipliers 0.54 (s0.8) and 0.46 (s0.9); the
@@ -493,6 +519,7 @@ _FAMILIES = {
                           period={0: 1}, stop_epoch=None),
             'prune': dict(prune_begin_epoch=2, prune_end_epoch=50,
                           prune_frequency=2000),
+            **_GRADIENT_RULES(period=100),
         }),
     # LeNet-300-100 on scikit-learn's 8x8 digits: the quick start (no
     # download). 1,347 training images, batch 32: 42 steps per epoch, 1,260
@@ -519,6 +546,7 @@ _FAMILIES = {
                           period={0: 1}, stop_epoch=None),
             'prune': dict(prune_begin_epoch=2, prune_end_epoch=20,
                           prune_frequency=10),
+            **_GRADIENT_RULES(period=20),
         }),
     # LeNet-300-100 on MNIST at sparsity 0.9 (266,200 sparse weights).
     'lenet_mnist': dict(
@@ -551,6 +579,7 @@ _FAMILIES = {
                           period={0: 1}, stop_epoch=None),
             'prune': dict(prune_begin_epoch=2, prune_end_epoch=20,
                           prune_frequency=10),
+            **_GRADIENT_RULES(period=10),
         }),
 }
 
@@ -579,6 +608,8 @@ def family_config(family, method, sparsity=None):
   fields = copy.deepcopy(spec['fields'])
   if method in reallocating():
     fields.update(copy.deepcopy(spec['schedule']))
+    if method not in on_period():
+      fields.pop('period')
   fields.update(copy.deepcopy(spec['methods'].get(method, {})))
   return ExperimentConfig(name=name, method=method, sparsity=sparsity, **fields)
 

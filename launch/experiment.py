@@ -46,7 +46,8 @@ from launch.errors import LaunchError
 
 # The order of the methods in grids, tables and plots; rules registered later
 # follow them (`method_order()`). Labels are `configs.label`.
-METHOD_ORDER = ('dense', 'thin', 'static', 'deepr', 'set', 'prune', 'dsr')
+METHOD_ORDER = ('dense', 'thin', 'static', 'snip', 'deepr', 'set', 'snfs',
+                'rigl', 'prune', 'dsr')
 # The method whose runs the controls re-use, the stop-epoch sweep stops early
 # and the density plot shows (docs/algorithm.md section 7; Mostafa & Wang, figure 4).
 SOURCE_METHOD = 'dsr'

@@ -158,17 +158,18 @@ class Built:
   target_params: Optional[int] = None
 
 
-def freeze_masks(model):
+def freeze_masks(model, method='static'):
   """Static sparse training: a callback that keeps the masks where they are.
 
-  `fit` on a model with wrappers needs a `tf_dsr.ReallocationCallback`; the
-  static rule with `stop_step=0` never reallocates, so the masks stay as
-  built. It also attaches the state to the model.
+  `fit` on a model with wrappers needs a `tf_dsr.ReallocationCallback`; a
+  static rule ('static', or 'snip' to label SNIP's masks) with `stop_step=0`
+  never reallocates, so the masks stay as built. It also attaches the state
+  to the model.
 
   Returns:
     The callback, to pass to `fit`.
   """
-  callback = tf_dsr.ReallocationCallback(method='static', stop_step=0)
+  callback = tf_dsr.ReallocationCallback(method=method, stop_step=0)
   callback.set_model(model)
   return callback
 
@@ -325,14 +326,49 @@ class DynamicSparse(Static):
 
   def attach(self, model, config, log_dir=None, verbose=True,
              steps_per_epoch=None):
+    # SNFS reallocates at epoch ends and has no period.
+    period = dict(config.period) if config.period else 1
     callback = tf_dsr.ReallocationCallback(
-        period=dict(config.period), stop_epoch=config.stop_epoch,
+        period=period, stop_epoch=config.stop_epoch,
         seed=config.seed, log_dir=log_dir,
         # One line per reallocation, unless the rule runs after every step.
-        verbose=verbose and config.period[0] > 1, method=self.name,
+        verbose=verbose and (not config.period or config.period[0] > 1),
+        method=self.name,
         jit_compile=None, **configs.rule_options(config, steps_per_epoch))
     callback.set_model(model)  # Creates the state before any restore.
     return [callback]
+
+
+class Snip(Static):
+  """SNIP: masks from connection sensitivity on one training batch, then static.
+
+  Lee et al., ICLR 2019 (`tf_dsr.snip`): the dense model is built, its
+  gradient taken on the first training batch, and the same kernels the
+  other sparse methods use are made sparse with the most sensitive weights
+  active (as many in all as the uniform random masks have).
+  """
+
+  needs_sample = True
+
+  def build(self, config, input_shape, num_classes, scope=contextlib.nullcontext,
+            steps_per_epoch=None, sample=None):
+    del steps_per_epoch
+    if sample is None:
+      raise LaunchError("method 'snip' needs a batch of training data to "
+                        'choose its masks.')
+    inputs, targets = sample
+    with scope():
+      model = build_dense(config, input_shape, num_classes)
+      sparse = set(models.sparse_kernel_layers(model, config.arch))
+      model = tf_dsr.snip(model, config.sparsity, inputs, targets, loss(),
+                          exclude=lambda layer: layer.name not in sparse,
+                          seed=config.seed)
+      return Built(model)
+
+  def attach(self, model, config, log_dir=None, verbose=True,
+             steps_per_epoch=None):
+    del config, log_dir, verbose, steps_per_epoch
+    return [freeze_masks(model, method='snip')]
 
 
 class Prune(Dense):
@@ -371,6 +407,7 @@ class Prune(Dense):
 
 # The launcher's own methods; every other registered rule is a DynamicSparse.
 _OWN = {'dense': Dense(), 'prune': Prune(), configs.STATIC: Static(),
+        'snip': Snip(),
         'thin': Thin()}
 
 
@@ -382,6 +419,11 @@ def method(name):
     return DynamicSparse(name)
   raise LaunchError(f'unknown method {name!r}; valid methods are '
                     f'{list(configs.methods())}.')
+
+
+def loss():
+  """The training loss of every config: cross-entropy on logits."""
+  return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 @keras.utils.register_keras_serializable(package='launch')
@@ -418,7 +460,7 @@ def compile_model(model, config, steps_per_epoch, steps_per_execution=1):
       momentum=config.momentum, nesterov=config.nesterov)
   model.compile(
       optimizer=optimizer,
-      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+      loss=loss(),
       metrics=[keras.metrics.SparseCategoricalAccuracy(name='top1'),
                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name='top5')],
       steps_per_execution=steps_per_execution)

@@ -89,8 +89,12 @@ def _build(config, data, strategy, steps_per_execution, dsr_log_dir, verbose):
   counter) exists when this returns, so a restore applies at once.
   """
   method = modeling.method(config.method)
+  extra = {}
+  if getattr(method, 'needs_sample', False):  # SNIP chooses masks on a batch.
+    extra['sample'] = next(iter(data.train))
   built = method.build(config, data.input_shape, data.num_classes,
-                       strategy.scope, steps_per_epoch=data.steps_per_epoch)
+                       strategy.scope, steps_per_epoch=data.steps_per_epoch,
+                       **extra)
   model = built.model
   with strategy.scope():
     modeling.compile_model(model, config, data.steps_per_epoch,

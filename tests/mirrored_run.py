@@ -1,6 +1,6 @@
 """Trains a tiny DSR model under MirroredStrategy over 2 logical CPUs.
 
-Run as a subprocess by test_distribution.py (logical devices must be set up
+Run as a subprocess by test_distribution.py and test_methods_and_controls.py (logical devices must be set up
 before TensorFlow initialises its devices). Prints one JSON line of findings.
 """
 
@@ -36,13 +36,24 @@ class Checker(keras.callbacks.Callback):
     self.masked_nonzero = 0
 
   def on_train_batch_end(self, batch, logs=None):
+    self._check()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._check()  # SNFS reallocates at epoch ends.
+
+  def _check(self):
     if not self.realloc_cb.history or (
         self.realloc_cb.history[-1].step != self.realloc_cb._seen_step):  # pylint: disable=protected-access
       return
+    if self.realloc_cb.history[-1] is getattr(self, '_last_checked', None):
+      return
+    self._last_checked = self.realloc_cb.history[-1]
     self.checked_after_reallocation += 1
     state = self.model.dynamic_sparsity_state
     variables = [state.threshold, state.reallocations, state.last_step]
     variables += list(getattr(state, 'sign', []))  # DeepR's fixed signs.
+    # SNFS's dense momentum is summed over replicas, not mirrored: each
+    # replica's masks must agree all the same.
     for kernel, mask in sparse_pairs(self.model):
       variables += [kernel, mask]
       for k, m in zip(kernel.values, mask.values):
@@ -65,6 +76,12 @@ def main():
   if method == 'deepr':  # After every step, with noise (T > 0).
     cb = tf_dsr.ReallocationCallback(method='deepr', period=1, alpha=1e-3,
                                      temperature=1e-3, jit_compile=jit)
+  elif method == 'rigl':  # Growth by the gradient summed over replicas.
+    cb = tf_dsr.ReallocationCallback(method='rigl', period=2, end_step=16,
+                                     jit_compile=jit)
+  elif method == 'snfs':  # At epoch ends, by the summed momentum.
+    cb = tf_dsr.ReallocationCallback(method='snfs', end_step=32,
+                                     jit_compile=jit)
   else:
     cb = tf_dsr.ReallocationCallback(target_pruned=30, period=2,
                                      initial_threshold=2e-2, jit_compile=jit)

@@ -52,11 +52,11 @@ def test_suites_resolve_to_valid_configs(tmp_path):
       assert (config.method, config.seed) == (run.method, run.seed) or (
           run.variant == 'dsr_structure_random_init')
       assert config.sparsity == run.sparsity
-  # WRN-28-2: 5 seeds x (dense + 6 methods x 5 sparsities).
-  assert counts['wrn28_2_cifar10'] == 5 * (1 + 6 * 5)
-  assert counts['resnet50_imagenet'] == 1 + 6 * 2
-  # digits: 3 seeds x 2 models x (dense + 6 methods x 2 sparsities).
-  assert counts['small'] == 3 * 2 * (1 + 6 * 2)
+  # WRN-28-2: 5 seeds x (dense + 9 methods x 5 sparsities).
+  assert counts['wrn28_2_cifar10'] == 5 * (1 + 9 * 5)
+  assert counts['resnet50_imagenet'] == 1 + 9 * 2
+  # digits: 3 seeds x 2 models x (dense + 9 methods x 2 sparsities).
+  assert counts['small'] == 3 * 2 * (1 + 9 * 2)
   # Controls: per sparsity and seed, DSR, the two structure controls, static;
   # each control's source DSR run comes earlier in the grid.
   controls = experiment.suite_runs('controls', str(tmp_path))

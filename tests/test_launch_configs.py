@@ -10,6 +10,7 @@ import dataclasses
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -54,7 +55,8 @@ def test_registry_has_every_paper_run():
               'lenet_mnist_dense', 'lenet_mnist_static', 'lenet_mnist_dsr'}
   for method in configs.METHODS:
     expected |= {f'lenet_digits_{method}', f'small_cnn_digits_{method}'}
-  for method in ('deepr', 'dsr', 'prune', 'set', 'static', 'thin'):
+  for method in ('deepr', 'dsr', 'prune', 'rigl', 'set', 'snfs', 'snip',
+                 'static', 'thin'):
     expected |= {f'wrn28_2_cifar10_{method}_s{s}'
                  for s in ('0.5', '0.6', '0.7', '0.8', '0.9')}
     expected |= {f'resnet50_imagenet_{method}_s{s}' for s in ('0.8', '0.9')}
@@ -377,7 +379,13 @@ def test_configs_build_their_models(name):
   keras.backend.clear_session()
   config = configs.get(name)
   shape, classes, sparse, trainable, tensors = FAMILIES[_family(name)]
-  built = modeling.method(config.method).build(config, shape, classes)
+  method = modeling.method(config.method)
+  extra = {}
+  if getattr(method, 'needs_sample', False):  # SNIP: one batch of data.
+    rng = np.random.default_rng(0)
+    extra['sample'] = (rng.normal(size=(4,) + shape).astype('float32'),
+                       np.arange(4) % classes)
+  built = method.build(config, shape, classes, **extra)
   model = built.model
   assert model.output_shape == (None, classes)
   report = tf_dsr.sparsity_report(model)

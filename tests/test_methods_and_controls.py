@@ -49,9 +49,12 @@ def _train(name, extra=()):
 
 @pytest.mark.parametrize('method, extra', [
     ('static', []),
+    ('snip', []),
     ('set', ['period=5']),
     ('deepr', []),
     ('dsr', ['period=5']),
+    ('rigl', ['period=5']),
+    ('snfs', ['schedule=constant']),
 ])
 def test_sparse_methods_keep_masked_weights_zero_and_count_fixed(method, extra):
   model, initial, callbacks = _train(f'lenet_digits_{method}', extra)
@@ -63,16 +66,18 @@ def test_sparse_methods_keep_masked_weights_zero_and_count_fixed(method, extra):
   total = lambda masks: sum(int(m.sum()) for m in masks.values())
   assert total(final) == total(initial)
   moved = sum(int((final[k] != initial[k]).sum()) for k in final)
-  if method == 'static':
-    # A static callback licenses `fit` and never reallocates.
-    assert moved == 0 and not callbacks[0].history
-    assert int(model.dynamic_sparsity_state.reallocations.numpy()) == 0
+  if method in ('static', 'snip'):
+    # A static callback (or none) licenses `fit` and never reallocates.
+    assert moved == 0
+    assert not any(getattr(cb, 'history', None) for cb in callbacks)
     return
   assert moved > 0  # The rule did move masks ...
   state = model.dynamic_sparsity_state
-  # ... after every 5th step (DSR, SET) or after every step (DeepR).
-  assert int(state.reallocations.numpy()) == (20 if method == 'deepr' else 4)
-  if method == 'set':  # SET keeps each tensor's count.
+  # ... after every 5th step (DSR, SET), after every step (DeepR), every 5th
+  # step until 75% of training (RigL: 5, 10), at the epoch's end (SNFS).
+  assert int(state.reallocations.numpy()) == {'deepr': 20, 'rigl': 2,
+                                              'snfs': 1}.get(method, 4)
+  if method in ('set', 'rigl'):  # SET and RigL keep each tensor's count.
     for key in final:
       assert final[key].sum() == initial[key].sum(), key
   if method == 'deepr':
@@ -224,6 +229,24 @@ def test_deepr_replicas_agree_under_mirrored_strategy():
   assert result['mirrored_signs'] == [True, True]  # One per sparse tensor.
   assert result['reallocations'] == result['checked'] == 16  # Every step.
   assert result['pruned'] > 0  # Some connections crossed zero and moved.
+  assert result['disagreements'] == []
+  assert result['masked_nonzero'] == 0
+
+
+@pytest.mark.parametrize('method, reallocations', [('rigl', 7), ('snfs', 2)])
+def test_gradient_rules_replicas_agree_under_mirrored_strategy(
+    method, reallocations):
+  """RigL and SNFS grow by the replica-summed gradient: masks stay identical."""
+  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'tests.mirrored_run', 'graph', method], cwd=REPO,
+      env=env, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result['replicas'] == 2 and result['mirrored_masks']
+  # RigL: steps 2, 4, ..., 14 (none from end_step 16); SNFS: 2 epoch ends.
+  assert result['reallocations'] == result['checked'] == reallocations
+  assert result['pruned'] > 0
   assert result['disagreements'] == []
   assert result['masked_nonzero'] == 0
 

@@ -12,6 +12,7 @@ from tf_dsr.engine import Reallocator
 from tf_dsr.report import SparsityReport
 from tf_dsr.report import sparsity_report
 from tf_dsr.schedules import PeriodSchedule
+from tf_dsr.snip import snip
 from tf_dsr.sparsify import sparsify
 from tf_dsr.state import DynamicSparsityState
 from tf_dsr.strip import strip_dynamic_sparsity
@@ -30,6 +31,7 @@ __all__ = [
     'collect_wrappers',
     'keras',
     'rules',
+    'snip',
     'sparsify',
     'sparsity_report',
     'strip_dynamic_sparsity',

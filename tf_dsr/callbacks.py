@@ -32,6 +32,12 @@ class ReallocationCallback(keras.callbacks.Callback):
   without one raises, and so do two callbacks, or a callback on a model a
   `Reallocator` has been reallocating.
 
+  Rules with `at_epoch_end` (SNFS) reallocate at the end of every epoch
+  instead of on `period`. For rules that grow by the dense gradient (RigL),
+  the callback records it in the step before each reallocation; for rules
+  whose schedule spans training (RigL, SNFS) without an `end_step`, it sets
+  one from the fit's epochs and steps per epoch.
+
   With `steps_per_execution = k > 1` the callback sees every k-th step: a
   reallocation due within an execution runs once at its end (see
   `tf_dsr.schedules`); choose P as a multiple of k to avoid any rounding.
@@ -57,7 +63,8 @@ class ReallocationCallback(keras.callbacks.Callback):
       and writes included (TPUs need it); the flat core always is. None
       chooses per device (`tf_dsr.engine.default_jit_compile`).
     method: the rule: a name of `tf_dsr.rules.REGISTRY` ('dsr', the default;
-      'set', 'deepr', 'static') or a `tf_dsr.rules.Rule` object.
+      'set', 'deepr', 'rigl', 'snfs', 'snip', 'static') or a
+      `tf_dsr.rules.Rule` object.
     **options: the rule's options, checked here (for 'dsr': `target_pruned`,
       `tolerance`, `initial_threshold`; for 'set': `drop_fraction` or
       `target_pruned`; for 'deepr': `alpha`, `temperature`, `learning_rate`,
@@ -96,6 +103,7 @@ class ReallocationCallback(keras.callbacks.Callback):
     self._epoch_begin_iterations = 0
     self._epoch_start_step = None
     self._seen_step = 0
+    self._execution = None  # Steps per batch callback, once seen.
     # Keep batch logs as tensors: no host sync per step.
     self._supports_tf_logs = True
 
@@ -115,8 +123,17 @@ class ReallocationCallback(keras.callbacks.Callback):
     # Registers this callback as the driver of this `fit` (the wrappers check
     # it when Keras traces the train step); raises for a second driver.
     self.reallocator._binding.begin_fit(self, self.params)  # pylint: disable=protected-access
+    params = self.params or {}
+    if params.get('epochs') and params.get('steps'):
+      rule = self.rule.for_training(params['epochs'] * params['steps'])
+      if rule is not self.rule:
+        # Only the Python-side schedule changes (`end_step`): no retrace.
+        self.rule = self.reallocator.rule = rule
     if self.log_dir and self._writer is None:
       self._writer = tf.summary.create_file_writer(self.log_dir)
+    # Rules that grow by gradient hook the forward pass; make the hook now if
+    # the model was not built when the callback got it.
+    self.reallocator.gradient_recorder  # pylint: disable=pointless-statement
 
   def _saved_step(self):
     """The state's step counter, or None while the model is not built."""
@@ -145,11 +162,20 @@ class ReallocationCallback(keras.callbacks.Callback):
       # BackupAndRestore resumed part-way through.
       self._epoch_start_step = self._epoch_begin_iterations - batch
       self._seen_step = self._epoch_begin_iterations
+    if self.rule.dense_gradients == 'last':
+      # Record the dense gradient only in a batch that ends in a
+      # reallocation (until the batch size in steps is known, in every one).
+      first = self._epoch_start_step + batch + 1
+      last = first + (self._execution or 1) - 1
+      self.reallocator.record_gradients(
+          self._execution is None or (self._active(last) and (
+              self.schedule.due(self._epoch, first, last))))
 
   def _active(self, step):
     if self.stop_epoch is not None and self._epoch >= self.stop_epoch:
       return False
-    return self.stop_step is None or step < self.stop_step
+    stops = [s for s in (self.stop_step, self.rule.stop_step) if s is not None]
+    return not stops or step < min(stops)
 
   def on_train_batch_end(self, batch, logs=None):
     if self._epoch_start_step is None:  # Driven without on_train_batch_begin.
@@ -157,13 +183,21 @@ class ReallocationCallback(keras.callbacks.Callback):
     step = self._epoch_start_step + batch + 1
     first = self._seen_step + 1
     self._seen_step = step
+    self._execution = step - first + 1
     saved = self._saved_step()
     if saved is not None:
       saved.assign(step)  # An assignment, no host sync.
-    if not self._active(step):
+    if self.rule.at_epoch_end or not self._active(step):
       return
     if not self.schedule.due(self._epoch, first, step):
       return
+    self._reallocate(step)
+
+  def on_epoch_end(self, epoch, logs=None):
+    if self.rule.at_epoch_end and self._active(self._seen_step):
+      self._reallocate(self._seen_step)
+
+  def _reallocate(self, step):
     if step <= int(self.reallocator.state.last_step.numpy()):
       return  # Already done at this step (a resumed run).
     self._record(self.reallocator.reallocate(step))
@@ -173,6 +207,8 @@ class ReallocationCallback(keras.callbacks.Callback):
     # The next `fit` traces its train step again, so the wrappers check again
     # that a callback drives it.
     _tfmot.forget_train_function(self.model)
+    if self.rule.dense_gradients == 'last':
+      self.reallocator.record_gradients(False)
     if self._writer is not None:
       self._writer.flush()
 

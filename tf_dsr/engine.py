@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from tf_dsr import _tfmot
 from tf_dsr import binding as binding_lib
+from tf_dsr import gradients as gradients_lib
 from tf_dsr import layout as layout_lib
 from tf_dsr import optimizer_state
 from tf_dsr import reallocation
@@ -204,7 +205,8 @@ class Reallocator:
   Args:
     model: a tf_keras model containing `DynamicSparseWrapper` layers.
     method: a rule name of `tf_dsr.rules.REGISTRY` ('dsr', the default;
-      'set', 'deepr', 'static'), or a `tf_dsr.rules.Rule` object.
+      'set', 'deepr', 'rigl', 'snfs', 'snip', 'static'), or a
+      `tf_dsr.rules.Rule` object.
     seed: integer seed of the reallocations' random streams.
     optimizer: the optimizer whose per-weight state is reset wherever a
       weight is dropped or regrown. None (the default) uses
@@ -255,6 +257,12 @@ class Reallocator:
     self._binding = binding_lib.of(wrappers)
     if _callback is None:
       self._binding.add_reallocator(self)
+    self._recorder = None
+    if rule.dense_gradients and all(wrapper.built for wrapper in wrappers):
+      self.gradient_recorder  # pylint: disable=pointless-statement
+    if rule.dense_gradients == 'momentum':
+      # Kept on the state module: TensorFlow-format checkpoints only.
+      self._binding.auxiliary_kinds.add('dense_momentum')
 
   @property
   def state(self):
@@ -268,8 +276,10 @@ class Reallocator:
         raise ValueError(
             f'Layers {unbuilt} are not built; build the model (call it on '
             'data or give it an input shape) before reallocating.')
-      state = state_lib.get_or_create(self.model, self._wrappers[0],
-                                      tuple(self.rule.auxiliary))
+      kinds = tuple(self.rule.auxiliary) + (
+          ('dense_momentum',) if self.rule.dense_gradients == 'momentum'
+          else ())
+      state = state_lib.get_or_create(self.model, self._wrappers[0], kinds)
       if int(state.reallocations.numpy()) == 0:
         # A state that never reallocated starts from this rule's H; a state
         # that has (a restored run) keeps its own.
@@ -280,6 +290,54 @@ class Reallocator:
   def _check_layout(self):
     """Lets the rule check its options against the sparse tensors' sizes."""
     self.rule.check_layout(self.layout)
+
+  # ------------------------------------------------------ dense gradients
+  @property
+  def gradient_recorder(self):
+    """The `GradientRecorder` of a rule that grows by gradient, else None.
+
+    Made on first use (once the layers are built). Its hook is part of the
+    layers' forward pass, so it must exist before the train step is traced:
+    the `Reallocator` makes it at construction when it can, and drops a
+    train function that Keras compiled earlier so that the next `fit`
+    traces the hook in.
+    """
+    mode = self.rule.dense_gradients
+    if mode is None:
+      return None
+    if self._recorder is None:
+      values = None
+      if mode == 'momentum':
+        # The momentum is state: checkpoints carry it.
+        values = getattr(self.state, 'dense_momentum', None)
+        if values is None:
+          kernels = [kernel for _, kernel, _ in self.sparse_tensors()]
+          self.state.dense_momentum = gradients_lib.make_variables(
+              self.model, kernels, 'dense_momentum')
+          values = self.state.dense_momentum
+      self._recorder = gradients_lib.GradientRecorder(
+          self.model, self._wrappers, mode, self.rule.gradient_momentum,
+          values)
+      if mode == 'momentum':
+        self._recorder.set_recording(True)
+      if getattr(self.model, 'train_function', None) is not None:
+        self.model.train_function = None
+    return self._recorder
+
+  def record_gradients(self, on=True):
+    """Records dense gradients in the following training steps (or stops).
+
+    Rules with `dense_gradients == 'last'` (RigL) read the gradient of the
+    last recorded step; the `ReallocationCallback` turns recording on for
+    the step before each reallocation. A custom loop calls
+    `record_gradients(True)` before the train step that precedes
+    `reallocate` and `record_gradients(False)` after it. 'momentum' rules
+    record every step and need no call.
+    """
+    recorder = self.gradient_recorder
+    if recorder is None:
+      raise ValueError(f'Method {self.rule.name!r} uses no dense gradients.')
+    recorder.set_recording(on)
 
   # ------------------------------------------------------------ the model
   @property
@@ -374,9 +432,16 @@ class Reallocator:
     rule = self.rule
     seed_base = tf.constant([self.seed, 0], tf.int64)
 
-    def core(step, kernels, masks, auxiliary, values, threshold, count):
+    def core(step, kernels, masks, auxiliary, values, gradients, threshold,
+             count):
       seed = reallocation.fold_in(seed_base, count)
       row_segments = layout.row_segments()
+      dense_gradients = None
+      if gradients:
+        dense_gradients = layout.flatten(gradients)
+        # An overflowed step (mixed precision) must not steer the growth.
+        dense_gradients = tf.where(tf.math.is_finite(dense_gradients),
+                                   dense_gradients, 0.0)
       weights = layout.flatten([tf.cast(k, tf.float32) for k in kernels])
       old = layout.flatten([m > 0.5 for m in masks], padding=False)
       auxiliary = {kind: layout.flatten(group)
@@ -388,10 +453,12 @@ class Reallocator:
       decision = rule.drop(rules_lib.RuleInputs(
           layout=layout, weights=weights, masks=old, active=active,
           threshold=threshold, step=step, seed=seed, auxiliary=auxiliary,
-          values=values, row_segments=row_segments))
+          values=values, row_segments=row_segments,
+          gradients=dense_gradients))
       result = reallocation.drop_and_grow(
           layout, old, decision.pruned, decision.num_pruned, active,
-          rule.budget, seed, draws, row_segments)
+          rule.budget, seed, draws, row_segments, decision.grow_keys,
+          decision.regrow)
       # What moves: nothing if the call is refused.
       dropped = result.pruned_masks & ok
       grown = result.grown_masks & ok
@@ -415,13 +482,13 @@ class Reallocator:
 
     core = tf.function(core, jit_compile=True, autograph=False)
 
-    def program(step, kernels, masks, slots, auxiliary, values, threshold_var,
-                count_var, step_var):
+    def program(step, kernels, masks, slots, auxiliary, values, gradients,
+                threshold_var, count_var, step_var):
       originals = [tf.convert_to_tensor(k) for k in kernels]
       dropped, grown, new_weights, new_auxiliary, stats = core(
           step, originals, [tf.convert_to_tensor(m) for m in masks],
           {kind: [tf.convert_to_tensor(v) for v in group]
-           for kind, group in auxiliary.items()}, values,
+           for kind, group in auxiliary.items()}, values, gradients,
           tf.convert_to_tensor(threshold_var),
           tf.convert_to_tensor(count_var))
       if new_weights is not None:
@@ -441,7 +508,8 @@ class Reallocator:
 
     return tf.function(program, jit_compile=self.jit_compile, autograph=False)
 
-  def _run_on_every_replica(self, step, tensors, slots, auxiliary, values):
+  def _run_on_every_replica(self, step, tensors, slots, auxiliary, values,
+                            gradients):
     """Runs the program once per local copy of the variables.
 
     Under `tf.distribute` each variable has one copy per local device. Every
@@ -469,7 +537,7 @@ class Reallocator:
             [[s[r] for s in group] for group in slot_copies],
             {kind: [v[r] for v in group]
              for kind, group in auxiliary_copies.items()},
-            values, *[v[r] for v in state_copies])
+            values, gradients, *[v[r] for v in state_copies])
       if outputs is None:
         outputs = result
     return outputs
@@ -512,11 +580,14 @@ class Reallocator:
     auxiliary = self._auxiliary_variables()
     binding.auxiliary_kinds.update(auxiliary)
     values = self.rule.call_inputs(step, optimizer)
+    recorder = self.gradient_recorder
+    # Read outside the replicas: summed over them (the all-reduced gradient).
+    gradients = recorder.read() if recorder is not None else []
     if self._function is None:
       self._function = self._build_function(self.layout, self.draws())
     (pruned, candidates, threshold_used, threshold, active, regrown, skipped,
      nonfinite) = self._run_on_every_replica(step, tensors, slots, auxiliary,
-                                             values)
+                                             values, gradients)
     names = self.layout.names
     nonfinite = nonfinite.numpy()
     if nonfinite.any():

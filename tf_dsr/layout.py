@@ -163,6 +163,13 @@ class Layout:
                                           self.num_tensors)
     return tuple(totals[:, i] for i in range(len(flags)))
 
+  def segment_sum(self, flat, row_segments=None):
+    """The sum of each segment of a float flat tensor (float32 row sums)."""
+    if row_segments is None:
+      row_segments = self.row_segments()
+    rows = tf.reduce_sum(tf.reshape(flat, [self.num_rows, ROW]), axis=1)
+    return tf.math.unsorted_segment_sum(rows, row_segments, self.num_tensors)
+
   def segment_max(self, flat, row_segments=None):
     """The largest entry of each segment of a float flat tensor."""
     if row_segments is None:

@@ -54,6 +54,44 @@ def uniform(shape, seed):
   return tf.cast(bits, tf.float64) * 2.0**-32
 
 
+def _mix32(x):
+  """A bijective, avalanching mix of uint32 values.
+
+  Two xorshift-multiply rounds with the constants of the "lowbias32" hash
+  (C. Wellons, hash-prospector), whose bias is among the lowest known for
+  this form.
+  """
+  def shift(v, n):
+    return tf.bitwise.right_shift(v, tf.constant(n, tf.uint32))
+  x = tf.bitwise.bitwise_xor(x, shift(x, 16)) * tf.constant(0x7FEB352D,
+                                                            tf.uint32)
+  x = tf.bitwise.bitwise_xor(x, shift(x, 15)) * tf.constant(0x846CA68B,
+                                                            tf.uint32)
+  return tf.bitwise.bitwise_xor(x, shift(x, 16))
+
+
+def hash_uniform(count, seed):
+  """float64 uniform on [0, 1): a keyed hash of the counters 0..count-1.
+
+  A counter-based generator like Philox but far cheaper (XLA's Philox costs
+  about 40 ns per number on CPU, this a few element-wise ops), for the
+  regrowth's many draws. Integer ops only, so the same compiled or not and
+  on every device.
+
+  Args:
+    count: Python int, the number of values.
+    seed: int64 `[2]` seed; each word's low 32 bits key one mixing round.
+  """
+  keys = tf.cast(tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), 0xFFFFFFFF),
+                 tf.uint32)
+  counters = tf.bitcast(tf.range(count, dtype=tf.int32), tf.uint32)
+  # The keys enter between mixes, so streams of different seeds are not
+  # shifts or permutations of each other.
+  bits = _mix32(tf.bitwise.bitwise_xor(_mix32(counters), keys[0]))
+  bits = _mix32(tf.bitwise.bitwise_xor(bits, keys[1]))
+  return tf.cast(bits, tf.float64) * 2.0**-32
+
+
 def prune_below(layout, weights, masks, active, threshold, row_segments=None):
   """DSR's prune: the active entries with `|w| < H`, never emptying a tensor.
 
@@ -231,7 +269,8 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
   ids = tf.range(position, dtype=tf.int32)
 
   def one_round(round_index, remaining, chosen):
-    offsets = tf.cast(tf.floor(uniform([position], fold_in(seed, round_index))
+    offsets = tf.cast(tf.floor(hash_uniform(position,
+                                            fold_in(seed, round_index))
                                * span), tf.int32)
     positions = origin + offsets
     first_hits = tf.where(free & ~chosen, tf.int32.max, -1)
@@ -258,6 +297,95 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
       one_round, state)
   return tf.where(layout.broadcast(invert, row_segments), free & ~chosen,
                   chosen)
+
+
+def magnitude_keys(values, eligible, smallest=False):
+  """int32 keys that order `|values|` (or its reverse), -1 where not eligible.
+
+  The bits of a non-negative float32 order like the float, so the keys are
+  exact: no two magnitudes share a key unless they are equal. Used with
+  `select_largest`.
+
+  Args:
+    values: float flat tensor, finite.
+    eligible: bool flat tensor.
+    smallest: if True, smaller magnitudes get larger keys.
+  """
+  bits = tf.bitcast(tf.abs(tf.cast(values, tf.float32)), tf.int32)
+  if smallest:
+    bits = tf.int32.max - bits
+  return tf.where(eligible, bits, -1)
+
+
+def _largest_threshold(layout, keys, counts, row_segments):
+  """Per tensor, the largest T >= 0 with at least `counts[i]` keys >= T.
+
+  A binary search over the 31 key bits, two bits per pass (bits 31-30 first,
+  then 29-28, ...): each pass counts three candidate thresholds at once
+  (`Layout.count`), so 16 passes over the flat keys, in a loop of fixed
+  length (one program for any model).
+  """
+  num_tensors = layout.num_tensors
+
+  def body(shift, found):
+    candidates = [found + tf.bitwise.left_shift(tf.constant(j, tf.int32), shift)
+                  for j in (1, 2, 3)]
+    over = layout.count(*[keys >= layout.broadcast(c, row_segments)
+                          for c in candidates], row_segments=row_segments)
+    for candidate, count in zip(candidates, over):
+      # Candidates grow with j, so the last one still reaching the count wins;
+      # one past the int32 range wraps below `found` and is never taken.
+      found = tf.where((count >= counts) & (candidate > found), candidate,
+                       found)
+    return shift - 2, found
+
+  _, found = tf.while_loop(
+      lambda shift, found: shift >= 0, body,
+      (tf.constant(30, tf.int32), tf.zeros([num_tensors], tf.int32)),
+      maximum_iterations=16)
+  return found
+
+
+def select_largest(layout, keys, counts, row_segments=None):
+  """Exactly `counts[i]` entries of each tensor i with the largest keys.
+
+  Top-k per tensor with static shapes and no sort: a bitwise search finds
+  each tensor's k-th largest key; among entries tied with it, the first in
+  flat order are taken. Keys below 0 are never taken (mark ineligible
+  entries -1).
+
+  Args:
+    layout: the `Layout` of the flat tensors.
+    keys: int32 flat tensor (`magnitude_keys`).
+    counts: int64 `[T]`, each at most the tensor's number of keys >= 0.
+    row_segments: optional `layout.row_segments()`.
+
+  Returns:
+    bool flat tensor with `counts[i]` True entries in tensor i.
+  """
+  if row_segments is None:
+    row_segments = layout.row_segments()
+  threshold = _largest_threshold(layout, keys, counts, row_segments)
+  threshold_flat = layout.broadcast(threshold, row_segments)
+  above = keys > threshold_flat
+  tied = keys == threshold_flat
+  num_above, = layout.count(above, row_segments=row_segments)
+  wanted = tf.where(counts > 0, counts - num_above, 0)
+
+  def break_ties():
+    # Among tied entries, earlier positions get larger keys.
+    order = tf.where(tied, tf.int32.max - tf.range(layout.size,
+                                                   dtype=tf.int32), -1)
+    cut = _largest_threshold(layout, order, wanted, row_segments)
+    return order >= layout.broadcast(cut, row_segments)
+
+  num_tied, = layout.count(tied, row_segments=row_segments)
+  # Ties need a second search only where some but not all tied entries go.
+  partial = (wanted > 0) & (wanted < num_tied)
+  taken_ties = tf.cond(
+      tf.reduce_any(partial), break_ties,
+      lambda: tied & layout.broadcast(wanted > 0, row_segments))
+  return (above | taken_ties) & layout.broadcast(counts > 0, row_segments)
 
 
 def adapt_threshold(threshold, pruned, target_pruned, tolerance):
@@ -302,14 +430,18 @@ Fields:
 
 
 def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
-                  draws, row_segments=None):
+                  draws, row_segments=None, grow_keys=None, regrow=None):
   """The drop-and-grow core shared by every reallocation rule.
 
   Given the entries a rule drops, regrows as many, spread over the tensors by
-  `budget`, each placed uniformly at random among the entries that were
-  inactive before (so never an entry just dropped). If more are dropped than
-  there are inactive entries in all (only possible below sparsity 0.5), they
-  could not all be regrown without reviving dropped entries: nothing changes.
+  `budget` (or as `regrow` says). Without `grow_keys`, each is placed
+  uniformly at random among the entries that were inactive before (so never
+  an entry just dropped); if more are dropped than there are inactive entries
+  in all (only possible below sparsity 0.5), they could not all be regrown
+  without reviving dropped entries, and nothing changes. With `grow_keys`
+  (RigL, SNFS), the entries inactive after the drop with the largest keys
+  grow; an entry dropped and grown again in one call simply stays, with its
+  weight and optimizer state (as RigL does), and is in neither output mask.
 
   Args:
     layout: the `Layout` of the flat tensors.
@@ -323,6 +455,11 @@ def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
     seed: `[2]` seed of this reallocation.
     draws: Python ints, one per tensor (see `grow_uniform`).
     row_segments: optional `layout.row_segments()`.
+    grow_keys: optional int32 flat keys (`magnitude_keys`): grow where they
+      are largest instead of at random.
+    regrow: optional int64 `[T]` regrowth per tensor, used instead of
+      `budget` (with `grow_keys` only); each at most the tensor's entries
+      inactive after the drop.
 
   Returns:
     A `Reallocation`.
@@ -331,6 +468,22 @@ def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
     row_segments = layout.row_segments()
   sizes = tf.constant(layout.sizes, tf.int64)
   survivors = num_active - num_pruned
+  if grow_keys is not None:
+    # Every entry inactive after the drop may grow, so there is always room.
+    capacity = sizes - survivors
+    grow_counts = regrow if regrow is not None else budget(
+        num_pruned, survivors, capacity, fold_in(seed, -1))
+    free = layout.valid(row_segments) & ~(masks & ~pruned)
+    grown = select_largest(layout, tf.where(free, grow_keys, -1), grow_counts,
+                           row_segments)
+    return Reallocation(
+        pruned_masks=pruned & ~grown,
+        grown_masks=grown & ~pruned,
+        pruned=tf.reduce_sum(num_pruned),
+        candidates=tf.reduce_sum(num_pruned),
+        regrown=grow_counts,
+        active=survivors + grow_counts,
+        skipped=tf.constant(False))
   capacity = sizes - num_active
   total_pruned = tf.reduce_sum(num_pruned)
   skipped = total_pruned > tf.reduce_sum(capacity)

@@ -160,6 +160,27 @@ def test_grow_uniform_same_compiled_or_not():
   np.testing.assert_array_equal(grow(), tf.function(grow, jit_compile=True)())
 
 
+def test_hash_uniform_is_uniform_and_keyed():
+  values = reallocation.hash_uniform(100_000, SEED).numpy()
+  assert values.min() >= 0.0 and values.max() < 1.0
+  # 100 equal bins of 1,000 expected each: a chi-square statistic this far
+  # above its 99 degrees of freedom would mean a biased generator.
+  counts = np.histogram(values, 100, (0.0, 1.0))[0]
+  assert ((counts - 1000.0)**2 / 1000.0).sum() < 160
+  assert abs(np.corrcoef(values[:-1], values[1:])[0, 1]) < 0.01
+  # Neighbouring keys give unrelated streams, not shifted or permuted copies
+  # of one another (which adding the key to the counter would give).
+  for other in ([8, 11], [7, 12]):
+    stream = reallocation.hash_uniform(100_000, tf.constant(other, tf.int64))
+    assert len(np.intersect1d(values, stream.numpy())) < 20
+
+
+def test_hash_uniform_same_compiled_or_not():
+  fn = lambda seed: reallocation.hash_uniform(1000, seed)
+  np.testing.assert_array_equal(
+      fn(SEED), tf.function(fn, jit_compile=True)(SEED))
+
+
 @pytest.mark.parametrize('pruned,expected', [
     (111, 0.5e-3),  # > 1.1 * 100: halve
     (110, 1e-3),    # on the edge: keep

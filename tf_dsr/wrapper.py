@@ -129,6 +129,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     # Shared by the wrappers of one model (`tf_dsr.binding`): who moves the
     # masks. Training a wrapper that nothing moves is an error.
     object.__setattr__(self, '_binding', None)
+    # Set by a `tf_dsr.gradients.GradientRecorder` (rules that grow by
+    # gradient): (recorder, one variable per kernel). Held in a plain tuple
+    # outside Keras' tracking, so it adds no weights to the layer.
+    object.__setattr__(self, '_gradient_recorder', None)
     # As tfmot does: let the first layer of a Sequential model keep its input
     # shape when wrapped.
     if not hasattr(self, '_batch_input_shape') and hasattr(
@@ -203,10 +207,14 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       # loop) moves this model's masks.
       (self._binding or binding_lib.Binding()).check_training(self.name)
     substitutions = []
-    for (owner, name), (kernel, mask) in zip(self._substitution_targets,
-                                             self._sparse_weights):
+    recorder = self._gradient_recorder
+    for index, ((owner, name), (kernel, mask)) in enumerate(
+        zip(self._substitution_targets, self._sparse_weights)):
       value = tf.convert_to_tensor(kernel)
-      substitutions.append((owner, name, value * tf.cast(mask, value.dtype)))
+      masked = value * tf.cast(mask, value.dtype)
+      if recorder is not None:
+        masked = recorder[0].watch(masked, recorder[1][index])
+      substitutions.append((owner, name, masked))
     if self._call_takes_training:
       kwargs['training'] = training
     with _substituted(substitutions):
@@ -230,6 +238,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
           '`tf.train.Checkpoint`; to export, save '
           '`tf_dsr.strip_dynamic_sparsity(model)`.')
     super().save_own_variables(store)
+
+  def _attach_gradient_recorder(self, recorder, variables):
+    """Records this layer's dense kernel gradients (see `tf_dsr.gradients`)."""
+    object.__setattr__(self, '_gradient_recorder', (recorder, list(variables)))
 
   def compute_output_shape(self, input_shape):
     return self.layer.compute_output_shape(input_shape)

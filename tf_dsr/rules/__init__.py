@@ -14,8 +14,11 @@ from tf_dsr.rules.base import Rule
 from tf_dsr.rules.base import RuleInputs
 from tf_dsr.rules.deepr import DeepR
 from tf_dsr.rules.dsr import DSR
+from tf_dsr.rules.rigl import RigL
 from tf_dsr.rules.set import SET
+from tf_dsr.rules.snfs import SNFS
+from tf_dsr.rules.snip import SNIP
 from tf_dsr.rules.static import Static
 
-__all__ = ['DSR', 'DeepR', 'Drop', 'REGISTRY', 'Rule', 'RuleInputs', 'SET',
-           'Static', 'get_rule', 'make', 'register']
+__all__ = ['DSR', 'DeepR', 'Drop', 'REGISTRY', 'Rule', 'RigL', 'RuleInputs',
+           'SET', 'SNFS', 'SNIP', 'Static', 'get_rule', 'make', 'register']

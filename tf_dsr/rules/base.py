@@ -14,8 +14,11 @@ The hooks:
 - `next_threshold(threshold, candidates)` adapts the global threshold H (by
   default unchanged).
 Rules that need more declare `auxiliary` (per-entry variables the engine
-keeps, such as DeepR's signs) and `call_inputs` (per-call scalars, such as the
-learning rate), and give `expected_regrowth` to size the random draws.
+keeps, such as DeepR's signs), `call_inputs` (per-call scalars, such as the
+learning rate) or `dense_gradients` (the loss gradient at every entry,
+active or not, as RigL and SNFS use), and give `expected_regrowth` to size
+the random draws. A `drop` may also say where to grow (`Drop.grow_keys`)
+and how much per tensor (`Drop.regrow`).
 """
 
 import dataclasses
@@ -41,6 +44,9 @@ class RuleInputs(NamedTuple):
     auxiliary: kind -> flat tensor of the rule's auxiliary values.
     values: name -> float32 scalar from `call_inputs`.
     row_segments: `layout.row_segments()`, to pass to layout helpers.
+    gradients: float32 flat dense gradients (`Rule.dense_gradients` 'last')
+      or their momentum ('momentum'), averaged over replicas; None for rules
+      that declare neither.
   """
   layout: Any
   weights: tf.Tensor
@@ -52,6 +58,7 @@ class RuleInputs(NamedTuple):
   auxiliary: Mapping[str, tf.Tensor]
   values: Mapping[str, tf.Tensor]
   row_segments: tf.Tensor
+  gradients: Optional[tf.Tensor] = None
 
 
 class Drop(NamedTuple):
@@ -63,11 +70,18 @@ class Drop(NamedTuple):
     weights: float32 flat weights that replace the current ones before the
       drop (DeepR's update); None to keep them.
     auxiliary: kind -> new flat auxiliary values; None to keep them.
+    grow_keys: int32 flat keys (`reallocation.magnitude_keys`): grow at the
+      entries inactive after the drop with the largest keys; None to grow
+      uniformly at random among the entries inactive before.
+    regrow: int64 `[T]` regrowth per tensor (with `grow_keys` only); None
+      to ask `budget`.
   """
   pruned: tf.Tensor
   num_pruned: tf.Tensor
   weights: Optional[tf.Tensor] = None
   auxiliary: Optional[Mapping[str, tf.Tensor]] = None
+  grow_keys: Optional[tf.Tensor] = None
+  regrow: Optional[tf.Tensor] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,15 +96,43 @@ class Rule:
       initial flat values. The engine keeps one variable per sparse tensor
       and kind on `model.dynamic_sparsity_state` (so checkpoints carry them)
       and passes their flat values in `RuleInputs.auxiliary`.
+    dense_gradients: None, or how the rule sees the loss gradient at every
+      entry of a sparse kernel (`RuleInputs.gradients`): 'last' records it at
+      the training step that ends just before a reallocation; 'momentum'
+      accumulates `m = gradient_momentum * m + g` at every step (and the
+      state keeps m, so checkpoints carry it).
+    at_epoch_end: if True, the callback reallocates at the end of every
+      epoch instead of on its step schedule.
   """
   name: ClassVar[str] = ''
   label: ClassVar[str] = ''
   auxiliary: ClassVar[Mapping[str, Any]] = {}
+  dense_gradients: ClassVar[Optional[str]] = None
+  at_epoch_end: ClassVar[bool] = False
 
   @property
   def initial_threshold(self):
     """H for a model that has no state yet (rules without H keep 1e-3)."""
     return 1e-3
+
+  @property
+  def gradient_momentum(self):
+    """The decay of the recorded gradient momentum ('momentum' rules)."""
+    return 0.0
+
+  @property
+  def stop_step(self):
+    """No reallocation at or after this step (None: the callback decides)."""
+    return None
+
+  def for_training(self, total_steps):
+    """This rule for a fit of `total_steps` steps (`ReallocationCallback`).
+
+    Rules whose schedule spans the training (RigL, SNFS) return a copy with
+    its length filled in; the others return `self`.
+    """
+    del total_steps
+    return self
 
   def drop(self, inputs):
     """The entries to deactivate: a `Drop`, from a `RuleInputs`."""

@@ -62,7 +62,8 @@ def test_registry_names_and_unknown_name():
   assert rules.get_rule('set') is rules.SET
   assert rules.get_rule('static') is rules.Static
   assert rules.get_rule('deepr') is rules.DeepR
-  assert sorted(rules.REGISTRY) == ['deepr', 'dsr', 'set', 'static']
+  assert sorted(rules.REGISTRY) == ['deepr', 'dsr', 'rigl', 'set', 'snfs',
+                                    'snip', 'static']
   with pytest.raises(ValueError, match=r"`method`.*\['deepr', 'dsr', .*'nope'"):
     rules.get_rule('nope')
   with pytest.raises(ValueError, match='`method`'):

@@ -1,0 +1,114 @@
+"""snip: sparsify a model with SNIP's masks (connection sensitivity)."""
+
+import numbers
+
+import numpy as np
+import tensorflow as tf
+
+from tf_dsr import _tfmot
+from tf_dsr import engine
+from tf_dsr import sparsify as sparsify_lib
+
+keras = _tfmot.keras
+
+
+def _top_entries(scores, count):
+  """bool mask of the `count` largest scores; ties go to earlier entries."""
+  chosen = np.zeros(scores.shape, bool)
+  if count <= 0:
+    return chosen
+  cut = np.partition(scores, scores.size - count)[scores.size - count]
+  chosen[scores > cut] = True
+  ties = np.flatnonzero(scores == cut)
+  chosen[ties[:count - int(chosen.sum())]] = True
+  return chosen
+
+
+def snip(model, sparsity, inputs, targets, loss, exclude=None, seed=0,
+         **sparsify_options):
+  """Sparsifies `model` with SNIP's masks, chosen on one batch.
+
+  Lee et al., ICLR 2019, https://arxiv.org/abs/1810.02340. The connection
+  sensitivity of a weight is `|g * w|`, the magnitude of the loss gradient
+  times the weight, at the model's initial (dense) weights on
+  (`inputs`, `targets`). The model is wrapped like `tf_dsr.sparsify(model,
+  sparsity, ...)` (same layers, same number of active weights in all), then
+  the active weights are the most sensitive ones over all sparse kernels
+  together (ties to the first in layer order), with at least one per kernel;
+  they keep their initial values and every other entry is 0. Train the result
+  with `method='snip'` (static masks).
+
+  The gradient is taken with `training=False`, so batch normalisation uses
+  its moving statistics and the model's state is not changed.
+
+  Example:
+    ```python
+    x, y = next(iter(train_ds))
+    model = tf_dsr.snip(model, 0.9, x, y, 'sparse_categorical_crossentropy')
+    model.compile(...)
+    model.fit(train_ds, callbacks=[tf_dsr.ReallocationCallback(method='snip')])
+    ```
+
+  Args:
+    model: a built tf_keras Sequential or functional model, dense.
+    sparsity: as for `tf_dsr.sparsify`.
+    inputs: one batch of model inputs.
+    targets: its targets.
+    loss: a Keras loss (name, function or `Loss`), called as
+      `loss(targets, predictions)`.
+    exclude: as for `tf_dsr.sparsify`.
+    seed: as for `tf_dsr.sparsify` (SNIP's choice itself is deterministic).
+    **sparsify_options: further options of `tf_dsr.sparsify`.
+
+  Returns:
+    The sparsified model.
+
+  Raises:
+    ValueError: for a model that is not built, a non-finite gradient, or any
+      error of `tf_dsr.sparsify`.
+  """
+  if not _tfmot.is_tf_keras_object(model):
+    raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
+  if not isinstance(model, keras.Model) or not model.built:
+    raise ValueError(f'`model` must be a built tf_keras model, got {model!r}.')
+  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    raise ValueError(f'`seed` must be an int, got {seed!r}.')
+  loss_fn = keras.losses.get(loss)
+  variables = model.trainable_variables
+  with tf.GradientTape() as tape:
+    value = tf.reduce_mean(loss_fn(targets, model(inputs, training=False)))
+  grads = tape.gradient(value, variables)
+  dense = {v.ref(): (v.numpy(), None if g is None else np.asarray(g))
+           for v, g in zip(variables, grads)}
+
+  sparse = sparsify_lib.sparsify(model, sparsity, exclude=exclude,
+                                 seed=int(seed), **sparsify_options)
+  pairs = [pair for wrapper in engine.collect_wrappers(sparse)
+           for pair in wrapper.sparse_weights]
+  scores, budget = [], 0
+  for kernel, mask in pairs:
+    weights, grad = dense[kernel.ref()]
+    if grad is None:
+      grad = np.zeros_like(weights)
+    score = np.abs(grad * weights).astype(np.float64).ravel()
+    if not np.isfinite(score).all():
+      raise ValueError(
+          f'The loss gradient of {kernel.name!r} on the SNIP batch is not '
+          'finite; check `inputs`, `targets` and `loss`.')
+    scores.append(score)
+    budget += int(np.count_nonzero(mask.numpy()))
+  # Each kernel keeps its most sensitive entry, then the rest of the budget
+  # goes to the most sensitive entries over all kernels.
+  reserved = [_top_entries(score, 1) for score in scores]
+  flat = np.concatenate(scores)
+  flat[np.concatenate(reserved)] = -1.0
+  chosen = _top_entries(flat, budget - len(pairs))
+  chosen |= np.concatenate(reserved)
+  position = 0
+  for (kernel, mask), score in zip(pairs, scores):
+    new = chosen[position:position + score.size].reshape(mask.shape)
+    position += score.size
+    weights, _ = dense[kernel.ref()]
+    mask.assign(new.astype(mask.dtype.as_numpy_dtype))
+    kernel.assign((weights * new).astype(weights.dtype))
+  return sparse
