@@ -54,7 +54,7 @@ def main():
   default_jit = tf_dsr.engine.default_jit_compile()
   reallocators = {}
   for jit in (default_jit, True):
-    for name, opt in (('reallocation (masks, kernels)', None),
+    for name, opt in (('reallocation (masks, kernels)', False),
                       ('reallocation + momentum reset', optimizer)):
       reallocators[f'{name}, jit_compile={jit}'] = tf_dsr.Reallocator(
           model, target_pruned=400_000, optimizer=opt, jit_compile=jit, seed=1)

@@ -76,7 +76,7 @@ class Case:
     self.target_pruned = round(pruned_fraction * self.num_weights)
     self.reallocators = {
         jit: tf_dsr.Reallocator(self.model, target_pruned=self.target_pruned,
-                                optimizer=None, jit_compile=jit, seed=seed)
+                                optimizer=False, jit_compile=jit, seed=seed)
         for jit in (True, False)}
     tensors = self.reallocators[True].sparse_tensors()
     self.kernels = [k for _, k, _ in tensors]

@@ -161,17 +161,20 @@ class Built:
   reference_flops: Optional[int] = None
 
 
-def freeze_masks(model):
-  """Static sparse training: bind the model's wrappers to masks that never move.
+def freeze_masks(model, method='static'):
+  """Static sparse training: a callback that keeps the masks where they are.
 
-  A static `tf_dsr.Reallocator` marks the wrappers as managed (so training is
-  allowed) and attaches the state to the model; nothing ever calls it, as it
-  would change nothing.
+  `fit` on a model with wrappers needs a `tf_dsr.ReallocationCallback`; a
+  static rule ('static', or 'snip' to label SNIP's masks) with `stop_step=0`
+  never reallocates, so the masks stay as built. It also attaches the state
+  to the model.
 
   Returns:
-    The reallocator (kept only so that callers may inspect it).
+    The callback, to pass to `fit`.
   """
-  return tf_dsr.Reallocator(model, method='static')
+  callback = tf_dsr.ReallocationCallback(method=method, stop_step=0)
+  callback.set_model(model)
+  return callback
 
 
 # What a run exports for the controls (see `launch.outputs`).
@@ -328,8 +331,7 @@ class Static(Dense):
   def attach(self, model, config, log_dir=None, verbose=True,
              steps_per_epoch=None):
     del config, log_dir, verbose, steps_per_epoch
-    freeze_masks(model)
-    return []
+    return [freeze_masks(model)]
 
   def training_flops(self, config, report, steps, reallocations,
                      steps_per_epoch):
@@ -415,8 +417,7 @@ class Snip(Static):
   def attach(self, model, config, log_dir=None, verbose=True,
              steps_per_epoch=None):
     del config, log_dir, verbose, steps_per_epoch
-    tf_dsr.Reallocator(model, method='snip')  # Binds the frozen masks.
-    return []
+    return [freeze_masks(model, method='snip')]
 
 
 class Prune(Dense):

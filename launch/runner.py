@@ -173,6 +173,8 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
                       'backups are written there).')
   settings = json.loads(json.dumps(config.to_dict()))
   run_dir = outputs.RunDir(model_dir) if model_dir else None
+  if run_dir:
+    run_dir.check_writable()
   if run_dir and importlib.util.find_spec('tensorboard') is None:
     raise LaunchError('TensorBoard logs need the tensorboard package, which '
                       'TensorFlow >= 2.21 no longer installs: pip install '

@@ -6,6 +6,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
 import tf_dsr  # pylint: disable=g-import-not-at-top
 from tf_dsr import keras  # pylint: disable=g-import-not-at-top
@@ -37,6 +38,22 @@ def sparse_tiny_cnn(sparsity=0.8, seed=0, optimizer=None):
       optimizer or keras.optimizers.SGD(0.05, momentum=0.9),
       keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   return model
+
+
+def custom_train_step(model):
+  """A custom training step (not Keras's `train_on_batch`): loss, gradients,
+  the model's optimizer; a `Reallocator` drives such loops."""
+
+  @tf.function
+  def step(x, y):
+    with tf.GradientTape() as tape:
+      loss = model.compute_loss(x, y, model(x, training=True))
+    model.optimizer.apply_gradients(
+        zip(tape.gradient(loss, model.trainable_variables),
+            model.trainable_variables))
+    return loss
+
+  return step
 
 
 def sparse_pairs(model):

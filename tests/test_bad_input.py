@@ -57,7 +57,7 @@ def test_callback_on_a_model_without_sparse_layers():
 def test_training_without_callback_or_reallocator_is_refused():
   model = sparse_tiny_cnn()
   x, y = tiny_data()
-  with pytest.raises(ValueError, match='no `tf_dsr.ReallocationCallback`'):
+  with pytest.raises(ValueError, match='without a `tf_dsr.ReallocationCallback`'):
     model.fit(x, y, epochs=1, verbose=0)
   # Inference is fine without one.
   assert model.predict(x, verbose=0).shape == (64, 10)
@@ -89,7 +89,7 @@ def test_reallocator_arguments_leave_the_model_unbound():
     tf_dsr.Reallocator(model, target_pruned=10, tolerance=2)
   assert not hasattr(model, 'dynamic_sparsity_state')
   x, y = tiny_data()
-  with pytest.raises(ValueError, match='no `tf_dsr.ReallocationCallback`'):
+  with pytest.raises(ValueError, match='without a `tf_dsr.ReallocationCallback`'):
     model.fit(x, y, epochs=1, verbose=0)
   assert masks_of(model)
 
@@ -104,3 +104,52 @@ def test_keras3_objects_get_a_clear_message():
   model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
   with pytest.raises(ValueError, match='`to_sparsify`.*Keras 3'):
     tf_dsr.sparsify(model, 0.5)
+
+
+@pytest.mark.parametrize('period,pattern', [
+    ({2: 2, 0: 4}, r'strictly increasing, got them in the order \[2, 0\].*'
+                   r'write \{0: 4, 2: 2\}'),
+    ({5: 100}, 'must start at epoch 0: its first key is 5'),
+    ({-1: 3, 0: 2}, 'keys must be >= 0.*-1'),
+    ({0: 100, 25: 0}, 'the value of key 25 is 0'),
+    ({0: 100, 'a': 3}, "keys must be ints.*'a' is not"),
+])
+def test_period_messages_say_what_is_wrong(period, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    tf_dsr.ReallocationCallback(target_pruned=10, period=period)
+
+
+def test_numpy_scalars_are_numbers_everywhere():
+  model = tf_dsr.sparsify(tiny_cnn(), sparsity=np.float32(0.5),
+                          exclude=['conv1'], seed=np.int64(3))
+  wrapper = tf_dsr.collect_wrappers(model)[0]
+  assert wrapper.sparsity == 0.5 and wrapper.seed == 3
+  assert type(wrapper.seed) is int
+  layer = tf_dsr.DynamicSparseWrapper(keras.layers.Dense(2), np.float64(0.25),
+                                      seed=np.int32(1))
+  assert layer.get_config()['seed'] == 1
+  cb = tf_dsr.ReallocationCallback(
+      target_pruned=np.int64(10), tolerance=np.float32(0.2),
+      initial_threshold=np.float16(0.01), period={np.int64(0): np.int32(4)},
+      stop_epoch=np.int64(3), stop_step=np.int32(100), seed=np.int64(2))
+  assert cb.schedule.pieces == {0: 4} and cb.stop_epoch == 3 and cb.seed == 2
+  model.compile('sgd', keras.losses.SparseCategoricalCrossentropy(True))
+  realloc = tf_dsr.Reallocator(model, 'set', drop_fraction=np.float32(0.3),
+                               seed=np.int64(1))
+  assert realloc.seed == 1
+  tf_dsr.Reallocator(model, 'deepr', alpha=np.float32(1e-4),
+                     temperature=np.float64(0.0), learning_rate=np.float32(0.1))
+
+
+def test_target_pruned_above_the_sparse_weights_names_both_numbers():
+  model = sparse_tiny_cnn()  # conv2 1152 + fc 160 = 1312 sparse weights.
+  with pytest.raises(ValueError, match=r'`target_pruned` \(1313\).*1,312'):
+    tf_dsr.Reallocator(model, target_pruned=1313)
+  with pytest.raises(ValueError, match=r'`target_pruned` \(5000\).*1,312'):
+    tf_dsr.Reallocator(model, 'set', target_pruned=5000)
+  assert not hasattr(model, 'dynamic_sparsity_state')
+  tf_dsr.Reallocator(model, target_pruned=1312)
+  x, y = tiny_data()
+  with pytest.raises(ValueError, match=r'`target_pruned` \(2000\).*1,312'):
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[
+        tf_dsr.ReallocationCallback(target_pruned=2000)])

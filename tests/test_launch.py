@@ -190,9 +190,11 @@ def test_resume_continues_exactly(runs):
   resumed = _checkpoint(os.path.join(runs['b'], 'checkpoints', 'ckpt-2'))
   assert uninterrupted.keys() == resumed.keys()
   masks = [k for k in uninterrupted if '_mask/' in k]
-  state = [k for k in uninterrupted if 'dynamic_sparsity_state' in k]
+  # H, reallocation count, last step and step counter: weights of every
+  # wrapper (the first one's are the model's state).
+  state = [k for k in uninterrupted if '/dsr_' in k]
   slots = [k for k in uninterrupted if 'optimizer' in k]
-  assert len(masks) == 6 and len(state) == 3 and slots
+  assert len(masks) == 6 and len(state) == 4 * 6 and slots
   for key in uninterrupted:
     np.testing.assert_array_equal(uninterrupted[key], resumed[key], err_msg=key)
   # The resumed epoch did move masks (a reallocation at step 6).
@@ -293,3 +295,40 @@ def test_quickstart_prints_its_table():
                           for s in (0, 1))], done.stdout
   assert done.stdout.startswith('[quickstart] 6 runs: dense, static sparse, '
                                 'DSR x 2 seeds\n'), done.stdout
+
+
+def _unwritable_dir(tmp_path):
+  """A directory this process cannot write to (root ignores permissions)."""
+  if os.geteuid() == 0:
+    return '/sys/tf_dsr_run'  # sysfs refuses new entries even to root.
+  locked = tmp_path / 'locked'
+  locked.mkdir()
+  locked.chmod(0o500)
+  return str(locked / 'run')
+
+
+@pytest.mark.parametrize('kind, message', [
+    ('file', r'--model_dir \S+ is a file, not a directory'),
+    ('under_a_file', r'--model_dir \S+: its parent \S+ is a file'),
+    ('missing_parent', r'--model_dir \S+: its parent directory \S+ does not '
+                       r'exist; create it first'),
+    ('unwritable', r'--model_dir \S+ is not writable'),
+])
+def test_cli_unusable_model_dir_exits_2_and_writes_nothing(tmp_path, kind,
+                                                            message):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('keep me')
+  model_dir = {
+      'file': str(a_file),
+      'under_a_file': str(a_file / 'run'),
+      'missing_parent': str(tmp_path / 'missing' / 'run'),
+      'unwritable': _unwritable_dir(tmp_path),
+  }[kind]
+  before = sorted(p.name for p in tmp_path.iterdir())
+  done = _cli('--config=small_cnn_digits_dsr', f'--model_dir={model_dir}')
+  assert done.returncode == 2, done.stderr
+  assert re.search('error: ' + message, done.stderr), done.stderr
+  assert 'Traceback' not in done.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == before
+  assert a_file.read_text() == 'keep me'
+  assert kind == 'file' or not os.path.exists(model_dir)

@@ -67,7 +67,9 @@ def test_sparse_methods_keep_masked_weights_zero_and_count_fixed(method, extra):
   assert total(final) == total(initial)
   moved = sum(int((final[k] != initial[k]).sum()) for k in final)
   if method in ('static', 'snip'):
-    assert moved == 0 and not callbacks
+    # A static callback (or none) licenses `fit` and never reallocates.
+    assert moved == 0
+    assert not any(getattr(cb, 'history', None) for cb in callbacks)
     return
   assert moved > 0  # The rule did move masks ...
   state = model.dynamic_sparsity_state

@@ -122,6 +122,7 @@ class _Cluster:
 
 
 def _single_process(tmp_path, devices, strategy):
+  tmp_path.mkdir(parents=True, exist_ok=True)  # --model_dir's parent.
   model_dir, digest_dir = tmp_path / 'run', tmp_path / 'digests'
   done = subprocess.run(
       [sys.executable, '-c', _LOGICAL_DEVICES_MAIN, str(devices),

@@ -5,6 +5,11 @@ re-exported as `tf_dsr.keras`, so that models, tfmot's wrappers and tf_dsr's
 wrappers all share one Keras. Every other module imports Keras from here.
 """
 
+import importlib
+import sys
+
+import tensorflow as tf
+from tensorflow.python.framework import ops  # pylint: disable=g-direct-tensorflow-import
 from tensorflow_model_optimization.python.core.keras.compat import keras
 from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer
 from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
@@ -21,6 +26,13 @@ EXTRA_PRUNABLE_WEIGHTS = {
 }
 if hasattr(keras.layers, 'DepthwiseConv1D'):
   EXTRA_PRUNABLE_WEIGHTS[keras.layers.DepthwiseConv1D] = ('depthwise_kernel',)
+
+
+# Layers that tfmot's registry lists but that create their kernels only when
+# first called (not in `build`), so a wrapper rebuilt from a config (by
+# `keras.models.load_model`) cannot find them, and whose call takes several
+# tensors. tf_dsr refuses to wrap them.
+KERNELS_CREATED_ON_CALL = (keras.layers.MultiHeadAttention,)
 
 
 def is_tf_keras_object(obj):
@@ -114,3 +126,59 @@ def layer_calls(model):
     for node in model._nodes_by_depth[depth]:  # pylint: disable=protected-access
       if not node.is_input:
         yield node.layer, node.input_shapes, node.output_shapes
+
+
+# ------------------------------------------------ Keras's own training loop
+# The name of the function Keras's `Model.make_train_function` compiles (and,
+# with `run_eagerly=True`, calls) for `fit` and `train_on_batch`.
+_KERAS_TRAIN_FUNCTION = 'train_function'
+
+
+@tf.autograph.experimental.do_not_convert
+def in_keras_train_function():
+  """True inside Keras's train step (`fit`, `train_on_batch`).
+
+  While Keras traces its train step, the graph being built is (or is nested
+  in) the function graph of its `train_function`, in every replica's thread;
+  when it runs eagerly, `train_function` is on the Python call stack (of the
+  calling thread: an eager step of a multi-device `MirroredStrategy` runs its
+  replicas in other threads and is not recognised).
+  """
+  graph = ops.get_default_graph()
+  while graph is not None:
+    if getattr(graph, 'name', None) == _KERAS_TRAIN_FUNCTION:
+      return True
+    graph = getattr(graph, 'outer_graph', None)
+  frame = sys._getframe(1)  # pylint: disable=protected-access
+  while frame is not None:
+    code = frame.f_code
+    if (code.co_name == _KERAS_TRAIN_FUNCTION and
+        'tf_keras' in code.co_filename):
+      return True
+    frame = frame.f_back
+  return False
+
+
+_base_layer_utils = importlib.import_module(
+    keras.__name__.split('.')[0] + '.src.engine.base_layer_utils')
+
+
+@tf.autograph.experimental.do_not_convert
+def keras_is_saving():
+  """True while Keras traces a layer's call to save it (SavedModel export).
+
+  Keras traces `call(training=True)` too when it writes a SavedModel; that
+  is not training.
+  """
+  return bool(_base_layer_utils.call_context().saving)
+
+
+def forget_train_function(model):
+  """Drops Keras's cached train step, so the next `fit` traces it again.
+
+  `Model.make_train_function` reuses the step it built for the previous
+  `fit` (until `compile`); the wrappers check their driver when the step is
+  traced, so it is traced again for every `fit`.
+  """
+  model.train_function = None
+  model.train_tf_function = None

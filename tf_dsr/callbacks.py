@@ -1,25 +1,18 @@
 """ReallocationCallback: runs a Reallocator on a schedule during `model.fit`."""
 
-import numbers
-
 import tensorflow as tf
 
 from tf_dsr import _tfmot
 from tf_dsr import engine
 from tf_dsr import rules
 from tf_dsr import schedules
+from tf_dsr import validation
 
 keras = _tfmot.keras
 
 
 def _validate_stop(value, argument):
-  if value is None:
-    return None
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (
-      value < 0):
-    raise ValueError(f'`{argument}` must be a non-negative int or None, got '
-                     f'{value!r}.')
-  return int(value)
+  return validation.check_int(argument, value, low=0, optional=True)
 
 
 class ReallocationCallback(keras.callbacks.Callback):
@@ -29,8 +22,15 @@ class ReallocationCallback(keras.callbacks.Callback):
   training step g > 0 with g % P == 0 (P from `period`), and before the stop
   point, the callback runs one reallocation of a `tf_dsr.Reallocator` on the
   model (see `tf_dsr.rules` for the rules). The model-wide state (H, the
-  number of reallocations, the step of the last one) lives in variables of
-  the model, so checkpoints carry it and a resumed run continues exactly.
+  number of reallocations, the step of the last one, the training step)
+  lives in variables of the model's wrappers, so every Keras format carries
+  it and a resumed run continues exactly. The schedule counts steps with
+  that saved step counter, so it continues even from a format that does
+  not restore the optimizer (a Keras SavedModel directory).
+
+  Pass exactly one callback to each `fit` of a model with wrappers: `fit`
+  without one raises, and so do two callbacks, or a callback on a model a
+  `Reallocator` has been reallocating.
 
   Rules with `at_epoch_end` (SNFS) reallocate at the end of every epoch
   instead of on `period`. For rules that grow by the dense gradient (RigL),
@@ -90,6 +90,9 @@ class ReallocationCallback(keras.callbacks.Callback):
     self.stop_epoch = _validate_stop(stop_epoch, 'stop_epoch')
     self.stop_step = _validate_stop(stop_step, 'stop_step')
     self.seed = int(seed)
+    if log_dir is not None and not isinstance(log_dir, (str, bytes)) and (
+        not hasattr(log_dir, '__fspath__')):
+      raise ValueError(f'`log_dir` must be a path or None, got {log_dir!r}.')
     self.log_dir = log_dir
     self.verbose = verbose
     self.jit_compile = jit_compile
@@ -113,9 +116,13 @@ class ReallocationCallback(keras.callbacks.Callback):
     super().set_model(model)
     if self.reallocator is None or self.reallocator.model is not model:
       self.reallocator = engine.Reallocator(
-          model, self.rule, seed=self.seed, jit_compile=self.jit_compile)
+          model, self.rule, seed=self.seed, jit_compile=self.jit_compile,
+          _callback=self)
 
   def on_train_begin(self, logs=None):
+    # Registers this callback as the driver of this `fit` (the wrappers check
+    # it when Keras traces the train step); raises for a second driver.
+    self.reallocator._binding.begin_fit(self, self.params)  # pylint: disable=protected-access
     params = self.params or {}
     if params.get('epochs') and params.get('steps'):
       rule = self.rule.for_training(params['epochs'] * params['steps'])
@@ -128,12 +135,25 @@ class ReallocationCallback(keras.callbacks.Callback):
     # the model was not built when the callback got it.
     self.reallocator.gradient_recorder  # pylint: disable=pointless-statement
 
+  def _saved_step(self):
+    """The state's step counter, or None while the model is not built."""
+    try:
+      return self.reallocator.state.step
+    except ValueError:
+      return None
+
   def on_epoch_begin(self, epoch, logs=None):
     # The step counter is read here rather than at train begin: a callback
     # such as BackupAndRestore restores it in its own `on_train_begin`, which
-    # may run after this one's. One read per epoch, no sync per step.
+    # may run after this one's. One read per epoch, no sync per step. The
+    # state's own counter is saved with the state, so it also holds where the
+    # optimizer's was not restored (a Keras SavedModel directory restores a
+    # new optimizer at step 0) or was replaced (a new `compile`).
     self._epoch = epoch
-    self._epoch_begin_iterations = int(self.model.optimizer.iterations.numpy())
+    iterations = int(self.model.optimizer.iterations.numpy())
+    saved = self._saved_step()
+    self._epoch_begin_iterations = max(
+        iterations, 0 if saved is None else int(saved.numpy()))
     self._epoch_start_step = None
 
   def on_train_batch_begin(self, batch, logs=None):
@@ -164,6 +184,9 @@ class ReallocationCallback(keras.callbacks.Callback):
     first = self._seen_step + 1
     self._seen_step = step
     self._execution = step - first + 1
+    saved = self._saved_step()
+    if saved is not None:
+      saved.assign(step)  # An assignment, no host sync.
     if self.rule.at_epoch_end or not self._active(step):
       return
     if not self.schedule.due(self._epoch, first, step):
@@ -180,6 +203,10 @@ class ReallocationCallback(keras.callbacks.Callback):
     self._record(self.reallocator.reallocate(step))
 
   def on_train_end(self, logs=None):
+    self.reallocator._binding.end_fit(self)  # pylint: disable=protected-access
+    # The next `fit` traces its train step again, so the wrappers check again
+    # that a callback drives it.
+    _tfmot.forget_train_function(self.model)
     if self.rule.dense_gradients == 'last':
       self.reallocator.record_gradients(False)
     if self._writer is not None:

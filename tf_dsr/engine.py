@@ -17,18 +17,19 @@ from the same weights.
 """
 
 import dataclasses
-import numbers
 from typing import Dict
 
 import tensorflow as tf
 
 from tf_dsr import _tfmot
+from tf_dsr import binding as binding_lib
 from tf_dsr import gradients as gradients_lib
 from tf_dsr import layout as layout_lib
 from tf_dsr import optimizer_state
 from tf_dsr import reallocation
 from tf_dsr import rules as rules_lib
 from tf_dsr import state as state_lib
+from tf_dsr import validation
 from tf_dsr.wrapper import DynamicSparseWrapper
 
 keras = _tfmot.keras
@@ -61,8 +62,7 @@ def default_jit_compile():
 
 def check_seed_and_jit_compile(seed, jit_compile):
   """Raises ValueError naming `seed` or `jit_compile` when it is not valid."""
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-    raise ValueError(f'`seed` must be an int, got {seed!r}.')
+  validation.check_int('seed', seed)
   if jit_compile is not None and not isinstance(jit_compile, bool):
     raise ValueError(f'`jit_compile` must be True, False or None, got '
                      f'{jit_compile!r}.')
@@ -130,11 +130,67 @@ def _write(kernel, mask, slots, dropped, grown, ok):
     slot.assign(tf.where(kept, slot, tf.zeros_like(slot)))
 
 
+def _optimizer_types():
+  keras_optimizers = keras.optimizers
+  return (keras_optimizers.Optimizer, keras_optimizers.legacy.Optimizer,
+          keras.mixed_precision.LossScaleOptimizer)
+
+
+def _check_optimizer(model, optimizer):
+  """Raises unless `optimizer` is None (the model's), False or an optimizer."""
+  if optimizer is False:
+    return
+  if optimizer is None:
+    if getattr(model, 'optimizer', None) is None:
+      raise ValueError(
+          f'`optimizer` is None and `model` {model.name!r} is not compiled, so '
+          'the Reallocator cannot find the optimizer whose per-weight state '
+          '(momentum, Adam moments) it must reset where weights move. Pass '
+          '`optimizer=` the optimizer your training loop applies, or '
+          '`optimizer=False` if it keeps no per-weight state.')
+    return
+  if isinstance(optimizer, bool) or not isinstance(optimizer,
+                                                   _optimizer_types()):
+    raise TypeError(
+        '`optimizer` must be a tf_keras optimizer, None (the model\'s) or False '
+        f'(no per-weight state), got {optimizer!r}.')
+
+
+def _check_step(step):
+  """The step as a Python int, from a Python/NumPy int or an int tensor.
+
+  Raises:
+    RuntimeError: inside a `tf.function`.
+    ValueError: for anything else, naming `step`.
+  """
+  if tf.inside_function():
+    raise RuntimeError(
+        '`Reallocator.reallocate` was called inside a `tf.function`. It assigns '
+        'masks, weights and optimizer state and reads its results on the host, '
+        'so call it eagerly between training steps: `train_step(x, y)` (your '
+        'tf.function), then `realloc.reallocate(step)` outside it.')
+  if isinstance(step, (tf.Tensor, tf.Variable)) or (
+      hasattr(step, 'dtype') and hasattr(step, 'shape') and
+      not validation.is_int(step)):
+    dtype = tf.as_dtype(step.dtype) if hasattr(step, 'dtype') else None
+    if dtype not in (tf.int32, tf.int64) or tuple(step.shape) != ():
+      raise ValueError(
+          '`step` must be an int, or a scalar int32/int64 tensor, got '
+          f'{step!r}.')
+    step = int(step.numpy() if hasattr(step, 'numpy') else step)
+  return validation.check_int('step', step, low=-1)
+
+
 class Reallocator:
   """Runs a reallocation rule on every sparse tensor of a model.
 
   For `model.fit`, use `ReallocationCallback`, which calls this on a
-  schedule; custom training loops call `reallocate(step)` themselves.
+  schedule; custom training loops call `reallocate(step)` themselves,
+  eagerly, between training steps. A model with wrappers trains only with
+  one of them: in Keras's own loop (`fit`, `train_on_batch`) a
+  `ReallocationCallback` must be in that `fit`'s callbacks; a custom loop
+  needs a `Reallocator`. A Reallocator that has run reallocations and a
+  callback cannot both drive one model.
 
   Example:
     ```python
@@ -153,8 +209,10 @@ class Reallocator:
       `tf_dsr.rules.Rule` object.
     seed: integer seed of the reallocations' random streams.
     optimizer: the optimizer whose per-weight state is reset wherever a
-      weight is dropped or regrown; defaults to `model.optimizer` at the time
-      of each call.
+      weight is dropped or regrown. None (the default) uses
+      `model.optimizer` at the time of each call, and then the model must
+      be compiled; `False` says explicitly that training keeps no
+      per-weight optimizer state (plain SGD), so nothing is reset.
     jit_compile: also compile the per-tensor reads and writes with XLA (the
       flat core always is), as TPUs need; None chooses per device
       (`default_jit_compile`).
@@ -162,12 +220,15 @@ class Reallocator:
       `initial_threshold`).
 
   Raises:
-    TypeError: for an option the rule does not take, naming its options.
-    ValueError: for a bad option value or a model without sparse layers.
+    TypeError: for an option the rule does not take, naming its options, or
+      an `optimizer` that is not one.
+    ValueError: for a bad option value, a model without sparse layers, an
+      uncompiled model with `optimizer=None`, or a `target_pruned` above the
+      number of sparse weights.
   """
 
   def __init__(self, model, method='dsr', *, seed=0, optimizer=None,
-               jit_compile=None, **options):
+               jit_compile=None, _callback=None, **options):
     rule = rules_lib.make(method, **options)
     if not _tfmot.is_tf_keras_object(model):
       raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
@@ -177,6 +238,8 @@ class Reallocator:
       raise ValueError(
           f'`model` {model.name!r} has no DynamicSparseWrapper layer; wrap it '
           'with `tf_dsr.sparsify(model, sparsity=...)` first.')
+    if _callback is None:
+      _check_optimizer(model, optimizer)
     self.model = model
     self.rule = rule
     self.seed = int(seed)
@@ -184,14 +247,49 @@ class Reallocator:
                         else jit_compile)
     self._optimizer = optimizer
     self._wrappers = wrappers
-    self.state = state_lib.get_or_create(model, float(rule.initial_threshold))
-    for wrapper in wrappers:
-      wrapper._reallocation_bound = True  # pylint: disable=protected-access
+    self._state = None
     self._layout = None
     self._function = None
+    if all(wrapper.built for wrapper in wrappers):
+      self._check_layout()
+      self._resolve_state()
+    self._callback = _callback
+    self._binding = binding_lib.of(wrappers)
+    if _callback is None:
+      self._binding.add_reallocator(self)
     self._recorder = None
     if rule.dense_gradients and all(wrapper.built for wrapper in wrappers):
       self.gradient_recorder  # pylint: disable=pointless-statement
+    if rule.dense_gradients == 'momentum':
+      # Kept on the state module: TensorFlow-format checkpoints only.
+      self._binding.auxiliary_kinds.add('dense_momentum')
+
+  @property
+  def state(self):
+    """The model's `DynamicSparsityState` (the model must be built)."""
+    return self._resolve_state()
+
+  def _resolve_state(self):
+    if self._state is None:
+      unbuilt = [w.name for w in self._wrappers if not w.built]
+      if unbuilt:
+        raise ValueError(
+            f'Layers {unbuilt} are not built; build the model (call it on '
+            'data or give it an input shape) before reallocating.')
+      kinds = tuple(self.rule.auxiliary) + (
+          ('dense_momentum',) if self.rule.dense_gradients == 'momentum'
+          else ())
+      state = state_lib.get_or_create(self.model, self._wrappers[0], kinds)
+      if int(state.reallocations.numpy()) == 0:
+        # A state that never reallocated starts from this rule's H; a state
+        # that has (a restored run) keeps its own.
+        state.threshold.assign(float(self.rule.initial_threshold))
+      self._state = state
+    return self._state
+
+  def _check_layout(self):
+    """Lets the rule check its options against the sparse tensors' sizes."""
+    self.rule.check_layout(self.layout)
 
   # ------------------------------------------------------ dense gradients
   @property
@@ -244,6 +342,9 @@ class Reallocator:
   # ------------------------------------------------------------ the model
   @property
   def optimizer(self):
+    """The optimizer whose state is reset, or None (`optimizer=False`)."""
+    if self._optimizer is False:
+      return None
     return self._optimizer if self._optimizer is not None else getattr(
         self.model, 'optimizer', None)
 
@@ -255,8 +356,8 @@ class Reallocator:
         raise ValueError(
             f'Layer {wrapper.name!r} is not built; build the model (call it on '
             'data or give it an input shape) before reallocating.')
-      for kernel, mask in wrapper.sparse_weights:
-        name = f'{wrapper.name}/{kernel.name.split("/")[-1].split(":")[0]}'
+      for name, (kernel, mask) in zip(wrapper.sparse_names,
+                                      wrapper.sparse_weights):
         tensors.append((name, kernel, mask))
     return tensors
 
@@ -417,7 +518,7 @@ class Reallocator:
     communication; this also keeps each XLA computation on a single device,
     as TPUs and XLA require. Returns the first replica's outputs.
     """
-    state = self.state
+    state = self._resolve_state()
     kernels = [_copies(k) for _, k, _ in tensors]
     masks = [_copies(m) for _, _, m in tensors]
     slot_copies = [[_copies(s) for s in group] for group in slots]
@@ -444,8 +545,11 @@ class Reallocator:
   def reallocate(self, step=-1):
     """Runs one reallocation now and returns its `ReallocationStats`.
 
+    Call it eagerly, between training steps (not inside a `tf.function`).
+
     Args:
-      step: the global step, recorded in the state and the stats.
+      step: the global step, recorded in the state and the stats: a Python
+        or NumPy int, or a scalar int32/int64 tensor; -1 when not given.
 
     Returns:
       `ReallocationStats`.
@@ -453,12 +557,28 @@ class Reallocator:
     Raises:
       FloatingPointError: when a sparse kernel holds NaN or Inf; nothing is
         changed and the message names the layers.
+      RuntimeError: inside a `tf.function`.
+      ValueError: for a bad `step`, or when a `ReallocationCallback` drives
+        this model's `fit` and this Reallocator is not its own.
     """
+    step = _check_step(step)
+    binding = self._binding
+    if self._callback is None:
+      if binding.callback is not None:
+        raise ValueError(
+            'A `tf_dsr.ReallocationCallback` is driving this model\'s `fit`; a '
+            'second `Reallocator` reallocating it too would move the masks '
+            'twice. Let the callback reallocate.')
+      binding.mark_in_use(self)
+    if self._layout is None:
+      self._check_layout()
+    self._resolve_state()
     tensors = self.sparse_tensors()
     optimizer = self.optimizer
     slots = [tuple(optimizer_state.slot_variables(optimizer, kernel))
              for _, kernel, _ in tensors]
     auxiliary = self._auxiliary_variables()
+    binding.auxiliary_kinds.update(auxiliary)
     values = self.rule.call_inputs(step, optimizer)
     recorder = self.gradient_recorder
     # Read outside the replicas: summed over them (the all-reduced gradient).

@@ -43,7 +43,7 @@ def test_dsr_hand_worked(jit_compile):
   w1 = [0.0002, 0., 0., 0.7, 0., 0., 0., 0.]
   m1 = [1, 0, 0, 1, 0, 0, 0, 0]
   model, ((k0, mask0), (k1, mask1)) = _model([w0, w1], [m0, m1])
-  realloc = tf_dsr.Reallocator(model, target_pruned=10, seed=3,
+  realloc = tf_dsr.Reallocator(model, optimizer=False, target_pruned=10, seed=3,
                                jit_compile=jit_compile)
   stats = realloc.reallocate(step=7)
   # K = 3. Survivors l = (4, 1), L = 5: shares 2.4 and 0.6. Tensor 0 has only
@@ -86,7 +86,7 @@ def test_skips_when_the_pruned_cannot_be_regrown_and_h_still_adapts():
   w = [1e-5, 1e-5, 1e-5, 1e-5, 1e-5, 0.5, 0., 0.]
   m = [1, 1, 1, 1, 1, 1, 0, 0]
   model, ((_, mask),) = _model([w], [m])
-  stats = tf_dsr.Reallocator(model, target_pruned=2).reallocate()
+  stats = tf_dsr.Reallocator(model, optimizer=False, target_pruned=2).reallocate()
   assert stats.skipped and stats.pruned == 0 and stats.candidates == 5
   np.testing.assert_array_equal(_flat(mask), m)
   assert stats.threshold == pytest.approx(0.5e-3)
@@ -97,7 +97,7 @@ def test_invariants_over_many_random_reallocations_with_one_trace():
   kernels = [rng.normal(0, 0.01, 8) for _ in range(3)]
   masks = [(rng.random(8) < 0.4) | (np.arange(8) == 0) for _ in range(3)]
   model, pairs = _model(kernels, masks)
-  realloc = tf_dsr.Reallocator(model, target_pruned=3, seed=5)
+  realloc = tf_dsr.Reallocator(model, optimizer=False, target_pruned=3, seed=5)
   outcomes = set()
   for call in range(40):
     if call % 10 == 9:  # Nearly dense masks: H = 1 then prunes more than fit.
@@ -130,7 +130,7 @@ def test_a_non_finite_weight_changes_nothing_and_names_the_layer():
   model, ((kernel, mask), _) = _model(
       [[np.nan, 0.5, 0, 0, 0, 0, 0, 0.0001], [0.2] * 8],
       [[1, 1, 0, 0, 0, 0, 0, 1], [1] * 4 + [0] * 4])
-  realloc = tf_dsr.Reallocator(model, target_pruned=2)
+  realloc = tf_dsr.Reallocator(model, optimizer=False, target_pruned=2)
   with pytest.raises(FloatingPointError, match=r'dynamic_sparse_d0/kernel \(1'):
     realloc.reallocate()
   np.testing.assert_array_equal(_flat(mask), [1, 1, 0, 0, 0, 0, 0, 1])
@@ -140,15 +140,15 @@ def test_a_non_finite_weight_changes_nothing_and_names_the_layer():
 
 
 @pytest.mark.parametrize('make,pattern', [
-    (lambda m: tf_dsr.Reallocator(m, target_pruned=5, periods=3),
+    (lambda m: tf_dsr.Reallocator(m, optimizer=False, target_pruned=5, periods=3),
      r"takes no option 'periods'.*\['target_pruned', 'tolerance', "
      r"'initial_threshold'\]"),
-    (lambda m: tf_dsr.Reallocator(m, target_pruned=5, drop_fraction=0.3),
+    (lambda m: tf_dsr.Reallocator(m, optimizer=False, target_pruned=5, drop_fraction=0.3),
      "takes no option 'drop_fraction'"),
-    (lambda m: tf_dsr.Reallocator(m), "needs the option.*'target_pruned'"),
-    (lambda m: tf_dsr.Reallocator(m, method='static', target_pruned=5),
+    (lambda m: tf_dsr.Reallocator(m, optimizer=False), "needs the option.*'target_pruned'"),
+    (lambda m: tf_dsr.Reallocator(m, optimizer=False, method='static', target_pruned=5),
      r"'static' takes no option 'target_pruned'.*\[\]"),
-    (lambda m: tf_dsr.Reallocator(m, tf_dsr.rules.DSR(5), tolerance=0.2),
+    (lambda m: tf_dsr.Reallocator(m, optimizer=False, method=tf_dsr.rules.DSR(5), tolerance=0.2),
      'set them on the rule'),
 ])
 def test_options_are_checked_when_the_reallocator_is_made(make, pattern):
@@ -173,7 +173,7 @@ def test_callback_checks_options_at_construction():
 
 def test_layout_names_every_tensor_once():
   model, _ = _model([[0.1] * 8] * 3, [[1] * 4 + [0] * 4] * 3)
-  layout = tf_dsr.Reallocator(model, target_pruned=1).layout
+  layout = tf_dsr.Reallocator(model, optimizer=False, target_pruned=1).layout
   assert layout.names == ('dynamic_sparse_d0/kernel', 'dynamic_sparse_d1/kernel',
                           'dynamic_sparse_d2/kernel')
   assert layout.starts == (0, 128, 256) and layout.size == 384
@@ -194,7 +194,7 @@ def test_program_size_does_not_grow_with_control_flow_per_tensor():
   for num_layers in (2, 8):
     model, _ = _model([[0.1] * 8] * num_layers,
                       [[1] * 4 + [0] * 4] * num_layers)
-    realloc = tf_dsr.Reallocator(model, target_pruned=2)
+    realloc = tf_dsr.Reallocator(model, optimizer=False, target_pruned=2)
     realloc.reallocate()
     sizes[num_layers] = _program_ops(realloc)
   control_flow = ('While', 'StatelessWhile', 'If', 'StatelessIf')
@@ -208,7 +208,7 @@ def test_program_size_does_not_grow_with_control_flow_per_tensor():
 
 
 @pytest.mark.parametrize('make', [
-    lambda m: tf_dsr.Reallocator(m, target_pruned=5, jit_compile='yes'),
+    lambda m: tf_dsr.Reallocator(m, optimizer=False, target_pruned=5, jit_compile='yes'),
     lambda m: tf_dsr.ReallocationCallback(target_pruned=5, jit_compile='yes'),
 ])
 def test_jit_compile_must_be_a_bool_or_none(make):

@@ -6,6 +6,7 @@ from typing import List, Optional
 from tf_dsr import _tfmot
 from tf_dsr import flops as flops_lib
 from tf_dsr import strip
+from tf_dsr.wrapper import DynamicSparseWrapper
 
 keras = _tfmot.keras
 
@@ -86,6 +87,10 @@ def sparsity_report(model):
   tensors, inactive = [], 0
   for wrapper in _wrappers(model):
     masks = strip._masks_by_kernel(wrapper)  # pylint: disable=protected-access
+    names = {}
+    if isinstance(wrapper, DynamicSparseWrapper):
+      names = {id(kernel): name for name, (kernel, _) in
+               zip(wrapper.sparse_names, wrapper.sparse_weights)}
     for kernel in wrapper.layer.weights:
       if id(kernel) not in masks:
         continue
@@ -93,7 +98,8 @@ def sparsity_report(model):
       active = int((mask.numpy() > 0.5).sum())
       total = mask.shape.num_elements()
       inactive += total - active
-      name = f'{wrapper.name}/{kernel.name.split("/")[-1].split(":")[0]}'
+      name = names.get(id(kernel)) or (
+          f'{wrapper.name}/{kernel.name.split("/")[-1].split(":")[0]}')
       tensors.append(TensorCount(name, active, total))
   model_total = sum(w.shape.num_elements() for w in model.trainable_weights)
   sparse_total = sum(t.total for t in tensors)

@@ -43,7 +43,7 @@ class PeriodSchedule:
   """
 
   def __init__(self, period, unit='epoch'):
-    if unit not in _UNITS:
+    if not isinstance(unit, str) or unit not in _UNITS:
       raise ValueError(f'`unit` must be one of {_UNITS}, got {unit!r}.')
     if _is_int(period):
       pieces = {0: period}
@@ -56,18 +56,27 @@ class PeriodSchedule:
     if not pieces:
       raise ValueError(f'`period` must not be empty, got {period!r}.')
     keys = list(pieces)
-    if not all(_is_int(k) for k in keys):
-      raise ValueError(f'`period` keys must be ints ({unit}s), got {period!r}.')
+    bad = [k for k in keys if not _is_int(k)]
+    if bad:
+      raise ValueError(f'`period` keys must be ints (first {unit} of each '
+                       f'piece); {bad[0]!r} is not, in {period!r}.')
+    if any(b <= a for a, b in zip(keys, keys[1:])):
+      ordered = {k: pieces[k] for k in sorted(keys)}
+      raise ValueError(
+          f'`period` keys must be strictly increasing, got them in the order '
+          f'{keys} in {period!r}; write {ordered!r}.')
+    if keys[0] < 0:
+      raise ValueError(f'`period` keys must be >= 0 ({unit}s count from 0); '
+                       f'{keys[0]!r} is not, in {period!r}.')
     if keys[0] != 0:
       raise ValueError(
-          f'`period` must start at {unit} 0 (first key 0), got {period!r}.')
-    if any(b <= a for a, b in zip(keys, keys[1:])):
-      raise ValueError(
-          f'`period` keys must be strictly increasing, got {period!r}.')
-    for value in pieces.values():
+          f'`period` must start at {unit} 0: its first key is {keys[0]!r}, so '
+          f'no period is set before {unit} {keys[0]!r}; got {period!r}.')
+    for key, value in pieces.items():
       if not _is_int(value) or value <= 0:
         raise ValueError(
-            f'`period` values must be positive ints (steps), got {period!r}.')
+            f'`period` values must be positive ints (steps); the value of key '
+            f'{key!r} is {value!r}, in {period!r}.')
     self.unit = unit
     self.pieces = {int(k): int(v) for k, v in pieces.items()}
 

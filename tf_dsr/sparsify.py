@@ -4,6 +4,7 @@ import math
 
 from tf_dsr import _tfmot
 from tf_dsr import distributions
+from tf_dsr import validation
 from tf_dsr.wrapper import DynamicSparseWrapper
 from tf_dsr.wrapper import validate_init_scale
 from tf_dsr.wrapper import validate_sparsity
@@ -128,8 +129,7 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
       prunable kernel, or an object that is not a tf_keras layer or model.
   """
   validate_sparsity(sparsity)
-  if isinstance(seed, bool) or not isinstance(seed, int):
-    raise ValueError(f'`seed` must be an int, got {seed!r}.')
+  seed = validation.check_int('seed', seed)
   distributions.validate(distribution, erk_power_scale)
   validate_init_scale(init_scale)
   if exclude is None:
@@ -140,9 +140,14 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
     raise ValueError(
         f'`exclude` must be a list of layer names or a callable, got the string '
         f'{exclude!r}; write [{exclude!r}].')
-  else:
+  elif isinstance(exclude, (list, tuple, set, frozenset)) and all(
+      isinstance(name, str) for name in exclude):
     names = set(exclude)
     excluded = lambda layer: layer.name in names
+  else:
+    raise ValueError(
+        f'`exclude` must be a list of layer names or a callable, got '
+        f'{exclude!r}.')
 
   sparsities = {}
 

@@ -1,16 +1,52 @@
-"""The model-wide DSR state: threshold H, reallocation count, last step.
+"""The model-wide DSR state: threshold H, reallocation count, last step, step.
 
-It lives in variables attached to the model (as `model.dynamic_sparsity_state`,
-the way Keras tracks `model.optimizer`), so `model.save_weights` in the
-TensorFlow format, `tf.train.Checkpoint(model=...)` and SavedModel all include
-it, and a checkpoint restored before the state is created is applied when it
-is (TensorFlow's deferred restoration). The reallocation count also positions
-the random stream: reallocation r draws from keys folded from (seed, r).
+Every `DynamicSparseWrapper` creates these variables as weights of its own
+when it is built, so every format that saves a layer's weights carries them:
+`model.save` (`.keras`, `.h5`, a SavedModel directory), `save_weights`
+(`.h5`, `.weights.h5`, TensorFlow format), `tf.train.Checkpoint`, and the
+Keras callbacks built on them. The model's state is its first wrapper's (in
+`tf_dsr.collect_wrappers` order); the other wrappers' copies keep their
+initial values. A `DynamicSparsityState` gathers the first wrapper's
+variables and is attached to the model as `model.dynamic_sparsity_state`
+(the way Keras tracks `model.optimizer`), where rules also keep their
+auxiliary variables (DeepR's signs; TensorFlow-format checkpoints only).
+
+`step` counts the training steps of `fit` as the `ReallocationCallback`
+sees them; the schedule reads it rather than `optimizer.iterations` alone,
+because a Keras SavedModel directory restores the state but not the
+optimizer. The reallocation count also positions the random stream:
+reallocation r draws from keys folded from (seed, r).
 """
 
 import tensorflow as tf
 
+from tf_dsr import _tfmot
+
+keras = _tfmot.keras
+
 ATTRIBUTE = 'dynamic_sparsity_state'
+
+# name -> (dtype, initial value) of each state variable.
+VARIABLES = {
+    'threshold': (tf.float32, 1e-3),
+    'reallocations': (tf.int64, 0),
+    'last_step': (tf.int64, -1),
+    'step': (tf.int64, 0),
+}
+
+
+def add_variables(layer):
+  """Creates the state variables as non-trainable weights of `layer`.
+
+  Returns:
+    A dict from each name of `VARIABLES` to its variable.
+  """
+  return {
+      name: layer.add_weight(
+          name=f'dsr_{name}', shape=(), dtype=dtype,
+          initializer=keras.initializers.Constant(value), trainable=False,
+          experimental_autocast=False)
+      for name, (dtype, value) in VARIABLES.items()}
 
 
 class DynamicSparsityState(tf.Module):
@@ -20,31 +56,37 @@ class DynamicSparsityState(tf.Module):
     threshold: float32 H, the global magnitude threshold.
     reallocations: int64 number of reallocations done.
     last_step: int64 global step of the last reallocation (-1 before any).
+    step: int64 training steps of `fit` counted by the callback.
   """
 
-  def __init__(self, initial_threshold):
+  def __init__(self, variables):
     super().__init__(name=ATTRIBUTE)
-    self.threshold = tf.Variable(
-        initial_threshold, dtype=tf.float32, trainable=False, name='threshold')
-    self.reallocations = tf.Variable(
-        0, dtype=tf.int64, trainable=False, name='reallocations')
-    self.last_step = tf.Variable(
-        -1, dtype=tf.int64, trainable=False, name='last_step')
+    self.threshold = variables['threshold']
+    self.reallocations = variables['reallocations']
+    self.last_step = variables['last_step']
+    self.step = variables['step']
 
 
-def get_or_create(model, initial_threshold):
-  """Returns the model's state, creating and attaching it on first use.
+def get_or_create(model, holder, auxiliary_kinds=()):
+  """Returns the model's state, attaching it on first use.
 
   Args:
     model: a tf_keras model.
-    initial_threshold: H for a new state; ignored when the model has one.
+    holder: the built wrapper whose variables are the model's state.
+    auxiliary_kinds: names of rule variables to carry over from a state the
+      model had before (a restored one).
 
   Returns:
     The model's `DynamicSparsityState`.
   """
+  variables = holder.state_variables
   state = getattr(model, ATTRIBUTE, None)
-  if state is None:
-    with model.distribute_strategy.scope():
-      state = DynamicSparsityState(initial_threshold)
-    setattr(model, ATTRIBUTE, state)
-  return state
+  if state is not None and getattr(state, 'threshold', None) is (
+      variables['threshold']):
+    return state
+  fresh = DynamicSparsityState(variables)
+  for kind in auxiliary_kinds:
+    if getattr(state, kind, None) is not None:
+      setattr(fresh, kind, list(getattr(state, kind)))
+  setattr(model, ATTRIBUTE, fresh)
+  return fresh

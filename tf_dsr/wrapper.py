@@ -8,17 +8,16 @@ import tensorflow as tf
 
 from tf_dsr import _tfmot
 from tf_dsr import distributions
+from tf_dsr import binding as binding_lib
+from tf_dsr import state as state_lib
+from tf_dsr import validation
 
 keras = _tfmot.keras
 
 
 def validate_sparsity(sparsity, argument='sparsity'):
-  """Raises ValueError unless `sparsity` is a number in [0, 1)."""
-  if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
-    raise ValueError(
-        f'`{argument}` must be a number in [0, 1), got {sparsity!r}.')
-  if not 0.0 <= sparsity < 1.0:
-    raise ValueError(f'`{argument}` must be in [0, 1), got {sparsity!r}.')
+  """Raises ValueError unless `sparsity` is a (Python or NumPy) number in [0, 1)."""
+  validation.check_number(argument, sparsity, low=0, high=1, high_open=True)
 
 
 def initial_mask(shape, sparsity, seed):
@@ -149,6 +148,13 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       raise ValueError(
           f'`layer` must be a single layer, got the model {layer.name!r}; use '
           '`tf_dsr.sparsify(model, ...)` to wrap the layers of a model.')
+    if isinstance(layer, _tfmot.KERNELS_CREATED_ON_CALL):
+      raise ValueError(
+          f'`layer` {layer.name!r} ({type(layer).__name__}) creates its kernels '
+          'only when first called, not when built, so a model holding it '
+          'wrapped could not be loaded from a saved config. tf_dsr does not '
+          'wrap it; keep it dense (`tf_dsr.sparsify(..., '
+          f'exclude=[{layer.name!r}])`).')
     if not _tfmot.may_have_prunable_weights(layer):
       raise ValueError(
           f'`layer` {layer.name!r} ({type(layer).__name__}) has no prunable kernel '
@@ -162,8 +168,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
         validate_sparsity(value)
     else:
       validate_sparsity(sparsity)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-      raise ValueError(f'`seed` must be an int, got {seed!r}.')
+    seed = validation.check_int('seed', seed)
     validate_init_scale(init_scale)
     kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
     super().__init__(layer, **kwargs)
@@ -173,10 +178,12 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     self.init_scale = init_scale
     self._sparse_weights = []
     self._substitution_targets = []
+    self._state_variables = None
     self._call_takes_training = (
         'training' in inspect.signature(layer.call).parameters)
-    # Set by a Reallocator; training a wrapper nothing reallocates is an error.
-    self._reallocation_bound = False
+    # Shared by the wrappers of one model (`tf_dsr.binding`): who moves the
+    # masks. Training a wrapper that nothing moves is an error.
+    object.__setattr__(self, '_binding', None)
     # Set by a `tf_dsr.gradients.GradientRecorder` (rules that grow by
     # gradient): (recorder, one variable per kernel). Held in a plain tuple
     # outside Keras' tracking, so it adds no weights to the layer.
@@ -198,6 +205,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       raise ValueError(
           f'`sparsity` of {self.name!r} lists {len(self.sparsity)} values, but '
           f'layer {self.layer.name!r} has {len(kernels)} prunable kernel(s).')
+    self._state_variables = state_lib.add_variables(self)
     layer_key = zlib.crc32(self.layer.name.encode('utf-8')) & 0x7FFFFFFF
     for index, kernel in enumerate(kernels):
       dtype = getattr(kernel, 'true_dtype', kernel.dtype)
@@ -230,14 +238,38 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     """List of `(kernel, mask)` variable pairs, one per sparse kernel."""
     return list(self._sparse_weights)
 
+  @property
+  def sparse_names(self):
+    """One name per sparse kernel, `<wrapper>/<kernel>`, unique in the model.
+
+    The kernel part is the attribute that holds the kernel (`kernel` for a
+    Dense or Conv layer, `kernel` and `recurrent_kernel` for an LSTM), led
+    by the sublayer that owns it when that is needed to tell this layer's
+    kernels apart (`first/kernel`, `second/kernel`). Stats, the sparsity
+    report and TensorBoard use these names.
+    """
+    paths = [[name.lstrip('_')] if owner is self.layer else
+             [owner.name, name.lstrip('_')]
+             for owner, name in self._substitution_targets]
+    tails = [path[-1] for path in paths]
+    if len(set(tails)) != len(tails):
+      tails = ['/'.join(path) for path in paths]
+    if len(set(tails)) != len(tails):
+      tails = [f'{tail}_{i}' for i, tail in enumerate(tails)]
+    return [f'{self.name}/{tail}' for tail in tails]
+
+  @property
+  def state_variables(self):
+    """The DSR state variables this wrapper carries (see `tf_dsr.state`)."""
+    if self._state_variables is None:
+      raise ValueError(f'Layer {self.name!r} is not built yet.')
+    return dict(self._state_variables)
+
   def call(self, inputs, training=None, **kwargs):
-    if training is True and not self._reallocation_bound:
-      raise ValueError(
-          f'{self.name!r} is being trained, but no `tf_dsr.ReallocationCallback` or '
-          '`tf_dsr.Reallocator` is attached to its model, so its mask would never '
-          'move (silently static sparse training). Pass '
-          '`callbacks=[tf_dsr.ReallocationCallback(...)]` to `fit`, or create a '
-          '`tf_dsr.Reallocator(model, ...)` (or a static one) before training.')
+    if training is True and not _tfmot.keras_is_saving():
+      # Raises unless a callback (in `fit`) or a Reallocator (in a custom
+      # loop) moves this model's masks.
+      (self._binding or binding_lib.Binding()).check_training(self.name)
     substitutions = []
     recorder = self._gradient_recorder
     for index, ((owner, name), (kernel, mask)) in enumerate(
@@ -251,6 +283,25 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       kwargs['training'] = training
     with _substituted(substitutions):
       return self.layer.call(inputs, **kwargs)
+
+  def save_own_variables(self, store):
+    """Saves the weights for the `.keras` / `.weights.h5` formats.
+
+    Raises:
+      ValueError: when the model's state holds rule variables (DeepR's
+        `sign`) that these formats cannot hold.
+    """
+    kinds = sorted(self._binding.auxiliary_kinds) if self._binding else []
+    if kinds:
+      raise ValueError(
+          f'This model\'s reallocation rule keeps per-weight variables {kinds} '
+          'in `model.dynamic_sparsity_state`, which the `.keras` and '
+          '`.weights.h5` formats cannot hold (a run continued from them would '
+          'silently restart them). Save with `model.save_weights(path)` in the '
+          'TensorFlow format (a path without `.h5` / `.keras`) or '
+          '`tf.train.Checkpoint`; to export, save '
+          '`tf_dsr.strip_dynamic_sparsity(model)`.')
+    super().save_own_variables(store)
 
   def _attach_gradient_recorder(self, recorder, variables):
     """Records this layer's dense kernel gradients (see `tf_dsr.gradients`)."""

@@ -29,13 +29,12 @@ and how much per tensor (`Drop.regrow`).
 """
 
 import dataclasses
-import math
-import numbers
 from typing import Any, ClassVar, Dict, Mapping, NamedTuple, Optional
 
 import tensorflow as tf
 
 from tf_dsr import reallocation
+from tf_dsr import validation
 
 
 class RuleInputs(NamedTuple):
@@ -176,6 +175,14 @@ class Rule:
     del step, optimizer
     return {}
 
+  def check_layout(self, layout):
+    """Raises ValueError when an option cannot work on these sparse tensors.
+
+    Called once the model's sparse tensors are known (by default nothing is
+    checked).
+    """
+    del layout
+
   def expected_regrowth(self, layout):
     """Expected fraction of all sparse entries one call regrows.
 
@@ -217,6 +224,16 @@ class Rule:
   def get_config(self):
     """The options as a dict; `type(rule)(**rule.get_config())` is equal."""
     return {name: getattr(self, name) for name in self.options()}
+
+
+def check_target_pruned(target_pruned, layout):
+  """Raises ValueError when `target_pruned` exceeds the sparse weights."""
+  total = sum(layout.sizes)
+  if target_pruned is not None and target_pruned > total:
+    raise ValueError(
+        f'`target_pruned` ({target_pruned!r}) is larger than the number of '
+        f'sparse weights of the model ({total:,} in {layout.num_tensors} '
+        'tensors), so no reallocation could ever prune that many.')
 
 
 REGISTRY: Dict[str, type] = {}
@@ -279,23 +296,6 @@ def make(method, **options):
 
 
 # ------------------------------------------------------------ option checks
-def check_number(argument, value, *, low=None, high=None, low_open=False,
-                 high_open=False, optional=False):
-  """Raises ValueError naming `argument` unless `value` is a finite real in range."""
-  if value is None and optional:
-    return
-  ok = (not isinstance(value, bool) and isinstance(value, numbers.Real) and
-        math.isfinite(value))
-  if ok and low is not None:
-    ok = value > low if low_open else value >= low
-  if ok and high is not None:
-    ok = value < high if high_open else value <= high
-  if not ok:
-    bounds = []
-    if low is not None:
-      bounds.append(f'{">" if low_open else ">="} {low:g}')
-    if high is not None:
-      bounds.append(f'{"<" if high_open else "<="} {high:g}')
-    what = 'a finite number' + (' ' + ' and '.join(bounds) if bounds else '')
-    raise ValueError(f'`{argument}` must be {what}'
-                     f'{" or None" if optional else ""}, got {value!r}.')
+# One validator for every number tf_dsr takes (`tf_dsr.validation`); rules
+# call it as `base.check_number`.
+check_number = validation.check_number

@@ -44,6 +44,9 @@ class DSR(base.Rule):
     base.check_number('initial_threshold', self.initial_threshold, low=0,
                       low_open=True)
 
+  def check_layout(self, layout):
+    base.check_target_pruned(self.target_pruned, layout)
+
   def expected_regrowth(self, layout):
     return min(1.0, self.target_pruned / sum(layout.sizes))
 

@@ -26,7 +26,7 @@ def test_set_drops_the_smallest_active_weights_of_each_tensor():
   kernel = [0.5, -0.1, 0.0, 0.3, -0.02, 0.0, 0.0, 0.9]
   mask = [1, 1, 0, 1, 1, 0, 0, 1]  # 5 active
   model, k, m = _dense_model(kernel, mask)
-  realloc = tf_dsr.Reallocator(model, 'set', drop_fraction=0.4, seed=1)
+  realloc = tf_dsr.Reallocator(model, 'set', optimizer=False, drop_fraction=0.4, seed=1)
   stats = realloc.reallocate()
   # round(0.4 * 5) = 2 smallest active: |-0.02| (4) and |-0.1| (1) go; two
   # of the inactive entries 2, 5, 6 come back at 0.
@@ -43,14 +43,14 @@ def test_set_drops_the_smallest_active_weights_of_each_tensor():
 def test_set_fraction_defaults_to_dsr_churn():
   kernel = np.linspace(-1, 1, 8)
   model, _, m = _dense_model(kernel, [1, 1, 1, 1, 0, 0, 0, 0])
-  realloc = tf_dsr.Reallocator(model, 'set', target_pruned=1)
+  realloc = tf_dsr.Reallocator(model, 'set', optimizer=False, target_pruned=1)
   assert realloc.reallocate().pruned == 1  # 1 / 4 active -> 1 per call
   assert int(m.numpy().sum()) == 4
 
 
 def test_static_never_changes_the_mask():
   model, k, m = _dense_model(np.full(8, 1e-9), [1, 0, 1, 0, 1, 0, 1, 0])
-  realloc = tf_dsr.Reallocator(model, 'static')
+  realloc = tf_dsr.Reallocator(model, 'static', optimizer=False)
   for _ in range(3):
     assert realloc.reallocate().pruned == 0
   np.testing.assert_array_equal(m.numpy().reshape(-1), [1, 0, 1, 0, 1, 0, 1, 0])
@@ -101,7 +101,7 @@ def test_deepr_removes_connections_that_change_sign():
   # entries 2, 5, 6 come back at 0 with a fresh random sign. No L1 term and
   # T = 0, so the other weights are untouched.
   model, k, m = _dense_model(kernel, mask)
-  realloc = tf_dsr.Reallocator(model, 'deepr', alpha=0.0, temperature=0.0,
+  realloc = tf_dsr.Reallocator(model, 'deepr', optimizer=False, alpha=0.0, temperature=0.0,
                                learning_rate=0.1, seed=3)
   (sign_var,) = model.dynamic_sparsity_state.sign if hasattr(
       model.dynamic_sparsity_state, 'sign') else (None,)
@@ -131,13 +131,13 @@ def test_deepr_l1_and_noise_keep_inactive_weights_zero():
   mask = [1, 1, 0, 0, 1, 1, 0, 0]
   model, k, m = _dense_model(kernel, mask)
   # L1 only: every active weight moves lr * alpha = 0.01 towards 0.
-  realloc = tf_dsr.Reallocator(model, 'deepr', alpha=0.1, temperature=0.0,
+  realloc = tf_dsr.Reallocator(model, 'deepr', optimizer=False, alpha=0.1, temperature=0.0,
                                learning_rate=0.1)
   realloc.reallocate()
   np.testing.assert_allclose(k.numpy().reshape(-1),
                              [0.49, -0.49, 0, 0, 0.49, -0.49, 0, 0], atol=1e-7)
   # Noise with a temperature schedule: sqrt(2 lr T) = 0.1 at T = 0.05.
-  realloc = tf_dsr.Reallocator(model, tf_dsr.rules.DeepR(
+  realloc = tf_dsr.Reallocator(model, optimizer=False, method=tf_dsr.rules.DeepR(
       alpha=0.0, temperature=lambda step: 0.05 if step >= 10 else 0.0,
       learning_rate=0.1))
   before = k.numpy().copy()
@@ -153,7 +153,7 @@ def test_deepr_l1_and_noise_keep_inactive_weights_zero():
 
 def test_deepr_signs_are_checkpointed(tmp_path):
   model, _, _ = _dense_model(np.linspace(-1, 1, 8), [1, 1, 1, 1, 0, 0, 0, 0])
-  tf_dsr.Reallocator(model, 'deepr', learning_rate=0.1).reallocate()
+  tf_dsr.Reallocator(model, 'deepr', optimizer=False, learning_rate=0.1).reallocate()
   (sign,) = model.dynamic_sparsity_state.sign
   sign.assign(-sign)
   path = tf.train.Checkpoint(model=model).write(str(tmp_path / 'ckpt'))
@@ -161,7 +161,7 @@ def test_deepr_signs_are_checkpointed(tmp_path):
   assert any('dynamic_sparsity_state/sign/0' in n for n in names), names
   other, _, _ = _dense_model(np.zeros(8), [1] * 4 + [0] * 4)
   tf.train.Checkpoint(model=other).read(path)
-  tf_dsr.Reallocator(other, 'deepr', learning_rate=0.1)._auxiliary_variables()  # pylint: disable=protected-access
+  tf_dsr.Reallocator(other, 'deepr', optimizer=False, learning_rate=0.1)._auxiliary_variables()  # pylint: disable=protected-access
   np.testing.assert_array_equal(other.dynamic_sparsity_state.sign[0].numpy(),
                                 sign.numpy())
 
@@ -181,7 +181,7 @@ def test_a_rule_is_a_few_typed_options():
 def test_set_counts_follow_the_active_counts_without_retracing():
   kernel = np.linspace(-1, 1, 8)
   model, _, m = _dense_model(kernel, [1, 1, 1, 1, 0, 0, 0, 0])
-  realloc = tf_dsr.Reallocator(model, 'set', drop_fraction=0.5)
+  realloc = tf_dsr.Reallocator(model, 'set', optimizer=False, drop_fraction=0.5)
   assert realloc.reallocate().pruned == 2  # round(0.5 * 4)
   m.assign(np.array([1, 1, 0, 0, 0, 0, 0, 0], np.float32).reshape(4, 2))
   assert realloc.reallocate().pruned == 1  # round(0.5 * 2), same trace

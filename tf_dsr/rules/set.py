@@ -59,6 +59,9 @@ class SET(base.Rule):
     return [min(n, math.ceil(1.5 * fraction * a) + 8)
             for a, n in zip(initial, layout.sizes)]
 
+  def check_layout(self, layout):
+    base.check_target_pruned(self.target_pruned, layout)
+
   def expected_regrowth(self, layout):
     return sum(self._bounds(layout)) / 1.5 / sum(layout.sizes)
 
