@@ -6,6 +6,8 @@ Mostafa & Wang, ICML 2019, https://arxiv.org/abs/1902.05967.
 from tf_dsr import rules
 from tf_dsr._tfmot import keras
 from tf_dsr.callbacks import ReallocationCallback
+from tf_dsr.compact import load_sparse
+from tf_dsr.compact import save_sparse
 from tf_dsr.engine import collect_wrappers
 from tf_dsr.engine import ReallocationStats
 from tf_dsr.engine import Reallocator
@@ -30,7 +32,9 @@ __all__ = [
     'SparsityReport',
     'collect_wrappers',
     'keras',
+    'load_sparse',
     'rules',
+    'save_sparse',
     'snip',
     'sparsify',
     'sparsity_report',
