@@ -18,6 +18,7 @@ from tf_dsr.snip import snip
 from tf_dsr.sparsify import sparsify
 from tf_dsr.state import DynamicSparsityState
 from tf_dsr.strip import strip_dynamic_sparsity
+from tf_dsr.tflite import to_tflite
 from tf_dsr.wrapper import DynamicSparseWrapper
 
 __version__ = '0.1.0'
@@ -39,4 +40,5 @@ __all__ = [
     'sparsify',
     'sparsity_report',
     'strip_dynamic_sparsity',
+    'to_tflite',
 ]
