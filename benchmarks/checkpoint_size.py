@@ -20,7 +20,6 @@ import numpy as np
 
 import tf_dsr
 from benchmarks.reallocation_cost import build
-from tf_dsr import compact
 
 
 def _size(directory, prefix):
@@ -52,11 +51,10 @@ def main():
     x = np.random.default_rng(0).normal(size=(2, 224, 224, 3)).astype('float32')
     identical = bool((loaded(x).numpy() == model(x).numpy()).all())
 
-  sparse = report.tensors
+  sparse, stored = report.tensors, report.stored_bytes
   values = 4 * report.sparse_active
-  masks = sum(compact.sparse_bytes(t.total, t.active) for t in sparse) - values
-  others = 4 * (sum(w.shape.num_elements() for w in dense.weights) -
-                report.sparse_total)
+  masks = stored.sparse_compact - values
+  others = stored.model_dense - stored.sparse_dense
   print(f'ResNet-50, {len(sparse)} sparse tensors, {report.sparse_total:,} '
         f'sparse weights at sparsity {args.sparsity}: '
         f'{report.sparse_active:,} active; {others // 4:,} other weights')

@@ -245,3 +245,25 @@ def test_indices_encoding_round_trips(tmp_path):
   tf_dsr.load_sparse(path, model=target)
   for a, b in zip(_weights(target), _weights(model)):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_sparsity_report_shows_dense_and_compact_bytes(tmp_path):
+  model = sparse_tiny_cnn(sparsity=0.75)
+  stored = tf_dsr.sparsity_report(model).stored_bytes
+  # conv2: 1152 entries, 288 active: 288 * 4 value bytes + a 144-byte bit
+  # mask (int32 indices would take 1152). fc: 160 entries, 40 active:
+  # 160 + 20.
+  assert stored.dense == {'dynamic_sparse_conv2/kernel': 4608,
+                          'dynamic_sparse_fc/kernel': 640}
+  assert stored.compact == {'dynamic_sparse_conv2/kernel': 1296,
+                            'dynamic_sparse_fc/kernel': 180}
+  # Every other weight (conv1 80, biases 16 + 10) stays 4 bytes each.
+  assert stored.model_dense == 4 * (1312 + 80 + 16 + 10)
+  assert stored.model_compact == 1296 + 180 + 4 * (80 + 16 + 10)
+  assert '1,296' in str(tf_dsr.sparsity_report(model))
+  # The report counts what save_sparse stores (before deflate).
+  path = str(tmp_path / 'm.npz')
+  tf_dsr.save_sparse(model, path)
+  with np.load(path) as archive:
+    payload = sum(archive[k].nbytes for k in archive.files if k.startswith('w'))
+  assert payload == stored.model_compact
