@@ -49,7 +49,8 @@ def test_both_conversions_run_in_the_default_interpreter(make, shape):
                              rtol=1e-5, atol=1e-5)
 
 
-def test_the_sparse_mlp_file_is_a_fifth_of_the_dense_one():
+def test_the_sparse_mlp_file_is_under_a_quarter_of_the_dense_one():
+  # Measured: 5,776 bytes vs 30,876 (10% of the weights are active).
   model = _mlp()
   dense, sparse = (tf_dsr.to_tflite(model, sparse=False),
                    tf_dsr.to_tflite(model))

@@ -19,7 +19,8 @@ member carries a CRC-32, so a damaged file is detected on read) holding
     w<i>.indices    ascending flat indices of its active entries
     s<j>            state variable j, as is
 
-Each entry of "weights" (one per `model.weights`, in order) has `name`,
+Each entry of "weights" (one per weight of the model, in the order of
+`model.weights`, the DSR state left out) has `name`,
 `short` (the last component of the variable name: kernel, bias, gamma, ...),
 `shape`, `dtype` and `encoding`; a sparse kernel also `mask` (the index of
 its mask's entry), `active` and `values_dtype`; a mask entry (`encoding`
