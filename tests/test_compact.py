@@ -191,6 +191,8 @@ def test_truncated_and_corrupt_files_are_refused_leaving_the_model(tmp_path):
   _assert_refused(str(tmp_path / 'corrupt.npz'), _fresh(), 'truncated or corrupt')
   np.savez(str(tmp_path / 'foreign.npz'), a=np.ones(3))
   _assert_refused(str(tmp_path / 'foreign.npz'), _fresh(), 'without a tf_dsr manifest')
+  np.save(str(tmp_path / 'array.npy'), np.ones(3))
+  _assert_refused(str(tmp_path / 'array.npy'), _fresh(), 'not an .npz archive')
 
 
 def test_a_file_of_another_model_is_refused_leaving_the_model(tmp_path):
@@ -267,3 +269,23 @@ def test_sparsity_report_shows_dense_and_compact_bytes(tmp_path):
   with np.load(path) as archive:
     payload = sum(archive[k].nbytes for k in archive.files if k.startswith('w'))
   assert payload == stored.model_compact
+
+
+def test_snfs_momentum_is_stored_and_used_after_loading(tmp_path):
+  model = sparse_tiny_cnn(sparsity=0.8)
+  x, y = tiny_data()
+  model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+            callbacks=[tf_dsr.ReallocationCallback(method='snfs', seed=0)])
+  momentum = [v.numpy() for v in model.dynamic_sparsity_state.dense_momentum]
+  assert any(m.any() for m in momentum)
+  path = str(tmp_path / 'm.npz')
+  tf_dsr.save_sparse(model, path)
+  target = tf_dsr.load_sparse(path, model=_fresh())
+  loaded = target.dynamic_sparsity_state.dense_momentum
+  for a, b in zip(loaded, momentum):
+    np.testing.assert_array_equal(a.numpy(), b)
+  cb = tf_dsr.ReallocationCallback(method='snfs', seed=0)
+  target.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb])
+  # The Reallocator took the loaded variables rather than new zeros.
+  assert target.dynamic_sparsity_state.dense_momentum[0] is loaded[0]
+  assert len(cb.history) == 1

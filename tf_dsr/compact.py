@@ -338,6 +338,9 @@ def _read(path):
     raise ValueError(f'`path` {path!r} does not exist.')
   with tf.io.gfile.GFile(path, 'rb') as f:
     data = f.read()
+  if not data.startswith(b'PK'):
+    raise ValueError(f'`path` {path!r} is not a tf_dsr sparse checkpoint (not '
+                     'an .npz archive).')
   try:
     with np.load(io.BytesIO(data), allow_pickle=False) as archive:
       arrays = {name: archive[name] for name in archive.files}
@@ -413,6 +416,9 @@ def _decode_weights(path, manifest, arrays, model):
                        f'{error}; the file is corrupt.') from None
     except ValueError as error:
       raise ValueError(f'`path` {path!r}: weight {i} ({name!r}): {error}') from None
+  if any(value is None for value in values):
+    raise ValueError(f'`path` {path!r}: the manifest gives no value for some '
+                     'masks; the file is corrupt.')
   return values
 
 
