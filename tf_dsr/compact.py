@@ -41,7 +41,7 @@ import tensorflow as tf
 from tf_dsr import _tfmot
 from tf_dsr import gradients as gradients_lib
 from tf_dsr import state as state_lib
-from tf_dsr.wrapper import DynamicSparseWrapper
+from tf_dsr.engine import collect_wrappers
 
 keras = _tfmot.keras
 
@@ -103,18 +103,10 @@ def _sparse_pairs(model):
   """{position of kernel in the weights: position of its mask}."""
   position = {id(v): i for i, v in enumerate(_model_weights(model))}
   pairs = {}
-  for layer in _wrappers(model):
+  for layer in collect_wrappers(model):
     for kernel, mask in layer.sparse_weights:
       pairs[position[id(kernel)]] = position[id(mask)]
   return pairs
-
-
-def _wrappers(model):
-  for layer in model.layers:
-    if isinstance(layer, DynamicSparseWrapper):
-      yield layer
-    elif isinstance(layer, keras.Model):
-      yield from _wrappers(layer)
 
 
 def _state_variables(model):
@@ -137,7 +129,7 @@ def _check_model(model, argument='model'):
   if not isinstance(model, keras.Model):
     raise ValueError(f'`{argument}` must be a tf_keras model, got the layer '
                      f'{model.name!r}.')
-  unbuilt = [layer.name for layer in _wrappers(model) if not layer.built]
+  unbuilt = [layer.name for layer in collect_wrappers(model) if not layer.built]
   if not model.built or unbuilt:
     raise ValueError(
         f'`{argument}` {model.name!r} is not built (layers {unbuilt}); build it '
@@ -533,7 +525,7 @@ def _assign_state(model, found):
   for kind, group in kinds.items():
     existing = getattr(state, kind, None)
     if existing is None:
-      kernels = [kernel for layer in _wrappers(model)
+      kernels = [kernel for layer in collect_wrappers(model)
                  for kernel, _ in layer.sparse_weights]
       if kind == 'dense_momentum':  # As the Reallocator makes it.
         existing = gradients_lib.make_variables(model, kernels, kind)
