@@ -62,6 +62,19 @@ def test_mask_encoding_is_the_smaller_of_bits_and_indices():
   assert compact.sparse_bytes(1000, 10, itemsize=2) == 20 + 40
 
 
+def test_floats_are_stored_as_little_endian_byte_planes():
+  # 1.0 = 0x3F800000 and 2.0 = 0x40000000: byte k of each value in row k.
+  planes = compact._encode(np.array([1.0, 2.0], np.float32), 'float32', 'w')
+  np.testing.assert_array_equal(planes, [[0x00, 0x00], [0x00, 0x00],
+                                         [0x80, 0x00], [0x3F, 0x40]])
+  entry = {'dtype': 'float32', 'values_dtype': 'float32'}
+  np.testing.assert_array_equal(compact._decode_values(planes, entry, 2),
+                                [1.0, 2.0])
+  # float16 1.0 = 0x3C00, 2.0 = 0x4000.
+  planes = compact._encode(np.array([1.0, 2.0], np.float32), 'float16', 'w')
+  np.testing.assert_array_equal(planes, [[0x00, 0x00], [0x3C, 0x40]])
+
+
 def test_round_trip_gives_bit_identical_predictions_and_state(tmp_path):
   model = _trained()
   path = str(tmp_path / 'm.npz')
@@ -126,12 +139,14 @@ def test_16_bit_values_halve_the_values_and_keep_the_masks(tmp_path, dtype,
   tf_dsr.save_sparse(model, full)
   tf_dsr.save_sparse(model, half, values_dtype=dtype)
   with np.load(full) as f32, np.load(half) as f16:
+    # Every weight array is float32, stored as byte planes: 4 rows, 2 in
+    # 16 bits; sparse values and dense weights alike.
     floats = [k for k in f32.files
-              if k.startswith('w') and f32[k].dtype == np.float32]
+              if k.startswith('w') and not k.endswith(('.bits', '.indices'))]
     assert any(k.endswith('.values') for k in floats)
-    for key in floats:  # Sparse values and dense weights: 2 bytes each.
-      assert f16[key].dtype == (np.float16 if dtype == 'float16' else np.uint16)
-      assert f16[key].nbytes * 2 == f32[key].nbytes
+    for key in floats:
+      assert f32[key].shape[0] == 4 and f16[key].shape == (
+          2, f32[key].shape[1])
   target = tf_dsr.load_sparse(half, model=_fresh())
   for a, b in zip(masks_of(target), masks_of(model)):
     np.testing.assert_array_equal(a, b)
@@ -227,9 +242,9 @@ def test_wrong_names_and_inconsistent_arrays_are_refused(tmp_path):
   def drop_a_value(manifest, arrays):
     sparse = next(i for i, e in enumerate(manifest['weights'])
                   if e['encoding'] == 'bits')
-    arrays[f'w{sparse}.values'] = arrays[f'w{sparse}.values'][:-1]
+    arrays[f'w{sparse}.values'] = arrays[f'w{sparse}.values'][:, :-1]
   _rewrite(path, drop_a_value)
-  _assert_refused(path, _fresh(), 'values stored for')
+  _assert_refused(path, _fresh(), 'byte planes of shape')
 
 
 def test_indices_encoding_round_trips(tmp_path):

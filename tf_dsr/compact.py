@@ -19,6 +19,11 @@ member carries a CRC-32, so a damaged file is detected on read) holding
     w<i>.indices    ascending flat indices of its active entries
     s<j>            state variable j, as is
 
+Floating-point arrays of weights (`w<i>`, `w<i>.values`) are stored as byte
+planes: uint8 `[itemsize, n]`, row k holding byte k (little-endian) of every
+value, in the entry's `values_dtype`; deflate compresses the planes of the
+sign and exponent bytes much better than interleaved floats.
+
 Each entry of "weights" (one per weight of the model, in the order of
 `model.weights`, the DSR state left out) has `name`,
 `short` (the last component of the variable name: kernel, bias, gamma, ...),
@@ -31,6 +36,7 @@ import io
 import json
 import math
 import os
+import sys
 import uuid
 import zipfile
 import zlib
@@ -253,19 +259,25 @@ def save_sparse(model, path, values_dtype=None):
 
 
 def _encode(values, dtype, name):
-  """`values` as `dtype` (bfloat16 as its uint16 bits); raises on overflow."""
+  """`values` as `dtype`, floats as byte planes; raises on overflow."""
   values = np.asarray(values)
-  if dtype == values.dtype.name:
+  if dtype != values.dtype.name:
+    with np.errstate(over='ignore'):
+      converted = values.astype(_numpy_dtype(dtype))
+    if not np.isfinite(converted[np.isfinite(values)].astype(np.float32)).all():
+      raise ValueError(
+          f'`values_dtype` {dtype!r}: weight {name!r} has values (largest '
+          f'{np.abs(values).max():.6g}) that overflow {dtype}; nothing written.')
+    values = converted
+  if not tf.as_dtype(dtype).is_floating:
     return values
-  with np.errstate(over='ignore'):
-    converted = values.astype(_numpy_dtype(dtype))
-  if not np.isfinite(converted[np.isfinite(values)].astype(np.float32)).all():
-    raise ValueError(
-        f'`values_dtype` {dtype!r}: weight {name!r} has values (largest '
-        f'{np.abs(values).max():.6g}) that overflow {dtype}; nothing written.')
-  if dtype == 'bfloat16':
-    return converted.view(np.uint16)
-  return converted
+  # Byte planes: byte k of every value, then byte k + 1, ...: the exponent
+  # bytes of nearby weights sit together, and deflate shrinks them.
+  flat = np.ascontiguousarray(values).reshape(-1)
+  if sys.byteorder == 'big':
+    flat = flat.byteswap()
+  return np.ascontiguousarray(
+      flat.view(np.uint8).reshape(flat.size, flat.itemsize).T)
 
 
 # ------------------------------------------------------------------- load
@@ -396,9 +408,10 @@ def _decode_weights(path, manifest, arrays, model):
                        'the model (different sparse layers).')
     try:
       if encoding == 'dense':
-        values[i] = _decode_values(arrays[f'w{i}'], entry, shape, name)
+        values[i] = _decode_values(arrays[f'w{i}'], entry,
+                                   math.prod(shape)).reshape(shape)
       elif encoding in ('bits', 'indices'):
-        kernel, mask = _decode_sparse(arrays, i, entry, shape, dtype, name,
+        kernel, mask = _decode_sparse(arrays, i, entry, shape, dtype,
                                       _dtype_name(weights[pairs[i]]))
         values[i], values[pairs[i]] = kernel, mask
       elif encoding != 'mask':
@@ -414,29 +427,33 @@ def _decode_weights(path, manifest, arrays, model):
   return values
 
 
-def _decode_values(array, entry, shape, name):
+def _decode_values(array, entry, count):
+  """The `count` values of an entry, in its dtype, from the stored array."""
   stored = entry.get('values_dtype', entry['dtype'])
   if stored not in (entry['dtype'],) + _VALUES_DTYPES:
     raise ValueError(f'unknown values dtype {stored!r}')
-  expected = np.uint16 if stored == 'bfloat16' else _numpy_dtype(stored)
-  if array.dtype != expected:
-    raise ValueError(f'stored as {array.dtype}, the manifest says {stored}')
-  if stored == 'bfloat16':
-    array = array.view(_numpy_dtype('bfloat16'))
-  if shape is not None and tuple(array.shape) != shape:
-    raise ValueError(f'stored shape {array.shape}, expected {shape}')
-  return array.astype(_numpy_dtype(entry['dtype']))
+  dtype = _numpy_dtype(stored)
+  if not tf.as_dtype(stored).is_floating:
+    if array.dtype != dtype or array.size != count:
+      raise ValueError(f'{array.size} values of dtype {array.dtype} stored, '
+                       f'expected {count} of {stored}')
+    return array.reshape(-1)
+  if array.dtype != np.uint8 or array.shape != (dtype.itemsize, count):
+    raise ValueError(f'{stored} byte planes of shape {array.shape} and dtype '
+                     f'{array.dtype} stored for {count} values')
+  flat = np.ascontiguousarray(array.T).view(dtype).reshape(-1)
+  if sys.byteorder == 'big':
+    flat = flat.byteswap()
+  return flat.astype(_numpy_dtype(entry['dtype']))
 
 
-def _decode_sparse(arrays, i, entry, shape, dtype, name, mask_dtype):
+def _decode_sparse(arrays, i, entry, shape, dtype, mask_dtype):
   """The dense kernel and mask of sparse entry `i`."""
   total = math.prod(shape)
   active = entry.get('active')
   if not isinstance(active, int) or not 0 <= active <= total:
     raise ValueError(f'bad active count {active!r}')
-  values = _decode_values(arrays[f'w{i}.values'], entry, None, name)
-  if values.shape != (active,):
-    raise ValueError(f'{values.shape} values stored for {active} active entries')
+  values = _decode_values(arrays[f'w{i}.values'], entry, active)
   if entry['encoding'] == 'bits':
     bits = arrays[f'w{i}.bits']
     if bits.dtype != np.uint8 or bits.shape != (-(-total // 8),):
