@@ -53,7 +53,9 @@ import sys
 import typing
 from typing import Any, Dict, Optional
 
+from tf_dsr import distributions as tf_dsr_distributions
 from tf_dsr import rules
+from tf_dsr import wrapper as tf_dsr_wrapper
 
 from launch.errors import LaunchError
 
@@ -195,6 +197,13 @@ class ExperimentConfig:
     prune_frequency: 'prune' only: steps between mask updates.
     masks_from: 'static' only: a model_dir whose exported final masks
       (`final_masks.npz`) the run freezes instead of random ones.
+    distribution: the rules only: how the initial budget is spread over
+      the sparse kernels, 'uniform' (the paper's), 'er' or 'erk'
+      (`tf_dsr.sparsify`); the total active count is the same.
+    erk_power_scale: the rules with 'er' or 'erk' only: the power on the
+      raw densities (1 is the published rule).
+    init_scale: the rules only: 'dense' (the paper's) or 'sparse_fan_in'
+      (initial kernels times 1 / sqrt(density)).
     initial_values: 'random' (a fresh initialisation) or 'saved' (with
       `masks_from`: that run's initial values, `initial_weights.npz`).
     epochs: training epochs.
@@ -230,6 +239,9 @@ class ExperimentConfig:
   prune_end_epoch: Optional[int] = None
   prune_frequency: Optional[int] = None
   masks_from: Optional[str] = None
+  distribution: str = 'uniform'
+  erk_power_scale: float = 1.0
+  init_scale: str = 'dense'
   initial_values: str = 'random'
   epochs: int = 1
   batch_size: int = 32
@@ -251,6 +263,16 @@ class ExperimentConfig:
   def to_dict(self):
     """The config as JSON-friendly data (dict keys become strings in JSON)."""
     return dataclasses.asdict(self)
+
+
+def default_settings():
+  """`{field: default}` (JSON form) of the fields that have a default."""
+  return json.loads(json.dumps({
+      f.name: f.default if f.default_factory is dataclasses.MISSING else
+              f.default_factory()
+      for f in dataclasses.fields(ExperimentConfig)
+      if f.default is not dataclasses.MISSING or
+      f.default_factory is not dataclasses.MISSING}))
 
 
 def _fail(field, value, expected):
@@ -305,6 +327,12 @@ def method_fields():
   }
 
 
+# Fields of the sparse initialisation, which only the rules use (through
+# `tf_dsr.sparsify`); other methods keep their defaults.
+SPARSE_INIT_DEFAULTS = {'distribution': 'uniform', 'erk_power_scale': 1.0,
+                        'init_scale': 'dense'}
+
+
 def applies(key, method):
   """Whether the `--override` key `key` concerns `method`.
 
@@ -318,6 +346,8 @@ def applies(key, method):
   fields = method_fields()
   if not explicit and name in fields:
     return method in fields[name]
+  if not explicit and name in SPARSE_INIT_DEFAULTS:
+    return is_rule(method)
   if not explicit and name == 'options':
     return bool(option_types(method))
   if not explicit and name in {f.name for f in dataclasses.fields(
@@ -364,6 +394,22 @@ def _check_options(c):
     _make_rule(c, dict(plain, **{name: ByEpoch(value, 1)}),
                f'; option `{name}` takes no by-epoch value (a callable of '
                'the step)')
+
+
+def _check_sparse_init(c):
+  """`distribution`, `erk_power_scale`, `init_scale`: valid, and set only for rules."""
+  if not is_rule(c.method):
+    for field, default in SPARSE_INIT_DEFAULTS.items():
+      if getattr(c, field) != default:
+        _fail(field, getattr(c, field), f'{default!r}: it applies only to the '
+              'reallocation rules')
+    return
+  try:
+    tf_dsr_distributions.validate(c.distribution, c.erk_power_scale)
+    tf_dsr_wrapper.validate_init_scale(c.init_scale)
+  except ValueError as error:
+    field = next(f for f in SPARSE_INIT_DEFAULTS if f'`{f}`' in str(error))
+    raise LaunchError(f'config field `{field}` is invalid: {error}') from None
 
 
 def _validate(c):
@@ -418,6 +464,7 @@ def _validate(c):
     _check_int(c, 'prune_begin_epoch', 0)
     _check_int(c, 'prune_end_epoch', c.prune_begin_epoch + 1)
     _check_int(c, 'prune_frequency', 1)
+  _check_sparse_init(c)
   if c.initial_values not in INITIAL_VALUES:
     _fail('initial_values', c.initial_values, f'one of {list(INITIAL_VALUES)}')
   if c.initial_values == 'saved' and c.masks_from is None:
@@ -508,6 +555,8 @@ _FAMILIES = {
                     learning_rate={0: 0.1, 30: 0.01, 60: 0.001, 90: 0.0001},
                     shuffle_buffer=10_000),
         sparsities=(0.8, 0.9),
+        # RigL's comparison: each method also with ERK layer densities.
+        erk=('rigl', 'snfs', 'snip', 'static', 'dsr'),
         schedule=dict(period={0: 1000, 25: 2000, 50: 4000, 75: 8000},
                       stop_epoch=95),
         methods={
@@ -584,7 +633,7 @@ _FAMILIES = {
 }
 
 
-def family_config(family, method, sparsity=None):
+def family_config(family, method, sparsity=None, distribution='uniform'):
   """The config of `family` (a key of `_FAMILIES`) and `method`.
 
   Args:
@@ -599,13 +648,16 @@ def family_config(family, method, sparsity=None):
   """
   spec = _FAMILIES[family]
   named = 'sparsities' in spec
+  tag = '' if distribution == 'uniform' else f'_{distribution}'
   if method == 'dense':
     sparsity, name = 0.0, f'{family}_dense'
   elif named:
-    name = f'{family}_{method}_s{sparsity:g}'
+    name = f'{family}_{method}{tag}_s{sparsity:g}'
   else:
-    sparsity, name = spec['sparsity'], f'{family}_{method}'
+    sparsity, name = spec['sparsity'], f'{family}_{method}{tag}'
   fields = copy.deepcopy(spec['fields'])
+  if distribution != 'uniform':
+    fields['distribution'] = distribution
   if method in reallocating():
     fields.update(copy.deepcopy(spec['schedule']))
     if method not in on_period():
@@ -631,6 +683,9 @@ def build_registry():
           if method in spec['methods'] or method not in reallocating():
             raise
           # A rule with a required option that has no value here.
+    for method in spec.get('erk', ()):
+      for sparsity in spec.get('sparsities', (None,)):
+        configs.append(family_config(family, method, sparsity, 'erk'))
   return {c.name: c for c in sorted(configs, key=lambda c: c.name)}
 
 

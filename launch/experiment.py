@@ -146,6 +146,11 @@ def _resnet50(out, family, methods, seeds):
               methods or _methods_of('resnet50_imagenet'), range(seeds or 1))
 
 
+# The `small` suite's ERK column: these methods again with ERK layer
+# densities (`distribution=erk`), as RigL's comparison does.
+SMALL_ERK_METHODS = ('static', 'rigl')
+
+
 def _small(out, family, methods, seeds):
   del out
   families = {'lenet_digits': (0.8, 0.9), 'small_cnn_digits': (0.5, 0.8)}
@@ -153,8 +158,11 @@ def _small(out, family, methods, seeds):
     families = {family: families[family]}
   runs = []
   for name, sparsities in families.items():
-    runs += grid({name: sparsities}, methods or _methods_of(name),
-                 range(seeds or 3))
+    chosen = methods or _methods_of(name)
+    runs += grid({name: sparsities}, chosen, range(seeds or 3))
+    runs += [cell(name, method, sparsity, seed, 'erk', ('distribution=erk',))
+             for seed in range(seeds or 3) for sparsity in sparsities
+             for method in SMALL_ERK_METHODS if method in chosen]
   return runs
 
 
@@ -309,6 +317,16 @@ def _natural(text):
           for part in re.split(r'(\d+)', text)]
 
 
+def _mean_flops(group, key):
+  """The mean of `results['flops'][key]` over a group; None if any lacks it."""
+  values = [r.get('flops', {}).get(key) for r in group]
+  return None if None in values else statistics.mean(values)
+
+
+def _times(value):
+  return '-' if value is None else f'{value:.3f}x'
+
+
 def summarize(found):
   """Rows of the report: one per (family, method, variant, sparsity)."""
   groups = {}
@@ -327,6 +345,9 @@ def summarize(found):
         'std': statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
         'seeds': len(accuracies),
         'seconds': statistics.mean(r['wall_time_seconds'] for r in group),
+        # Runs written before FLOPs were recorded have none.
+        'inference_flops': _mean_flops(group, 'inference_fraction'),
+        'training_flops': _mean_flops(group, 'training_multiplier'),
     })
   rows.sort(key=lambda r: (r['family'], r['sparsity'], _order(r['method']),
                            _natural(r['variant'])))
@@ -335,13 +356,16 @@ def summarize(found):
 
 def format_table(rows):
   """The rows as a Markdown table."""
-  lines = ['| model | method | variant | sparsity | active params | test top-1 '
-           '(mean ± std) | seeds | wall time / run |',
-           '|---|---|---|---|---|---|---|---|']
+  lines = ['| model | method | variant | sparsity | active params | inference '
+           'FLOPs | training FLOPs | test top-1 (mean ± std) | seeds | wall '
+           'time / run |',
+           '|---|---|---|---|---|---|---|---|---|---|']
   for r in rows:
     lines.append(
         f'| {r["family"]} | {configs.label(r["method"])} | '
         f'{r["variant"] or "-"} | {r["sparsity"]:g} | {r["active"]:,} | '
+        f'{_times(r.get("inference_flops"))} | '
+        f'{_times(r.get("training_flops"))} | '
         f'{100 * r["mean"]:.2f} ± {100 * r["std"]:.2f} | {r["seeds"]} | '
         f'{r["seconds"]:.1f} s |')
   return '\n'.join(lines)
@@ -469,7 +493,9 @@ def write_report(out, title=None):
         plots.append(path)
   lines = [f'# {title or os.path.basename(os.path.abspath(out))}', '',
            f'{len(found)} runs; test top-1 is the mean ± sample standard '
-           'deviation over seeds; wall time is the mean per run.', '',
+           'deviation over seeds; wall time is the mean per run. FLOPs are '
+           'relative to the dense model (RigL\'s counting, `tf_dsr.flops`): '
+           'inference at the final masks, training per step on average.', '',
            format_table(rows), '']
   for path in plots:
     lines += [f'![{os.path.basename(path)}]({os.path.basename(path)})', '']

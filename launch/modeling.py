@@ -93,7 +93,7 @@ def sparse_active_count(model, arch, sparsity):
   active = trainable_count(model)
   for name in models.sparse_kernel_layers(model, arch):
     size = model.get_layer(name).kernel.shape.num_elements()
-    active -= size - max(1, round((1.0 - sparsity) * size))
+    active -= size - tf_dsr.distributions.uniform_count(size, sparsity)
   return active
 
 
@@ -152,10 +152,13 @@ class Built:
     model: the (possibly sparsified) Keras model, not compiled.
     width_multiplier: the thin model's multiplier (None for other methods).
     target_params: the active parameter count a thin model was matched to.
+    reference_flops: the full dense model's inference FLOPs when `model` is
+      another architecture (thin); None: `model`'s own dense FLOPs.
   """
   model: keras.Model
   width_multiplier: Optional[float] = None
   target_params: Optional[int] = None
+  reference_flops: Optional[int] = None
 
 
 def freeze_masks(model):
@@ -228,8 +231,12 @@ def apply_exported_structure(model, config, fresh_kernels):
                   FINAL_MASKS)
   for wrapper in wrappers:
     for kernel, mask in wrapper.sparse_weights:
-      value = (kernel.numpy() if config.initial_values == 'saved' else
-               fresh_kernels[kernel.name])
+      if config.initial_values == 'saved':
+        value = kernel.numpy()
+      else:  # Fresh values, scaled for the loaded mask as at build.
+        value = fresh_kernels[kernel.name]
+        if config.init_scale == 'sparse_fan_in':
+          value = value * tf_dsr.wrapper.initial_scale(mask).numpy()
       kernel.assign(value * mask.numpy())
 
 
@@ -252,6 +259,20 @@ class Dense:
     del model, config, log_dir, verbose, steps_per_epoch
     return []
 
+  def training_flops(self, config, report, steps, reallocations,
+                     steps_per_epoch):
+    """FLOPs of an average training step (`tf_dsr.flops` conventions).
+
+    Args:
+      config: the run's config.
+      report: the trained model's `tf_dsr.FlopsReport`.
+      steps: training steps of the run.
+      reallocations: reallocations the run made (0 for other methods).
+      steps_per_epoch: training steps per epoch.
+    """
+    del config, steps, reallocations, steps_per_epoch
+    return tf_dsr.flops.dense_training_flops(report.dense)
+
 
 class Thin(Dense):
   """A narrower dense model with as many parameters as the sparse model's active ones."""
@@ -262,6 +283,7 @@ class Thin(Dense):
     full = build_dense(config, input_shape, num_classes)
     target = sparse_active_count(full, config.arch, config.sparsity)
     counts = {1.0: trainable_count(full)}
+    reference_flops = tf_dsr.flops_report(full).dense
     del full
 
     def count(multiplier):
@@ -276,7 +298,8 @@ class Thin(Dense):
       multiplier, _ = search_width(count, target)
     with scope():
       model = build_dense(config, input_shape, num_classes, multiplier)
-    return Built(model, width_multiplier=multiplier, target_params=target)
+    return Built(model, width_multiplier=multiplier, target_params=target,
+                 reference_flops=reference_flops)
 
 
 class Static(Dense):
@@ -296,7 +319,8 @@ class Static(Dense):
                model.get_layer(name).kernel.numpy() for name in sparse}
       model = tf_dsr.sparsify(
           model, config.sparsity, exclude=lambda layer: layer.name not in sparse,
-          seed=config.seed)
+          seed=config.seed, distribution=config.distribution,
+          erk_power_scale=config.erk_power_scale, init_scale=config.init_scale)
       if config.masks_from:
         apply_exported_structure(model, config, fresh)
       return Built(model)
@@ -306,6 +330,12 @@ class Static(Dense):
     del config, log_dir, verbose, steps_per_epoch
     freeze_masks(model)
     return []
+
+  def training_flops(self, config, report, steps, reallocations,
+                     steps_per_epoch):
+    del config, steps, reallocations, steps_per_epoch
+    return tf_dsr.rules.make(configs.STATIC).training_flops(
+        report.sparse, report.dense, math.inf)
 
 
 class DynamicSparse(Static):
@@ -336,6 +366,19 @@ class DynamicSparse(Static):
     callback.set_model(model)  # Creates the state before any restore.
     return [callback]
 
+  def training_flops(self, config, report, steps, reallocations,
+                     steps_per_epoch):
+    """The rule's `training_flops` at the final masks.
+
+    The period is the run's mean number of steps per reallocation. For rules
+    that move weights across layers (DSR, DeepR) f_S changes during training;
+    the final masks' f_S stands for the whole run.
+    """
+    rule = tf_dsr.rules.make(self.name,
+                             **configs.rule_options(config, steps_per_epoch))
+    period = steps / reallocations if reallocations else math.inf
+    return rule.training_flops(report.sparse, report.dense, period)
+
 
 class Snip(Static):
   """SNIP: masks from connection sensitivity on one training batch, then static.
@@ -358,9 +401,15 @@ class Snip(Static):
     with scope():
       model = build_dense(config, input_shape, num_classes)
       sparse = set(models.sparse_kernel_layers(model, config.arch))
+      # Global ranking (the paper's) for the uniform budget; per-layer
+      # budgets for another distribution.
+      layerwise = {} if config.distribution == 'uniform' else dict(
+          distribution=config.distribution,
+          erk_power_scale=config.erk_power_scale)
       model = tf_dsr.snip(model, config.sparsity, inputs, targets, loss(),
                           exclude=lambda layer: layer.name not in sparse,
-                          seed=config.seed)
+                          seed=config.seed, init_scale=config.init_scale,
+                          **layerwise)
       return Built(model)
 
   def attach(self, model, config, log_dir=None, verbose=True,
@@ -380,14 +429,41 @@ class Prune(Dense):
   on the same kernels the sparse methods make sparse.
   """
 
-  def build(self, config, input_shape, num_classes, scope=contextlib.nullcontext,
-            steps_per_epoch=None):
+  def _schedule(self, config, steps_per_epoch):
     steps = max(int(steps_per_epoch or 1), 1)
-    schedule = tfmot.sparsity.keras.PolynomialDecay(
+    return tfmot.sparsity.keras.PolynomialDecay(
         initial_sparsity=0.0, final_sparsity=config.sparsity,
         begin_step=config.prune_begin_epoch * steps,
         end_step=config.prune_end_epoch * steps,
         frequency=config.prune_frequency)
+
+  def sparsity_by_step(self, config, steps_per_epoch, steps):
+    """The pruned kernels' sparsity during each of `steps` training steps.
+
+    tfmot updates the masks at the steps `begin + k * frequency` up to
+    `end`, to the schedule's value there, and keeps them between updates.
+    """
+    schedule = self._schedule(config, steps_per_epoch)
+    begin, end = schedule.begin_step, schedule.end_step
+    step = np.arange(steps)
+    last = begin + (np.minimum(step, end) - begin) // schedule.frequency * (
+        schedule.frequency)
+    progress = np.clip((last - begin) / max(end - begin, 1), 0.0, 1.0)
+    sparsity = schedule.final_sparsity + (
+        schedule.initial_sparsity - schedule.final_sparsity) * (
+            1 - progress)**schedule.power
+    return np.where(step < begin, schedule.initial_sparsity, sparsity)
+
+  def training_flops(self, config, report, steps, reallocations,
+                     steps_per_epoch):
+    del reallocations
+    return tf_dsr.flops.gradual_pruning_training_flops(
+        report.dense, report.masked_dense,
+        self.sparsity_by_step(config, steps_per_epoch, steps))
+
+  def build(self, config, input_shape, num_classes, scope=contextlib.nullcontext,
+            steps_per_epoch=None):
+    schedule = self._schedule(config, steps_per_epoch)
     with scope():
       model = build_dense(config, input_shape, num_classes)
       sparse = set(models.sparse_kernel_layers(model, config.arch))
@@ -464,6 +540,31 @@ def compile_model(model, config, steps_per_epoch, steps_per_execution=1):
                keras.metrics.SparseTopKCategoricalAccuracy(k=5, name='top5')],
       steps_per_execution=steps_per_execution)
   optimizer.build(model.trainable_variables)  # Slots exist before a restore.
+
+
+def flops_results(config, built, steps, reallocations, steps_per_epoch):
+  """Inference and training FLOPs of a finished run, for `results.json`.
+
+  Conventions of `tf_dsr.flops` (RigL's): per example, kernels only, a
+  multiply-add is 2 FLOPs; both ratios are to the full dense model of the
+  config (for `thin`, the full-width one).
+
+  Returns:
+    A dict: `inference` (f_S of the final model), `dense_inference` (f_D),
+    `inference_fraction` (f_S / f_D) and `training_multiplier` (the mean
+    training step's FLOPs over dense training's, 3 f_D).
+  """
+  report = tf_dsr.flops_report(built.model)
+  reference = built.reference_flops or report.dense
+  training = method(config.method).training_flops(
+      config, report, steps, reallocations, steps_per_epoch)
+  return {
+      'inference': report.sparse,
+      'dense_inference': reference,
+      'inference_fraction': report.sparse / reference,
+      'training_multiplier': training / tf_dsr.flops.dense_training_flops(
+          reference),
+  }
 
 
 def _pruned_kernels(layer):

@@ -109,7 +109,7 @@ class RunDir:
       return None
     return tf.train.latest_checkpoint(self.checkpoints)
 
-  def check_start(self, resume, settings):
+  def check_start(self, resume, settings, defaults=None):
     """Validates `--resume` against the directory's state, before anything is written.
 
     A run resumes from its newest state: the mid-epoch backup when there is
@@ -122,6 +122,9 @@ class RunDir:
     Args:
       resume: whether the user asked to resume.
       settings: the JSON form of the requested config.
+      defaults: the JSON form of each config field's default; a field the
+        saved config lacks (added to the launcher since) counts as its
+        default there.
 
     Returns:
       A `Start`.
@@ -147,6 +150,8 @@ class RunDir:
     if started:
       with tf.io.gfile.GFile(self.config) as f:
         saved = json.load(f)['settings']
+      saved = dict({k: v for k, v in (defaults or {}).items()
+                    if k in settings}, **saved)
       changed = sorted(k for k in set(saved) | set(settings)
                        if saved.get(k) != settings.get(k) and
                        k not in RESUMABLE_CHANGES)

@@ -75,10 +75,14 @@ def _results(config, overrides, model, built, final, data, strategy, steps,
                        'params': modeling.trainable_count(model),
                        'target_params': built.target_params}
   state = getattr(model, 'dynamic_sparsity_state', None)
+  reallocations = 0
   if config.method in configs.reallocating() and state is not None:
-    results['dsr'] = {'reallocations': int(state.reallocations.numpy()),
+    reallocations = int(state.reallocations.numpy())
+    results['dsr'] = {'reallocations': reallocations,
                       'threshold': float(state.threshold.numpy()),
                       'last_step': int(state.last_step.numpy())}
+  results['flops'] = modeling.flops_results(
+      config, built, steps, reallocations, data.steps_per_epoch)
   return results
 
 
@@ -177,7 +181,8 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
     raise LaunchError('TensorBoard logs need the tensorboard package, which '
                       'TensorFlow >= 2.21 no longer installs: pip install '
                       'tensorboard.')
-  begin = run_dir.check_start(resume, settings) if run_dir else outputs.Start()
+  begin = (run_dir.check_start(resume, settings, configs.default_settings())
+           if run_dir else outputs.Start())
 
   strategy = strategy_lib.create(strategy, tpu)
   on_tpu = strategy_lib.is_tpu(strategy)

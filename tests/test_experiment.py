@@ -55,8 +55,9 @@ def test_suites_resolve_to_valid_configs(tmp_path):
   # WRN-28-2: 5 seeds x (dense + 9 methods x 5 sparsities).
   assert counts['wrn28_2_cifar10'] == 5 * (1 + 9 * 5)
   assert counts['resnet50_imagenet'] == 1 + 9 * 2
-  # digits: 3 seeds x 2 models x (dense + 9 methods x 2 sparsities).
-  assert counts['small'] == 3 * 2 * (1 + 9 * 2)
+  # digits: 3 seeds x 2 models x (dense + 9 methods x 2 sparsities), and
+  # static and RigL again with ERK densities.
+  assert counts['small'] == 3 * 2 * (1 + 9 * 2 + 2 * 2)
   # Controls: per sparsity and seed, DSR, the two structure controls, static;
   # each control's source DSR run comes earlier in the grid.
   controls = experiment.suite_runs('controls', str(tmp_path))
@@ -103,11 +104,19 @@ def test_report_is_rebuilt_from_run_directories_alone(finished, tmp_path):
   assert done.returncode == 0, done.stderr
   report = open(os.path.join(copy, 'report.md')).read()
   rows = re.findall(r'^\| lenet_digits \| (\S+) \| - \| ([\d.]+) \| ([\d,]+) \| '
+                    r'([\d.]+)x \| ([\d.]+)x \| '
                     r'([\d.]+) ± ([\d.]+) \| (\d) \| ([\d.]+) s \|$', report,
                     re.MULTILINE)
   assert [(r[0], r[1]) for r in rows] == [('dense', '0'), ('DSR', '0.8'),
                                           ('DSR', '0.9')]
-  for method, sparsity, active, mean, std, seeds, _ in rows:
+  # FLOPs: LeNet-300-100's kernels are all sparse and Dense (each entry used
+  # once), so f_S / f_D is the kept fraction: 10,040 / 100,400 = 0.1 at 0.9
+  # (2 * (1,920 + 3,000 + 100) of 2 * (19,200 + 30,000 + 1,000)), 0.2 at
+  # 0.8; DSR trains at 3 f_S, so its training multiplier is the same.
+  assert [(r[3], r[4]) for r in rows] == [('1.000', '1.000'),
+                                          ('0.200', '0.200'),
+                                          ('0.100', '0.100')]
+  for method, sparsity, active, _, _, mean, std, seeds, _ in rows:
     results = [json.load(open(os.path.join(copy, r.run_id, 'results.json')))
                for r in runs if r.sparsity == float(sparsity) and
                configs.label(r.method) == method]
@@ -140,3 +149,17 @@ def test_report_without_runs_is_an_error(tmp_path):
        f'--out={tmp_path}'], capture_output=True, text=True, cwd=REPO,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO))
   assert done.returncode == 2 and 'error: no finished run' in done.stderr
+
+
+def test_rows_from_runs_without_flops_show_a_dash():
+  # results.json written before FLOPs were recorded has no `flops`.
+  row = {'family': 'f', 'method': 'dense', 'variant': '', 'sparsity': 0.0,
+         'active': 10, 'mean': 0.5, 'std': 0.0, 'seeds': 1, 'seconds': 1.0,
+         'inference_flops': None, 'training_flops': None}
+  assert '| 10 | - | - | 50.00 ± 0.00 |' in experiment.format_table([row])
+  assert experiment._mean_flops(  # pylint: disable=protected-access
+      [{'flops': {'inference_fraction': 0.2}}, {}], 'inference_fraction') is None
+  assert experiment._mean_flops(  # pylint: disable=protected-access
+      [{'flops': {'inference_fraction': 0.2}},
+       {'flops': {'inference_fraction': 0.4}}],
+      'inference_fraction') == pytest.approx(0.3)

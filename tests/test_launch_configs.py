@@ -60,7 +60,11 @@ def test_registry_has_every_paper_run():
     expected |= {f'wrn28_2_cifar10_{method}_s{s}'
                  for s in ('0.5', '0.6', '0.7', '0.8', '0.9')}
     expected |= {f'resnet50_imagenet_{method}_s{s}' for s in ('0.8', '0.9')}
+  expected |= {f'resnet50_imagenet_{method}_erk_s{s}' for s in ('0.8', '0.9')
+               for method in ('dsr', 'rigl', 'snfs', 'snip', 'static')}
   assert set(configs.names()) == expected
+  assert configs.get('resnet50_imagenet_rigl_erk_s0.9').distribution == 'erk'
+  assert configs.get('resnet50_imagenet_rigl_s0.9').distribution == 'uniform'
   for name in configs.names():
     assert configs.get(name).name == name
 

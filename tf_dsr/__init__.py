@@ -3,6 +3,8 @@
 Mostafa & Wang, ICML 2019, https://arxiv.org/abs/1902.05967.
 """
 
+from tf_dsr import distributions
+from tf_dsr import flops
 from tf_dsr import rules
 from tf_dsr._tfmot import keras
 from tf_dsr.callbacks import ReallocationCallback
@@ -11,6 +13,8 @@ from tf_dsr.compact import save_sparse
 from tf_dsr.engine import collect_wrappers
 from tf_dsr.engine import ReallocationStats
 from tf_dsr.engine import Reallocator
+from tf_dsr.flops import flops_report
+from tf_dsr.flops import FlopsReport
 from tf_dsr.report import SparsityReport
 from tf_dsr.report import sparsity_report
 from tf_dsr.schedules import PeriodSchedule
@@ -26,12 +30,16 @@ __version__ = '0.1.0'
 __all__ = [
     'DynamicSparseWrapper',
     'DynamicSparsityState',
+    'FlopsReport',
     'PeriodSchedule',
     'ReallocationCallback',
     'ReallocationStats',
     'Reallocator',
     'SparsityReport',
     'collect_wrappers',
+    'distributions',
+    'flops',
+    'flops_report',
     'keras',
     'load_sparse',
     'rules',

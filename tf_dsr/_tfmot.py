@@ -96,3 +96,21 @@ def may_have_prunable_weights(layer):
   if PruneRegistry._is_rnn_layer(layer):  # pylint: disable=protected-access
     return True
   return bool(PruneRegistry._LAYERS_WEIGHTS_MAP.get(type(layer)))  # pylint: disable=protected-access
+
+
+def is_graph_network(model):
+  """True for a Sequential or functional model with a graph of layer calls."""
+  return bool(getattr(model, '_is_graph_network', False))
+
+
+def layer_calls(model):
+  """`(layer, input shapes, output shapes)` of each call in a graph model.
+
+  Only the calls that belong to `model`'s own graph (a layer reused in
+  another model has calls there too), from the inputs to the outputs; a
+  nested model is one call.
+  """
+  for depth in sorted(model._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
+    for node in model._nodes_by_depth[depth]:  # pylint: disable=protected-access
+      if not node.is_input:
+        yield node.layer, node.input_shapes, node.output_shapes

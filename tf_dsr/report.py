@@ -7,6 +7,7 @@ from typing import Optional
 
 from tf_dsr import _tfmot
 from tf_dsr import compact
+from tf_dsr import flops as flops_lib
 from tf_dsr import strip
 from tf_dsr.wrapper import DynamicSparseWrapper
 
@@ -65,6 +66,9 @@ class SparsityReport:
     model_active: active trainable parameters of the whole model (every
       unmasked parameter counts as active).
     model_total: trainable parameters of the whole model.
+    flops: the model's inference FLOPs, sparse and dense
+      (`tf_dsr.flops_report`); None for a model without a graph of layer
+      calls (subclassed) or with unknown spatial sizes.
     stored_bytes: dense and compact bytes of the kernels and the model.
   """
   tensors: List[TensorCount]
@@ -72,6 +76,7 @@ class SparsityReport:
   sparse_total: int
   model_active: int
   model_total: int
+  flops: Optional[flops_lib.FlopsReport] = None
   stored_bytes: Optional[StoredBytes] = None
 
   def __str__(self):
@@ -96,6 +101,9 @@ class SparsityReport:
                  f'{self.model_active / max(self.model_total, 1):>8.4f}' +
                  (nbytes(stored.model_dense, stored.model_compact)
                   if stored else ''))
+    if self.flops is not None:
+      lines.append(f'{"inference FLOPs":<{width}} {self.flops.sparse:>12,} '
+                   f'{self.flops.dense:>12,} {self.flops.fraction:>8.4f}')
     return '\n'.join(lines)
 
 
@@ -115,7 +123,9 @@ def sparsity_report(model):
 
   Returns:
     A `SparsityReport`; `print(report)` shows a table, with the bytes of
-    each kernel stored dense and in `save_sparse`'s compact format.
+    each kernel stored dense and in `save_sparse`'s compact format. Its
+    `flops` holds the inference FLOPs per example (sparse, dense and their
+    ratio; `tf_dsr.flops_report`) for a Sequential or functional model.
   """
   if not _tfmot.is_tf_keras_object(model) or not isinstance(model, keras.Model):
     raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
@@ -146,5 +156,12 @@ def sparsity_report(model):
   stored = StoredBytes(
       dense, packed, model_dense,
       model_dense - sum(dense.values()) + sum(packed.values()))
+  flops = None
+  if _tfmot.is_graph_network(model):
+    try:
+      flops = flops_lib.flops_report(model)
+    except ValueError:  # Unknown spatial sizes: no FLOPs, the counts stand.
+      flops = None
   return SparsityReport(tensors, sparse_active, sparse_total,
-                        model_total - inactive, model_total, stored)
+                        model_total - inactive, model_total, flops=flops,
+                        stored_bytes=stored)

@@ -35,8 +35,11 @@ def snip(model, sparsity, inputs, targets, loss, exclude=None, seed=0,
   sparsity, ...)` (same layers, same number of active weights in all), then
   the active weights are the most sensitive ones over all sparse kernels
   together (ties to the first in layer order), with at least one per kernel;
-  they keep their initial values and every other entry is 0. Train the result
-  with `method='snip'` (static masks).
+  they keep their initial values and every other entry is 0. With a
+  `distribution=` ('uniform', 'er', 'erk'; see `tf_dsr.sparsify`) each
+  kernel keeps the count that distribution gives it and the ranking is
+  within each kernel instead. Train the result with `method='snip'` (static
+  masks).
 
   The gradient is taken with `training=False`, so batch normalisation uses
   its moving statistics and the model's state is not changed.
@@ -58,7 +61,8 @@ def snip(model, sparsity, inputs, targets, loss, exclude=None, seed=0,
       `loss(targets, predictions)`.
     exclude: as for `tf_dsr.sparsify`.
     seed: as for `tf_dsr.sparsify` (SNIP's choice itself is deterministic).
-    **sparsify_options: further options of `tf_dsr.sparsify`.
+    **sparsify_options: further options of `tf_dsr.sparsify`; with
+      `distribution`, per-kernel budgets (see above).
 
   Returns:
     The sparsified model.
@@ -97,18 +101,28 @@ def snip(model, sparsity, inputs, targets, loss, exclude=None, seed=0,
           'finite; check `inputs`, `targets` and `loss`.')
     scores.append(score)
     budget += int(np.count_nonzero(mask.numpy()))
-  # Each kernel keeps its most sensitive entry, then the rest of the budget
-  # goes to the most sensitive entries over all kernels.
-  reserved = [_top_entries(score, 1) for score in scores]
-  flat = np.concatenate(scores)
-  flat[np.concatenate(reserved)] = -1.0
-  chosen = _top_entries(flat, budget - len(pairs))
-  chosen |= np.concatenate(reserved)
+  if 'distribution' in sparsify_options:
+    # The distribution's count per kernel, ranked within each kernel.
+    chosen = np.concatenate([
+        _top_entries(score, int(np.count_nonzero(mask.numpy())))
+        for score, (_, mask) in zip(scores, pairs)])
+  else:
+    # Each kernel keeps its most sensitive entry, then the rest of the budget
+    # goes to the most sensitive entries over all kernels.
+    reserved = [_top_entries(score, 1) for score in scores]
+    flat = np.concatenate(scores)
+    flat[np.concatenate(reserved)] = -1.0
+    chosen = _top_entries(flat, budget - len(pairs))
+    chosen |= np.concatenate(reserved)
+  fan_in = sparsify_options.get('init_scale', 'dense') == 'sparse_fan_in'
   position = 0
   for (kernel, mask), score in zip(pairs, scores):
     new = chosen[position:position + score.size].reshape(mask.shape)
     position += score.size
     weights, _ = dense[kernel.ref()]
+    values = weights * new
+    if fan_in:  # 1 / sqrt(density) of SNIP's own mask.
+      values = values * np.sqrt(new.size / max(int(new.sum()), 1))
     mask.assign(new.astype(mask.dtype.as_numpy_dtype))
-    kernel.assign((weights * new).astype(weights.dtype))
+    kernel.assign(values.astype(weights.dtype))
   return sparse

@@ -1,7 +1,11 @@
 """sparsify: wrap the prunable layers of a model, layer or list for DSR."""
 
+import math
+
 from tf_dsr import _tfmot
+from tf_dsr import distributions
 from tf_dsr.wrapper import DynamicSparseWrapper
+from tf_dsr.wrapper import validate_init_scale
 from tf_dsr.wrapper import validate_sparsity
 
 keras = _tfmot.keras
@@ -32,7 +36,47 @@ def _is_graph_model(model):
   return isinstance(model, keras.Sequential) or model._is_graph_network  # pylint: disable=protected-access
 
 
-def sparsify(to_sparsify, sparsity, exclude=None, seed=0):
+def _graph_layers(model):
+  """The layers of `model` and of the graph models nested in it, in order."""
+  for layer in model.layers:
+    if isinstance(layer, keras.Model) and _is_graph_model(layer):
+      yield from _graph_layers(layer)
+    else:
+      yield layer
+
+
+def _layer_sparsities(layers, sparsity, distribution, erk_power_scale):
+  """`{id(layer): sparsity}` for each of `layers` under the distribution.
+
+  The value is a number for a layer with one prunable kernel and a list (one
+  per kernel) otherwise; each reproduces that kernel's exact count of
+  `distributions.active_counts` in the wrapper's rounding.
+  """
+  if distribution == 'uniform':
+    return {id(layer): sparsity for layer in layers}
+  unbuilt = [layer.name for layer in layers if not layer.built]
+  if unbuilt:
+    raise ValueError(
+        f'`distribution` {distribution!r} needs the kernel shapes, but layers '
+        f'{unbuilt} are not built; build the model (give it an input shape) '
+        'first, or use distribution=\'uniform\'.')
+  owners, shapes = [], []
+  for layer in layers:
+    for kernel in _tfmot.prunable_weights(layer):
+      owners.append(id(layer))
+      shapes.append(tuple(kernel.shape))
+  counts = distributions.active_counts(shapes, sparsity, distribution,
+                                       erk_power_scale)
+  found = {}
+  for owner, shape, count in zip(owners, shapes, counts):
+    found.setdefault(owner, []).append(
+        distributions.sparsity_for_count(math.prod(shape), count))
+  return {owner: values[0] if len(values) == 1 else values
+          for owner, values in found.items()}
+
+
+def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
+             distribution='uniform', erk_power_scale=1.0, init_scale='dense'):
   """Wraps every prunable layer in a `DynamicSparseWrapper`, like tfmot's API.
 
   Mirrors `tfmot.sparsity.keras.prune_low_magnitude`: a Sequential or
@@ -43,9 +87,19 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0):
   `prune_low_magnitude` are left as they are, so a model may mix both. The
   optimizer is not carried over: compile the returned model.
 
+  `distribution` sets each kernel's own initial sparsity. 'uniform' gives
+  every kernel `sparsity`. 'er' (Erdos-Renyi, Mocanu et al. 2018) and 'erk'
+  (Erdos-Renyi-Kernel, Evci et al., ICML 2020) give small kernels more
+  density and large ones less, with exactly as many active weights in total
+  as 'uniform' (see `tf_dsr.distributions`); a kernel whose density would
+  exceed 1 is wrapped dense (sparsity 0), so it stays in the sparse set and
+  a rule may still move its weights later. They need built layers.
+
   Example:
     ```python
     model = tf_dsr.sparsify(model, sparsity=0.9, exclude=['stem_conv', 'fc'])
+    model = tf_dsr.sparsify(model, sparsity=0.9, distribution='erk',
+                            init_scale='sparse_fan_in')
     ```
 
   Args:
@@ -55,18 +109,29 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0):
     exclude: layer names to keep dense, or a callable taking a layer and
       returning True to keep it dense. Names must exist in the model.
     seed: integer seed of the initial masks.
+    distribution: 'uniform', 'er' or 'erk': how the budget of active weights
+      (that of `sparsity` in every kernel) is spread over the kernels.
+    erk_power_scale: power on the ER/ERK raw densities (1 is the published
+      rule; below 1 is closer to uniform); only with 'er' or 'erk'.
+    init_scale: 'dense' (the paper's: the layers' initialisers unchanged) or
+      'sparse_fan_in' (each kernel's initial values times 1 / sqrt(its
+      density)); see `DynamicSparseWrapper`.
 
   Returns:
     The model, layer or list with `DynamicSparseWrapper`s.
 
   Raises:
-    ValueError: on a bad `sparsity`, an `exclude` name the model lacks, a
+    ValueError: on a bad `sparsity`, `distribution`, `erk_power_scale` or
+      `init_scale`, unbuilt layers with 'er' or 'erk', an `exclude` name
+      the model lacks, a
       model that is already sparsified, a subclassed model, a layer with no
       prunable kernel, or an object that is not a tf_keras layer or model.
   """
   validate_sparsity(sparsity)
   if isinstance(seed, bool) or not isinstance(seed, int):
     raise ValueError(f'`seed` must be an int, got {seed!r}.')
+  distributions.validate(distribution, erk_power_scale)
+  validate_init_scale(init_scale)
   if exclude is None:
     excluded = lambda layer: False
   elif callable(exclude):
@@ -79,8 +144,11 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0):
     names = set(exclude)
     excluded = lambda layer: layer.name in names
 
+  sparsities = {}
+
   def wrap(layer):
-    return DynamicSparseWrapper(layer, sparsity=sparsity, seed=seed)
+    return DynamicSparseWrapper(layer, sparsity=sparsities[id(layer)],
+                                seed=seed, init_scale=init_scale)
 
   def wants_wrapper(layer):
     return (not isinstance(layer, (keras.Model, keras.layers.InputLayer,
@@ -92,11 +160,16 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0):
     for item in to_sparsify:
       if not _tfmot.is_tf_keras_object(item):
         raise ValueError(_tfmot.foreign_keras_message(item, 'to_sparsify'))
+    sparsities.update(_layer_sparsities(
+        [layer for layer in to_sparsify if wants_wrapper(layer)], sparsity,
+        distribution, erk_power_scale))
     return [wrap(layer) if wants_wrapper(layer) else layer
             for layer in to_sparsify]
   if not _tfmot.is_tf_keras_object(to_sparsify):
     raise ValueError(_tfmot.foreign_keras_message(to_sparsify, 'to_sparsify'))
   if not isinstance(to_sparsify, keras.Model):
+    sparsities.update(_layer_sparsities([to_sparsify], sparsity, distribution,
+                                        erk_power_scale))
     return wrap(to_sparsify)
 
   model = to_sparsify
@@ -116,6 +189,10 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0):
       raise ValueError(
           f'`exclude` names layers that {model.name!r} does not have: {missing}. '
           f'Its layers are {sorted(_all_layer_names(model))}.')
+
+  sparsities.update(_layer_sparsities(
+      [layer for layer in _graph_layers(model) if wants_wrapper(layer)],
+      sparsity, distribution, erk_power_scale))
 
   def clone_function(layer):
     if isinstance(layer, keras.Model) and _is_graph_model(layer):

@@ -7,6 +7,7 @@ import zlib
 import tensorflow as tf
 
 from tf_dsr import _tfmot
+from tf_dsr import distributions
 
 keras = _tfmot.keras
 
@@ -32,11 +33,42 @@ def initial_mask(shape, sparsity, seed):
     A float32 tensor of `shape`.
   """
   size = int(tf.TensorShape(shape).num_elements())
-  num_active = max(1, int(round((1.0 - sparsity) * size)))
+  num_active = distributions.uniform_count(size, sparsity)
   keys = tf.random.stateless_uniform([size], seed)
   _, chosen = tf.math.top_k(keys, num_active, sorted=False)
   flat = tf.scatter_nd(chosen[:, None], tf.ones([num_active]), [size])
   return tf.reshape(flat, shape)
+
+
+INIT_SCALES = ('dense', 'sparse_fan_in')
+
+
+def validate_init_scale(init_scale):
+  """Raises ValueError unless `init_scale` is one of `INIT_SCALES`."""
+  if not isinstance(init_scale, str) or init_scale not in INIT_SCALES:
+    raise ValueError(f'`init_scale` must be one of {list(INIT_SCALES)}, got '
+                     f'{init_scale!r}.')
+
+
+def initial_scale(mask):
+  """`1 / sqrt(density)` of a 0/1 mask: the 'sparse_fan_in' factor.
+
+  A kernel drawn for all `n` inputs has variance `v`; with a fraction `d` of
+  them kept, each output sums about `d n` terms, so its variance is `d` times
+  the dense one. Scaling the kept values by `1 / sqrt(d)` restores it.
+  Rules that regrow weights with non-zero values should scale them by the
+  same factor when the wrapper's `init_scale` is 'sparse_fan_in' (the rules
+  of tf_dsr regrow at 0, so none does yet).
+
+  Args:
+    mask: a 0/1 tensor.
+
+  Returns:
+    A scalar tensor of the mask's dtype.
+  """
+  size = float(mask.shape.num_elements())
+  active = tf.reduce_sum(tf.cast(mask, tf.float32))
+  return tf.cast(tf.math.rsqrt(active / size), mask.dtype)
 
 
 def _find_attribute(layer, variable):
@@ -81,6 +113,13 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   active entries (at least one), placed uniformly at random from `seed` and
   the layer's name; masked entries of the kernel are set to 0 when built.
 
+  With `init_scale='sparse_fan_in'`, each kernel's initial values are also
+  multiplied by `1 / sqrt(density)` (its own density, active / entries), so
+  that a sparse layer's outputs start at about the scale of the dense layer's
+  (the dense initialiser's variance assumes every input is connected). This
+  happens once, when the wrapper is built; weights restored from a checkpoint
+  or a saved model replace the built values and are not scaled again.
+
   Example:
     ```python
     layer = tf_dsr.DynamicSparseWrapper(keras.layers.Conv2D(64, 3), sparsity=0.9)
@@ -88,12 +127,18 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
 
   Args:
     layer: the tf_keras layer to wrap.
-    sparsity: fraction of each kernel's entries that are zero, in [0, 1).
+    sparsity: fraction of each kernel's entries that are zero, in [0, 1); or
+      a list with one such fraction per prunable kernel, in the order of the
+      layer's prunable weights (what `tf_dsr.sparsify` passes for the ER and
+      ERK distributions).
     seed: integer seed of the initial masks.
+    init_scale: 'dense' (the default, the paper's: the layer's initialiser
+      as it is) or 'sparse_fan_in' (scale each kernel by 1 / sqrt(density)
+      when built).
     **kwargs: passed to `keras.layers.Wrapper` (for example `name`).
   """
 
-  def __init__(self, layer, sparsity, seed=0, **kwargs):
+  def __init__(self, layer, sparsity, seed=0, init_scale='dense', **kwargs):
     if not _tfmot.is_tf_keras_object(layer):
       raise ValueError(_tfmot.foreign_keras_message(layer, 'layer'))
     if isinstance(layer, (DynamicSparseWrapper, _tfmot.PruneLowMagnitude)):
@@ -109,13 +154,23 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
           f'`layer` {layer.name!r} ({type(layer).__name__}) has no prunable kernel '
           'in tfmot\'s prune registry and does not implement '
           '`get_prunable_weights`; there is nothing to make sparse.')
-    validate_sparsity(sparsity)
+    if isinstance(sparsity, (list, tuple)):
+      if not sparsity:
+        raise ValueError('`sparsity` must be a number or a non-empty list of '
+                         f'numbers, got {sparsity!r}.')
+      for value in sparsity:
+        validate_sparsity(value)
+    else:
+      validate_sparsity(sparsity)
     if isinstance(seed, bool) or not isinstance(seed, int):
       raise ValueError(f'`seed` must be an int, got {seed!r}.')
+    validate_init_scale(init_scale)
     kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
     super().__init__(layer, **kwargs)
-    self.sparsity = float(sparsity)
+    self.sparsity = ([float(v) for v in sparsity]
+                     if isinstance(sparsity, (list, tuple)) else float(sparsity))
     self.seed = seed
+    self.init_scale = init_scale
     self._sparse_weights = []
     self._substitution_targets = []
     self._call_takes_training = (
@@ -139,17 +194,23 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       raise ValueError(
           f'Layer {self.layer.name!r} ({type(self.layer).__name__}) has no prunable '
           'weight once built; there is nothing to make sparse.')
+    if isinstance(self.sparsity, list) and len(self.sparsity) != len(kernels):
+      raise ValueError(
+          f'`sparsity` of {self.name!r} lists {len(self.sparsity)} values, but '
+          f'layer {self.layer.name!r} has {len(kernels)} prunable kernel(s).')
     layer_key = zlib.crc32(self.layer.name.encode('utf-8')) & 0x7FFFFFFF
     for index, kernel in enumerate(kernels):
       dtype = getattr(kernel, 'true_dtype', kernel.dtype)
       seed = tf.constant([self.seed, layer_key + index], tf.int64)
       attribute = _find_attribute(self.layer, kernel)
+      sparsity = (self.sparsity[index] if isinstance(self.sparsity, list)
+                  else self.sparsity)
       mask = self.add_weight(
           name=f'{attribute[1].lstrip("_")}_mask',
           shape=kernel.shape,
           dtype=dtype,
-          initializer=lambda shape, dtype=None, seed=seed: tf.cast(
-              initial_mask(shape, self.sparsity, seed), dtype),
+          initializer=lambda shape, dtype=None, seed=seed, s=sparsity: tf.cast(
+              initial_mask(shape, s, seed), dtype),
           trainable=False,
           experimental_autocast=False)
       with tf.init_scope():
@@ -157,7 +218,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
         # policy Keras builds layers inside its autocast scope, where reading
         # `kernel` as a tensor gives its float16/bfloat16 cast, which would
         # round every initial weight to 16 bits.
-        kernel.assign(tf.convert_to_tensor(kernel.numpy(), dtype) * mask)
+        value = tf.convert_to_tensor(kernel.numpy(), dtype) * mask
+        if self.init_scale == 'sparse_fan_in':
+          value *= initial_scale(mask)
+        kernel.assign(value)
       self._sparse_weights.append((kernel, mask))
       self._substitution_targets.append(attribute)
 
@@ -197,7 +261,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
 
   def get_config(self):
     config = super().get_config()
-    config.update({'sparsity': self.sparsity, 'seed': self.seed})
+    config.update({'sparsity': self.sparsity, 'seed': self.seed,
+                   'init_scale': self.init_scale})
     return config
 
   @classmethod

@@ -13,6 +13,13 @@ The hooks:
   the tensors (by default each tensor regrows what it dropped);
 - `next_threshold(threshold, candidates)` adapts the global threshold H (by
   default unchanged).
+`training_flops(sparse_flops, dense_flops, period)` gives the FLOPs of an
+average training step (3 f_S by default; rules with dense-gradient steps
+override it).
+Regrowth: the engine regrows at weight 0, so `init_scale='sparse_fan_in'`
+(`tf_dsr.wrapper.initial_scale`) has nothing to scale after the start. A
+rule that regrows with non-zero values must scale them by that factor (the
+kernel's `1 / sqrt(density)`) when the wrappers were made with it.
 Rules that need more declare `auxiliary` (per-entry variables the engine
 keeps, such as DeepR's signs), `call_inputs` (per-call scalars, such as the
 learning rate) or `dense_gradients` (the loss gradient at every entry,
@@ -177,6 +184,30 @@ class Rule:
     """
     del layout
     return 0.02
+
+  def training_flops(self, sparse_flops, dense_flops, period):
+    """Average FLOPs of one training step (per example) under this rule.
+
+    RigL's accounting (Evci et al., ICML 2020, arXiv 1911.11134, section 4;
+    `tf_dsr.flops`): a step is a forward pass `f` and a backward pass `2f`
+    (forward + backward = 3x forward), with `f` the sparse model's inference
+    FLOPs. This default, `3 * sparse_flops`, holds for rules that need no
+    dense gradient (static, SET, DSR, DeepR). A rule that computes dense
+    gradients on its update steps overrides it (RigL: `(3 f_S P + 2 f_S +
+    f_D) / (P + 1)`, SNFS: `2 f_S + f_D`; `tf_dsr.flops` has these
+    formulas). The reallocation's own work is not counted.
+
+    Args:
+      sparse_flops: inference FLOPs of the sparse model, f_S.
+      dense_flops: inference FLOPs of the dense model, f_D.
+      period: training steps between reallocations, P (the mean over a run;
+        math.inf when there are none).
+
+    Returns:
+      FLOPs of one average training step.
+    """
+    del dense_flops, period
+    return 3 * sparse_flops
 
   @classmethod
   def options(cls):

@@ -340,3 +340,43 @@ def test_select_largest_matches_a_sort_on_random_ties():
       expected = np.zeros(len(v), bool)
       expected[index[order[:c]]] = True
       np.testing.assert_array_equal(got.numpy(), expected)
+
+
+def test_snip_with_a_distribution_ranks_within_each_kernel():
+  rng = np.random.default_rng(4)
+  inputs = keras.Input((6,))
+  hidden = keras.layers.Dense(8, name='a', use_bias=False)(inputs)
+  model = keras.Model(inputs, keras.layers.Dense(3, name='b',
+                                                 use_bias=False)(hidden))
+  model.get_layer('b').kernel.assign(model.get_layer('b').kernel * 1e-4)
+  initial = [v.numpy() for v in model.trainable_variables]
+  x = rng.normal(size=(16, 6)).astype('float32')
+  y = rng.integers(0, 3, 16)
+  loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+  with tf.GradientTape() as tape:
+    value = loss(y, model(x))
+  scores = [np.abs(g.numpy() * v.numpy()).ravel() for g, v in zip(
+      tape.gradient(value, model.trainable_variables),
+      model.trainable_variables)]
+  sparse = tf_dsr.snip(model, 0.75, x, y, loss, distribution='uniform',
+                       init_scale='sparse_fan_in')
+  pairs = [p for w in tf_dsr.collect_wrappers(sparse) for p in w.sparse_weights]
+  # Uniform budgets 12 of 48 and 6 of 24, each the kernel's own top entries,
+  # scaled by 1 / sqrt(density) = 2.
+  for (kernel, mask), score, value, count in zip(pairs, scores, initial,
+                                                 (12, 6)):
+    chosen = mask.numpy().ravel() > 0
+    assert chosen.sum() == count
+    assert score[chosen].min() >= score[~chosen].max()
+    np.testing.assert_allclose(kernel.numpy(), 2.0 * value * mask.numpy(),
+                               rtol=1e-6)
+
+
+def test_training_flops_of_the_gradient_rules():
+  # f_S = 1, f_D = 10, an update every 100 steps.
+  rigl = tf_dsr.rules.make('rigl')
+  assert rigl.training_flops(1.0, 10.0, 100) == pytest.approx(
+      (3 * 100 + 2 + 10) / 101)
+  assert rigl.training_flops(1.0, 10.0, float('inf')) == 3.0
+  assert tf_dsr.rules.make('snfs').training_flops(1.0, 10.0, 5) == 12.0
+  assert tf_dsr.rules.make('snip').training_flops(1.0, 10.0, 5) == 3.0

@@ -6,6 +6,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tf_dsr import flops
 from tf_dsr import reallocation
 from tf_dsr.rules import base
 
@@ -93,6 +94,11 @@ class RigL(base.Rule):
 
   def for_training(self, total_steps):
     return with_end_step(self, total_steps)
+
+  def training_flops(self, sparse_flops, dense_flops, period):
+    # One step in P + 1 also computes the dense gradient (RigL, section 4);
+    # `period` is the run's mean, so the updates' end at 75% is counted.
+    return flops.rigl_training_flops(sparse_flops, dense_flops, period)
 
   def expected_regrowth(self, layout):
     del layout

@@ -6,6 +6,7 @@ from typing import Optional
 
 import tensorflow as tf
 
+from tf_dsr import flops
 from tf_dsr import reallocation
 from tf_dsr.rules import base
 from tf_dsr.rules import rigl
@@ -65,6 +66,10 @@ class SNFS(base.Rule):
 
   def for_training(self, total_steps):
     return rigl.with_end_step(self, total_steps)
+
+  def training_flops(self, sparse_flops, dense_flops, period):
+    del period  # The momentum needs the dense gradient at every step.
+    return flops.snfs_training_flops(sparse_flops, dense_flops)
 
   def expected_regrowth(self, layout):
     del layout

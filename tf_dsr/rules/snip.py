@@ -15,7 +15,9 @@ class SNIP(static.Static):
   Sensitivity", ICLR 2019, https://arxiv.org/abs/1810.02340. The masks come
   from `tf_dsr.snip` (connection sensitivity `|g * w|` on one batch before
   training); training then keeps them, exactly like 'static'. The separate
-  name labels reports and counts SNIP's one dense gradient. No options.
+  name labels reports. Its one dense gradient, before training, is
+  negligible in the training FLOPs (`3 f_S` per step, as for 'static').
+  No options.
   """
   name = 'snip'
   label = 'SNIP'
