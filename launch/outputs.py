@@ -17,6 +17,9 @@ Layout of `--model_dir`:
     initial_weights.npz  every weight at step 0 (sparse methods; by name)
     final_masks.npz    the final masks (sparse methods; by name): with
                        initial_weights.npz, what the controls start from
+    sparse_model.npz   the final model as a compact sparse checkpoint
+                       (tf_dsr.save_sparse; DSR-family methods); its size
+                       is in results.json under compact_checkpoint
 
 Only a complete checkpoint is ever listed in `checkpoints/checkpoint` and
 `backup/chief/checkpoint` (a CheckpointManager writes the checkpoint's files,
@@ -83,6 +86,7 @@ class RunDir:
     self.config = os.path.join(path, 'config.json')
     self.initial_weights = os.path.join(path, 'initial_weights.npz')
     self.final_masks = os.path.join(path, 'final_masks.npz')
+    self.sparse_checkpoint = os.path.join(path, 'sparse_model.npz')
     self.backup = os.path.join(path, 'backup')
 
   def check_writable(self):

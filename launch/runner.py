@@ -86,6 +86,15 @@ def _results(config, overrides, model, built, final, data, strategy, steps,
   return results
 
 
+def _write_compact(model, write_dir):
+  """Writes the compact sparse checkpoint; its size for results.json."""
+  size = tf_dsr.save_sparse(model, write_dir.sparse_checkpoint)
+  stored = tf_dsr.sparsity_report(model).stored_bytes
+  return {'file': os.path.basename(write_dir.sparse_checkpoint),
+          'bytes': size, 'dense_float32_bytes': stored.model_dense,
+          'ratio': round(size / stored.model_dense, 4)}
+
+
 def _build(config, data, strategy, steps_per_execution, dsr_log_dir, verbose,
            log_reallocations=None):
   """Builds, compiles and binds the model; returns (built, callbacks, checkpoint).
@@ -264,6 +273,7 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
         masks = modeling.masks_by_name(model)
         if masks:
           write_dir.write_arrays(write_dir.final_masks, masks)
+          results['compact_checkpoint'] = _write_compact(model, write_dir)
         if export:
           write_dir.export(tf_dsr.strip_dynamic_sparsity(model))
         results['wall_time_seconds'] = round(time.time() - start, 3)

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import tf_dsr
 from tf_dsr import keras
 from tensorflow.core.util import event_pb2
 
@@ -136,7 +137,7 @@ def test_run_writes_checkpoints_logs_export_and_results(runs):
   model_dir = runs['a']
   assert sorted(os.listdir(model_dir)) == [
       'checkpoints', 'config.json', 'final_masks.npz', 'initial_weights.npz',
-      'logs', 'results.json', 'saved_model']
+      'logs', 'results.json', 'saved_model', 'sparse_model.npz']
   state = tf.train.get_checkpoint_state(os.path.join(model_dir, 'checkpoints'))
   assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
       'ckpt-1', 'ckpt-2']
@@ -183,6 +184,25 @@ def test_saved_model_is_stripped_and_matches_results(runs):
     evaluation = data.load(runner.resolve(CONFIG, TINY)).eval
     scores = model.evaluate(evaluation, verbose=0, return_dict=True)
   assert scores['top1'] == pytest.approx(results['top1'], abs=1e-6)
+
+
+def test_compact_checkpoint_is_written_with_its_size(runs):
+  path = os.path.join(runs['a'], 'sparse_model.npz')
+  compact = runs['results']['compact_checkpoint']
+  assert compact['file'] == 'sparse_model.npz'
+  assert compact['bytes'] == os.path.getsize(path)
+  assert compact['bytes'] < compact['dense_float32_bytes']
+  model = tf_dsr.load_sparse(path)  # Rebuilt from the stored config.
+  final = np.load(os.path.join(runs['a'], 'final_masks.npz'))
+  # In order: Keras names the variables of a deserialized wrapper without
+  # its layer's scope (tfmot's too), so names do not identify them.
+  masks = [mask.numpy() for wrapper in tf_dsr.collect_wrappers(model)
+           for _, mask in wrapper.sparse_weights]
+  assert len(masks) == len(final.files) == 6
+  for mask, name in zip(masks, final.files):
+    np.testing.assert_array_equal(mask, final[name])
+  assert float(model.dynamic_sparsity_state.threshold.numpy()) == (
+      runs['results']['dsr']['threshold'])
 
 
 def test_resume_continues_exactly(runs):

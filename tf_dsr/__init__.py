@@ -8,6 +8,8 @@ from tf_dsr import flops
 from tf_dsr import rules
 from tf_dsr._tfmot import keras
 from tf_dsr.callbacks import ReallocationCallback
+from tf_dsr.compact import load_sparse
+from tf_dsr.compact import save_sparse
 from tf_dsr.engine import collect_wrappers
 from tf_dsr.engine import ReallocationStats
 from tf_dsr.engine import Reallocator
@@ -20,6 +22,7 @@ from tf_dsr.snip import snip
 from tf_dsr.sparsify import sparsify
 from tf_dsr.state import DynamicSparsityState
 from tf_dsr.strip import strip_dynamic_sparsity
+from tf_dsr.tflite import to_tflite
 from tf_dsr.wrapper import DynamicSparseWrapper
 
 __version__ = '0.1.0'
@@ -38,9 +41,12 @@ __all__ = [
     'flops',
     'flops_report',
     'keras',
+    'load_sparse',
     'rules',
+    'save_sparse',
     'snip',
     'sparsify',
     'sparsity_report',
     'strip_dynamic_sparsity',
+    'to_tflite',
 ]

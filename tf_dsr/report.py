@@ -1,9 +1,12 @@
 """sparsity_report: per-layer and total active / total counts."""
 
 import dataclasses
-from typing import List, Optional
+from typing import Dict
+from typing import List
+from typing import Optional
 
 from tf_dsr import _tfmot
+from tf_dsr import compact
 from tf_dsr import flops as flops_lib
 from tf_dsr import strip
 from tf_dsr.wrapper import DynamicSparseWrapper
@@ -24,6 +27,35 @@ class TensorCount:
 
 
 @dataclasses.dataclass(frozen=True)
+class StoredBytes:
+  """Bytes the weights take stored dense (float32) and in `save_sparse`'s format.
+
+  Compact bytes are the payload of `tf_dsr.save_sparse` with float32 values
+  before its deflate: a tf_dsr sparse kernel's active values plus its bit
+  mask or indices, whichever is smaller. `save_sparse` stores tfmot's masked
+  kernels as they are (kernel and mask), and counts them so.
+
+  Attributes:
+    dense: bytes of each masked kernel as dense float32, by tensor name.
+    compact: bytes of each masked kernel in the compact format, by name.
+    model_dense: every weight of the model (masks excluded) as float32.
+    model_compact: the same weights with the sparse kernels compacted.
+  """
+  dense: Dict[str, int]
+  compact: Dict[str, int]
+  model_dense: int
+  model_compact: int
+
+  @property
+  def sparse_dense(self):
+    return sum(self.dense.values())
+
+  @property
+  def sparse_compact(self):
+    return sum(self.compact.values())
+
+
+@dataclasses.dataclass(frozen=True)
 class SparsityReport:
   """Counts of a model's sparse kernels and of all its parameters.
 
@@ -37,6 +69,7 @@ class SparsityReport:
     flops: the model's inference FLOPs, sparse and dense
       (`tf_dsr.flops_report`); None for a model without a graph of layer
       calls (subclassed) or with unknown spatial sizes.
+    stored_bytes: dense and compact bytes of the kernels and the model.
   """
   tensors: List[TensorCount]
   sparse_active: int
@@ -44,19 +77,30 @@ class SparsityReport:
   model_active: int
   model_total: int
   flops: Optional[flops_lib.FlopsReport] = None
+  stored_bytes: Optional[StoredBytes] = None
 
   def __str__(self):
     width = max([len(t.name) for t in self.tensors] + [len('total sparse')])
-    lines = [f'{"tensor":<{width}} {"active":>12} {"total":>12} {"density":>8}']
+    stored = self.stored_bytes
+    def nbytes(dense, packed):
+      return f' {dense:>14,} {packed:>14,}' if stored else ''
+    lines = [f'{"tensor":<{width}} {"active":>12} {"total":>12} {"density":>8}'
+             + (f' {"dense bytes":>14} {"compact bytes":>14}' if stored else '')]
     for t in self.tensors:
       lines.append(f'{t.name:<{width}} {t.active:>12,} {t.total:>12,} '
-                   f'{t.density:>8.4f}')
+                   f'{t.density:>8.4f}' + (nbytes(stored.dense[t.name],
+                                                  stored.compact[t.name])
+                                           if stored else ''))
     lines.append(f'{"total sparse":<{width}} {self.sparse_active:>12,} '
                  f'{self.sparse_total:>12,} '
-                 f'{self.sparse_active / max(self.sparse_total, 1):>8.4f}')
+                 f'{self.sparse_active / max(self.sparse_total, 1):>8.4f}' +
+                 (nbytes(stored.sparse_dense, stored.sparse_compact)
+                  if stored else ''))
     lines.append(f'{"whole model":<{width}} {self.model_active:>12,} '
                  f'{self.model_total:>12,} '
-                 f'{self.model_active / max(self.model_total, 1):>8.4f}')
+                 f'{self.model_active / max(self.model_total, 1):>8.4f}' +
+                 (nbytes(stored.model_dense, stored.model_compact)
+                  if stored else ''))
     if self.flops is not None:
       lines.append(f'{"inference FLOPs":<{width}} {self.flops.sparse:>12,} '
                    f'{self.flops.dense:>12,} {self.flops.fraction:>8.4f}')
@@ -78,13 +122,14 @@ def sparsity_report(model):
     model: a built tf_keras model with tf_dsr and/or tfmot wrappers.
 
   Returns:
-    A `SparsityReport`; `print(report)` shows a table. Its `flops` holds
-    the inference FLOPs per example (sparse, dense and their ratio;
-    `tf_dsr.flops_report`) for a Sequential or functional model.
+    A `SparsityReport`; `print(report)` shows a table, with the bytes of
+    each kernel stored dense and in `save_sparse`'s compact format. Its
+    `flops` holds the inference FLOPs per example (sparse, dense and their
+    ratio; `tf_dsr.flops_report`) for a Sequential or functional model.
   """
   if not _tfmot.is_tf_keras_object(model) or not isinstance(model, keras.Model):
     raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
-  tensors, inactive = [], 0
+  tensors, inactive, packed, masks_seen = [], 0, {}, set()
   for wrapper in _wrappers(model):
     masks = strip._masks_by_kernel(wrapper)  # pylint: disable=protected-access
     names = {}
@@ -101,9 +146,21 @@ def sparsity_report(model):
       name = names.get(id(kernel)) or (
           f'{wrapper.name}/{kernel.name.split("/")[-1].split(":")[0]}')
       tensors.append(TensorCount(name, active, total))
+      masks_seen.add(id(mask))
+      packed[name] = (compact.sparse_bytes(total, active)
+                      if isinstance(wrapper, DynamicSparseWrapper) else
+                      8 * total)
   model_total = sum(w.shape.num_elements() for w in model.trainable_weights)
   sparse_total = sum(t.total for t in tensors)
   sparse_active = sum(t.active for t in tensors)
+  state = getattr(model, 'dynamic_sparsity_state', None)
+  skip = masks_seen | {id(v) for v in (state.variables if state else ())}
+  model_dense = 4 * sum(w.shape.num_elements() for w in model.weights
+                        if id(w) not in skip)
+  dense = {t.name: 4 * t.total for t in tensors}
+  stored = StoredBytes(
+      dense, packed, model_dense,
+      model_dense - sum(dense.values()) + sum(packed.values()))
   flops = None
   if _tfmot.is_graph_network(model):
     try:
@@ -111,4 +168,5 @@ def sparsity_report(model):
     except ValueError:  # Unknown spatial sizes: no FLOPs, the counts stand.
       flops = None
   return SparsityReport(tensors, sparse_active, sparse_total,
-                        model_total - inactive, model_total, flops)
+                        model_total - inactive, model_total, flops=flops,
+                        stored_bytes=stored)
