@@ -32,8 +32,11 @@ def _fresh():
 
 
 def _weights(model):
-  """The layers' weights (model.weights also lists the DSR state)."""
-  return [w for layer in model.layers for w in layer.weights]
+  """The layers' weights without the DSR state (checked on its own)."""
+  state = {id(v) for w in tf_dsr.collect_wrappers(model)
+           for v in w.state_variables.values()}
+  return [w for layer in model.layers for w in layer.weights
+          if id(w) not in state]
 
 
 def _snapshot(model):

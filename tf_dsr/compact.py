@@ -99,9 +99,16 @@ def _short(variable):
 
 
 def _model_weights(model):
-  """`model.weights` without the DSR state (Keras tracks it as weights too)."""
+  """`model.weights` without the DSR state (Keras tracks it as weights too).
+
+  The state is every wrapper's state weights (the model's is the first
+  wrapper's; `tf_dsr.state`) and the rule's variables on the state module.
+  """
+  skip = {id(v) for wrapper in collect_wrappers(model) if wrapper.built
+          for v in wrapper.state_variables.values()}
   state = getattr(model, state_lib.ATTRIBUTE, None)
-  skip = {id(v) for v in state.variables} if state is not None else set()
+  if state is not None:
+    skip |= {id(v) for v in state.variables}
   return [v for v in model.weights if id(v) not in skip]
 
 
@@ -117,9 +124,11 @@ def _sparse_pairs(model):
 
 def _state_variables(model):
   """`[(name, kind, variable)]` of the model's DSR state that a file stores."""
-  state = getattr(model, state_lib.ATTRIBUTE, None)
-  if state is None:
+  wrappers = collect_wrappers(model)
+  if not wrappers or not wrappers[0].built:
     return []
+  # The model's state is its first wrapper's (attached on first use).
+  state = state_lib.get_or_create(model, wrappers[0])
   found = [(name, None, getattr(state, name)) for name in _STATE_SCALARS]
   for kind in sorted(vars(state)):
     value = getattr(state, kind)
@@ -530,8 +539,7 @@ def _decode_state(path, manifest, arrays, model):
 def _assign_state(model, found):
   if not found:
     return
-  values = {name: value for name, _, value in found}
-  state = state_lib.get_or_create(model, float(values.get('threshold', 0.0)))
+  state = state_lib.get_or_create(model, collect_wrappers(model)[0])
   state.last_step.assign(-1)
   kinds = {}
   for name, kind, value in found:

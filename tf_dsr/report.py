@@ -153,8 +153,12 @@ def sparsity_report(model):
   model_total = sum(w.shape.num_elements() for w in model.trainable_weights)
   sparse_total = sum(t.total for t in tensors)
   sparse_active = sum(t.active for t in tensors)
+  # The DSR state: every wrapper's state weights and the rule's variables.
   state = getattr(model, 'dynamic_sparsity_state', None)
   skip = masks_seen | {id(v) for v in (state.variables if state else ())}
+  skip |= {id(v) for wrapper in _wrappers(model)
+           if isinstance(wrapper, DynamicSparseWrapper) and wrapper.built
+           for v in wrapper.state_variables.values()}
   model_dense = 4 * sum(w.shape.num_elements() for w in model.weights
                         if id(w) not in skip)
   dense = {t.name: 4 * t.total for t in tensors}
