@@ -371,3 +371,43 @@ def test_training_flops_of_the_gradient_rules():
   assert rigl.training_flops(1.0, 10.0, float('inf')) == 3.0
   assert tf_dsr.rules.make('snfs').training_flops(1.0, 10.0, 5) == 12.0
   assert tf_dsr.rules.make('snip').training_flops(1.0, 10.0, 5) == 3.0
+
+
+def test_rigl_in_a_custom_loop_grows_by_the_recorded_gradient():
+  # A custom GradientTape loop: make the Reallocator before tracing the step,
+  # record the step before an update, then reallocate between steps.
+  x, t = _mlp_data()
+  inputs = keras.Input((4,))
+  outputs, k, m = _wrapped_dense(inputs, 2, 'd', np.linspace(-1, 1, 8),
+                                 [1, 0] * 4)
+  model = keras.Model(inputs, outputs)
+  optimizer = keras.optimizers.SGD(0.0)
+  realloc = tf_dsr.Reallocator(model, 'rigl', drop_fraction=0.5,
+                               schedule='constant', optimizer=optimizer)
+
+  @tf.function
+  def train_step(xb, tb):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(tf.square(model(xb, training=True) - tb))
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+  kernel, mask = k.numpy(), m.numpy()
+  realloc.record_gradients(True)
+  train_step(x, t)
+  realloc.record_gradients(False)
+  stats = realloc.reallocate(step=1)
+  # d loss / d (K * M) = x^T 2 (y - t) / 16 at every entry; the 2 inactive
+  # entries after dropping the 2 smallest of 4 with the largest |g| grow.
+  gradient = x.T @ (2.0 * (x @ (kernel * mask) - t) / 16.0)
+  flat_kernel, flat_mask = kernel.ravel(), mask.ravel() > 0
+  active = np.flatnonzero(flat_mask)
+  dropped = active[np.argsort(np.abs(flat_kernel[active]), kind='stable')[:2]]
+  free = np.setdiff1d(np.flatnonzero(~flat_mask), []).tolist() + list(dropped)
+  free = np.array(sorted(free))
+  grown = free[np.argsort(-np.abs(gradient.ravel()[free]), kind='stable')[:2]]
+  expected = flat_mask.copy()
+  expected[dropped] = False
+  expected[grown] = True
+  assert stats.pruned == 2
+  np.testing.assert_array_equal(m.numpy().ravel() > 0, expected)
