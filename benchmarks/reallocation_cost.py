@@ -7,7 +7,8 @@ mask and writes both. Every timed run, floor or reallocation, ends by bringing
 one small value to the host (one element, or the reallocation's scalar
 stats). The reallocation runs with the default `jit_compile` of this device
 and with `jit_compile=True`, without and with an optimizer whose momentum it
-resets. Runs are interleaved (floor, reallocation, floor, ...) and medians
+resets; RigL's (random dense gradients, drop fraction 0.3) for comparison.
+Runs are interleaved (floor, reallocation, floor, ...) and medians
 compared, since the machine is shared and noisy.
 
     python -m benchmarks.reallocation_cost [--repeats 15]
@@ -58,6 +59,14 @@ def main():
                       ('reallocation + momentum reset', optimizer)):
       reallocators[f'{name}, jit_compile={jit}'] = tf_dsr.Reallocator(
           model, target_pruned=400_000, optimizer=opt, jit_compile=jit, seed=1)
+  # RigL at its first update (drop fraction 0.3, per-layer exact top-k drop
+  # and growth by dense-gradient magnitude), momentum reset included.
+  rigl = tf_dsr.Reallocator(model, 'rigl', schedule='constant',
+                            optimizer=optimizer, jit_compile=default_jit)
+  reallocators[f'RigL (f = 0.3) + momentum reset, jit_compile={default_jit}'] = (
+      rigl)
+  for value in rigl.gradient_recorder.values:
+    value.assign(tf.random.normal(value.shape))
   any_reallocator = next(iter(reallocators.values()))
   tensors = any_reallocator.sparse_tensors()
   kernels = [k for _, k, _ in tensors]
