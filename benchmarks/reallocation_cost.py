@@ -60,9 +60,19 @@ def main():
       reallocators[f'{name}, jit_compile={jit}'] = tf_dsr.Reallocator(
           model, target_pruned=400_000, optimizer=opt, jit_compile=jit, seed=1)
   # RigL at its first update (drop fraction 0.3, per-layer exact top-k drop
-  # and growth by dense-gradient magnitude), momentum reset included.
-  rigl = tf_dsr.Reallocator(model, 'rigl', schedule='constant',
-                            optimizer=optimizer, jit_compile=default_jit)
+  # and growth by dense-gradient magnitude), momentum reset included, on a
+  # copy of the model of its own (its zero-valued regrowth would otherwise
+  # change what DSR prunes).
+  rigl_optimizer = tf_dsr.keras.optimizers.SGD(0.1, momentum=0.9,
+                                               nesterov=True)
+  rigl_model = build(args.sparsity, rigl_optimizer)
+  pairs = lambda m: [p for w in tf_dsr.collect_wrappers(m)
+                     for p in w.sparse_weights]
+  for (_, m), (rk, rm) in zip(pairs(model), pairs(rigl_model)):
+    rk.assign(tf.random.normal(rk.shape, stddev=0.02) * m)
+    rm.assign(m)
+  rigl = tf_dsr.Reallocator(rigl_model, 'rigl', schedule='constant',
+                            optimizer=rigl_optimizer, jit_compile=default_jit)
   reallocators[f'RigL (f = 0.3) + momentum reset, jit_compile={default_jit}'] = (
       rigl)
   for value in rigl.gradient_recorder.values:
