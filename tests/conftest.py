@@ -93,3 +93,19 @@ def assert_reset_where_moved(pairs, slots, before, read=lambda v: v.numpy()):
     assert (read(kernel)[regrown] == 0).all()
     num_regrown += int(regrown.sum())
   return num_regrown
+
+
+class Preempted(Exception):
+  """Raised by `PreemptAt` to stop `fit` as a preemption would."""
+
+
+class PreemptAt(keras.callbacks.Callback):
+  """Stops `fit` by raising after global step `step` (callbacks before it ran)."""
+
+  def __init__(self, step):
+    super().__init__()
+    self.step = step
+
+  def on_train_batch_end(self, batch, logs=None):
+    if int(self.model.optimizer.iterations.numpy()) == self.step:
+      raise Preempted()

@@ -18,6 +18,8 @@ import tensorflow as tf
 import tf_dsr
 from tf_dsr import keras
 from tests.conftest import masks_of
+from tests.conftest import Preempted
+from tests.conftest import PreemptAt
 from tests.conftest import sparse_tiny_cnn
 from tests.conftest import tiny_data
 
@@ -187,20 +189,6 @@ def test_model_checkpoint_callback(tmp_path, filepath, weights_only,
                expected)
 
 
-class _Preempted(Exception):
-  pass
-
-
-class _PreemptAt(keras.callbacks.Callback):
-
-  def __init__(self, step):
-    super().__init__()
-    self.step = step
-
-  def on_train_batch_end(self, batch, logs=None):
-    if int(self.model.optimizer.iterations.numpy()) == self.step:
-      raise _Preempted()
-
 
 def test_backup_and_restore_listed_before_the_callback(tmp_path):
   # BackupAndRestore saves in its own on_train_batch_end, before the DSR
@@ -213,10 +201,10 @@ def test_backup_and_restore_listed_before_the_callback(tmp_path):
   batches = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
   backup = str(tmp_path / 'backup')
   model, first = _model(True), _callback()
-  with pytest.raises(_Preempted):
+  with pytest.raises(Preempted):
     model.fit(batches, epochs=EPOCHS, steps_per_epoch=8, verbose=0,
               callbacks=[keras.callbacks.BackupAndRestore(backup, save_freq=2),
-                         first, _PreemptAt(11)])
+                         first, PreemptAt(11)])
   fresh, second = _model(True), _callback()
   fresh.fit(batches.skip(10), epochs=EPOCHS, steps_per_epoch=8, verbose=0,
             callbacks=[keras.callbacks.BackupAndRestore(backup, save_freq=2),

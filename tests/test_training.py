@@ -11,6 +11,8 @@ from tests.conftest import assert_masked_weights_zero
 from tests.conftest import assert_reset_where_moved
 from tests.conftest import custom_train_step
 from tests.conftest import masks_of
+from tests.conftest import Preempted
+from tests.conftest import PreemptAt
 from tests.conftest import sparse_pairs
 from tests.conftest import sparse_tiny_cnn
 from tests.conftest import tiny_data
@@ -209,21 +211,6 @@ def test_resume_from_checkpoint_equals_uninterrupted(tmp_path, method):
     np.testing.assert_array_equal(a, b)
 
 
-class _Preempted(Exception):
-  pass
-
-
-class _PreemptAt(keras.callbacks.Callback):
-  """Stops `fit` by raising after global step `step` (callbacks before it ran)."""
-
-  def __init__(self, step):
-    super().__init__()
-    self.step = step
-
-  def on_train_batch_end(self, batch, logs=None):
-    if int(self.model.optimizer.iterations.numpy()) == self.step:
-      raise _Preempted()
-
 
 def test_keras_backup_and_restore_resumes_mid_epoch_exactly(tmp_path):
   # 8 steps per epoch, 3 epochs, a reallocation every 3 steps (3, 6, ..., 24)
@@ -247,9 +234,9 @@ def test_keras_backup_and_restore_resumes_mid_epoch_exactly(tmp_path):
   backup_dir = str(tmp_path / 'backup')
   model = sparse_tiny_cnn(seed=5)
   first = tf_dsr.ReallocationCallback(target_pruned=20, period=3, seed=5)
-  with pytest.raises(_Preempted):
+  with pytest.raises(Preempted):
     fit(model, [first, keras.callbacks.BackupAndRestore(backup_dir, save_freq=2),
-                _PreemptAt(11)], batches)
+                PreemptAt(11)], batches)
   assert [s.step for s in first.history] == [3, 6, 9]
 
   # A new process: new model, callbacks; the data resumes after step 10, as

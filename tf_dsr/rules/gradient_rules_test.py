@@ -186,13 +186,20 @@ def test_recorder_holds_the_dense_gradient_of_the_step_before_an_update():
   assert len(model.weights) == weights_before
 
 
-def test_rigl_in_fit_keeps_counts_and_zeros_and_traces_once():
-  x, t = _mlp_data()
+def _sparse_mlp(jit_compile=None):
+  """A 4-8-2 MLP at sparsity 0.5 (16 and 8 active), compiled with momentum."""
   inputs = keras.Input((4,))
   hidden = keras.layers.Dense(8, name='a')(inputs)
   model = tf_dsr.sparsify(keras.Model(inputs, keras.layers.Dense(2, name='b')(
       hidden)), 0.5, seed=3)
-  model.compile(keras.optimizers.SGD(0.1, momentum=0.9), 'mse')
+  model.compile(keras.optimizers.SGD(0.1, momentum=0.9), 'mse',
+                jit_compile=jit_compile)
+  return model
+
+
+def test_rigl_in_fit_keeps_counts_and_zeros_and_traces_once():
+  x, t = _mlp_data()
+  model = _sparse_mlp()
   counts = lambda: [int(m.numpy().sum()) for w in tf_dsr.collect_wrappers(model)
                     for _, m in w.sparse_weights]
   before = counts()
@@ -217,12 +224,7 @@ def test_rigl_masks_are_the_same_compiled_or_not():
   def run(jit_compile):
     keras.utils.set_random_seed(1)
     x, t = _mlp_data()
-    inputs = keras.Input((4,))
-    hidden = keras.layers.Dense(8, name='a')(inputs)
-    model = tf_dsr.sparsify(keras.Model(inputs, keras.layers.Dense(
-        2, name='b')(hidden)), 0.5, seed=3)
-    model.compile(keras.optimizers.SGD(0.1, momentum=0.9), 'mse',
-                  jit_compile=jit_compile)
+    model = _sparse_mlp(jit_compile)
     cb = tf_dsr.ReallocationCallback(method='rigl', end_step=8, period=2,
                                      jit_compile=jit_compile)
     model.fit(np.tile(x, (4, 1)), np.tile(t, (4, 1)), batch_size=4, epochs=1,
@@ -237,11 +239,7 @@ def test_rigl_masks_are_the_same_compiled_or_not():
 
 def test_snfs_in_fit_reallocates_at_epoch_ends():
   x, t = _mlp_data()
-  inputs = keras.Input((4,))
-  hidden = keras.layers.Dense(8, name='a')(inputs)
-  model = tf_dsr.sparsify(keras.Model(inputs, keras.layers.Dense(2, name='b')(
-      hidden)), 0.5, seed=3)
-  model.compile(keras.optimizers.SGD(0.1, momentum=0.9), 'mse')
+  model = _sparse_mlp()
   total = lambda: sum(int(m.numpy().sum()) for w in tf_dsr.collect_wrappers(
       model) for _, m in w.sparse_weights)
   before = total()
