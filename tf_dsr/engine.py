@@ -320,8 +320,8 @@ class Reallocator:
           values)
       if mode == 'momentum':
         self._recorder.set_recording(True)
-      if getattr(self.model, 'train_function', None) is not None:
-        self.model.train_function = None
+      # A train step Keras traced before has no hook: trace it again.
+      _tfmot.forget_train_function(self.model)
     return self._recorder
 
   def record_gradients(self, on=True):

@@ -50,6 +50,7 @@ class GradientRecorder:
       raise ValueError(f'`mode` must be one of {MODES}, got {mode!r}.')
     self.mode = mode
     self.momentum = float(momentum)
+    self._last_set = None  # What `set_recording` last assigned.
     kernels = [kernel for wrapper in wrappers
                for kernel, _ in wrapper.sparse_weights]
     with model.distribute_strategy.scope():
@@ -89,7 +90,7 @@ class GradientRecorder:
   def set_recording(self, on):
     """Turns recording on or off for the following training steps."""
     on = bool(on)
-    if getattr(self, '_last_set', None) != on:
+    if self._last_set != on:
       self.recording.assign(on)
       self._last_set = on
 

@@ -1,13 +1,12 @@
 """snip: sparsify a model with SNIP's masks (connection sensitivity)."""
 
-import numbers
-
 import numpy as np
 import tensorflow as tf
 
 from tf_dsr import _tfmot
 from tf_dsr import engine
 from tf_dsr import sparsify as sparsify_lib
+from tf_dsr import validation
 
 keras = _tfmot.keras
 
@@ -75,8 +74,7 @@ def snip(model, sparsity, inputs, targets, loss, exclude=None, seed=0,
     raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
   if not isinstance(model, keras.Model) or not model.built:
     raise ValueError(f'`model` must be a built tf_keras model, got {model!r}.')
-  if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-    raise ValueError(f'`seed` must be an int, got {seed!r}.')
+  seed = validation.check_int('seed', seed)
   loss_fn = keras.losses.get(loss)
   variables = model.trainable_variables
   with tf.GradientTape() as tape:
@@ -86,7 +84,7 @@ def snip(model, sparsity, inputs, targets, loss, exclude=None, seed=0,
            for v, g in zip(variables, grads)}
 
   sparse = sparsify_lib.sparsify(model, sparsity, exclude=exclude,
-                                 seed=int(seed), **sparsify_options)
+                                 seed=seed, **sparsify_options)
   pairs = [pair for wrapper in engine.collect_wrappers(sparse)
            for pair in wrapper.sparse_weights]
   scores, budget = [], 0

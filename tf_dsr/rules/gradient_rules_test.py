@@ -409,3 +409,14 @@ def test_rigl_in_a_custom_loop_grows_by_the_recorded_gradient():
   expected[grown] = True
   assert stats.pruned == 2
   np.testing.assert_array_equal(m.numpy().ravel() > 0, expected)
+
+
+def test_snip_refuses_bad_arguments_naming_them():
+  model, _, x, y, loss, _ = _snip_problem(1)
+  with pytest.raises(ValueError, match=r"`seed` must be .*got 'x'"):
+    tf_dsr.snip(model, 0.5, x, y, loss, seed='x')
+  with pytest.raises(ValueError, match=r'`model` must be a built tf_keras '
+                     r'model, got'):
+    tf_dsr.snip(keras.Sequential([keras.layers.Dense(2)]), 0.5, x, y, loss)
+  # Nothing was wrapped by the refused calls.
+  assert not tf_dsr.collect_wrappers(model)
