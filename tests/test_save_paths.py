@@ -249,27 +249,83 @@ def test_keras_file_continued_in_a_new_process(tmp_path):
   _assert_same(outcome, expected)
 
 
-def test_deepr_signs_refuse_the_keras_formats_and_resume_from_tf_format(
-    tmp_path):
-  tf.config.experimental.enable_op_determinism()
+# Rules with per-weight variables of their own: DeepR's `sign` (changed by
+# every reallocation) and SNFS's `dense_momentum` (accumulated every step).
+_RULES = {
+    'deepr': (lambda: tf_dsr.ReallocationCallback(
+        method='deepr', period=1, seed=4, alpha=1e-3, temperature=1e-6),
+              'sign'),
+    # end_step given: each `fit` would otherwise set it from its own length.
+    'snfs': (lambda: tf_dsr.ReallocationCallback(method='snfs', seed=4,
+                                                 end_step=16),
+             'dense_momentum'),
+}
 
-  def deepr():
-    return tf_dsr.ReallocationCallback(method='deepr', period=1, seed=4,
-                                       alpha=1e-3, temperature=1e-6)
 
-  model, cb = _model(True), deepr()
-  _fit(model, [cb], 0, 1)
-  for name in ('m.keras', 'w.weights.h5'):
-    with pytest.raises(ValueError, match=r"\['sign'\].*TensorFlow format"):
-      if name.endswith('.keras'):
-        model.save(str(tmp_path / name))
-      else:
-        model.save_weights(str(tmp_path / name))
-  model.save_weights(str(tmp_path / 'w'))
-  expected_signs = [v.numpy() for v in model.dynamic_sparsity_state.sign]
-  fresh, second = _model(True), deepr()
-  fresh.load_weights(str(tmp_path / 'w'))
-  _fit(fresh, [second], 1, 1)  # No step: the signs are created and restored.
-  second.reallocator._auxiliary_variables()  # pylint: disable=protected-access
-  for a, b in zip(fresh.dynamic_sparsity_state.sign, expected_signs):
-    np.testing.assert_array_equal(a.numpy(), b)
+def _rule_outcome(model, kind):
+  state = model.dynamic_sparsity_state
+  return {'threshold': float(state.threshold.numpy()),
+          'reallocations': int(state.reallocations.numpy()),
+          'masks': masks_of(model),
+          kind: [v.numpy() for v in getattr(state, kind)],
+          'weights': [v.numpy() for v in model.weights]}
+
+
+_RULE_UNINTERRUPTED = {}
+
+
+def _rule_uninterrupted(rule):
+  if rule not in _RULE_UNINTERRUPTED:
+    tf.config.experimental.enable_op_determinism()
+    make, kind = _RULES[rule]
+    model = _model(False)
+    _fit(model, [make()], 0, 2)
+    _RULE_UNINTERRUPTED[rule] = _rule_outcome(model, kind)
+  return _RULE_UNINTERRUPTED[rule]
+
+
+@pytest.mark.parametrize('rule,path', [
+    ('deepr', 'm.keras'), ('deepr', 'm.h5'), ('deepr', 'saved_model'),
+    ('deepr', 'w.h5'), ('deepr', 'w.weights.h5'), ('deepr', 'w'),
+    ('snfs', 'm.h5'), ('snfs', 'w.weights.h5')])
+def test_rule_variables_survive_every_format(tmp_path, rule, path):
+  """A rule's own variables are wrapper weights: every format carries them."""
+  expected = _rule_uninterrupted(rule)
+  make, kind = _RULES[rule]
+  model = _model(False)
+  _fit(model, [make()], 0, 1)
+  path = str(tmp_path / path)
+  second = make()
+  if path.endswith(('.keras', 'm.h5', 'saved_model')):
+    model.save(path)
+    fresh = keras.models.load_model(path)
+  else:
+    model.save_weights(path)
+    fresh = _model(False)
+    if path.endswith('.h5'):
+      # Weights files hold no config: the rule's variables must exist before
+      # loading, and `set_model` makes them.
+      second.set_model(fresh)
+    fresh.load_weights(path)
+  _fit(fresh, [second], 1, 2)
+  outcome = _rule_outcome(fresh, kind)
+  assert outcome['reallocations'] == expected['reallocations'] > 0
+  assert outcome['threshold'] == expected['threshold']
+  for name in ('masks', kind, 'weights'):
+    assert len(outcome[name]) == len(expected[name])
+    for a, b in zip(outcome[name], expected[name]):
+      np.testing.assert_array_equal(a, b)
+
+
+def test_weights_file_with_rule_variables_needs_the_rule_attached(tmp_path):
+  make, _ = _RULES['deepr']
+  model = _model(False)
+  _fit(model, [make()], 0, 1)
+  model.save_weights(str(tmp_path / 'w.weights.h5'))
+  fresh = _model(False)
+  # Keras loads layer by layer, so layers before the first wrapper may have
+  # been loaded when this raises (as for any mismatched weights file).
+  with pytest.raises(ValueError, match=r"1 more variables for layer "
+                     r"'dynamic_sparse_conv2'.*DeepR's `sign`.*"
+                     r'callback\.set_model\(model\)'):
+    fresh.load_weights(str(tmp_path / 'w.weights.h5'))

@@ -33,9 +33,6 @@ class Binding:
   def __init__(self):
     self.callback = None
     self.fit_params = None
-    # Kinds of rule variables (DeepR's `sign`) the model's state holds; only
-    # TensorFlow-format checkpoints carry them.
-    self.auxiliary_kinds = set()
     self._reallocators = weakref.WeakSet()
     self._in_use = weakref.WeakSet()
 

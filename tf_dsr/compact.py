@@ -106,6 +106,8 @@ def _model_weights(model):
   """
   skip = {id(v) for wrapper in collect_wrappers(model) if wrapper.built
           for v in wrapper.state_variables.values()}
+  skip |= {id(v) for wrapper in collect_wrappers(model)
+           for group in wrapper.auxiliary_weights.values() for v in group}
   state = getattr(model, state_lib.ATTRIBUTE, None)
   if state is not None:
     skip |= {id(v) for v in state.variables}
@@ -128,7 +130,7 @@ def _state_variables(model):
   if not wrappers or not wrappers[0].built:
     return []
   # The model's state is its first wrapper's (attached on first use).
-  state = state_lib.get_or_create(model, wrappers[0])
+  state = state_lib.get_or_create(model, wrappers)
   found = [(name, None, getattr(state, name)) for name in _STATE_SCALARS]
   for kind in sorted(vars(state)):
     value = getattr(state, kind)
@@ -539,7 +541,8 @@ def _decode_state(path, manifest, arrays, model):
 def _assign_state(model, found):
   if not found:
     return
-  state = state_lib.get_or_create(model, collect_wrappers(model)[0])
+  wrappers = collect_wrappers(model)
+  state = state_lib.get_or_create(model, wrappers)
   state.last_step.assign(-1)
   kinds = {}
   for name, kind, value in found:
@@ -548,17 +551,13 @@ def _assign_state(model, found):
     else:
       kinds.setdefault(kind, []).append(value)
   for kind, group in kinds.items():
-    existing = getattr(state, kind, None)
-    if existing is None:
-      kernels = [kernel for layer in collect_wrappers(model)
-                 for kernel, _ in layer.sparse_weights]
-      if kind == 'dense_momentum':  # As the Reallocator makes it.
-        existing = gradients_lib.make_variables(model, kernels, kind)
-      else:
-        with model.distribute_strategy.scope():
-          existing = [tf.Variable(value, trainable=False, name=f'{kind}_{i}')
-                      for i, value in enumerate(group)]
-      setattr(state, kind, existing)
-      existing = getattr(state, kind)
-    for variable, value in zip(existing, group):
+    if getattr(state, kind, None) is None:
+      # As the Reallocator makes them: weights of the wrappers.
+      with model.distribute_strategy.scope():
+        for wrapper in wrappers:
+          wrapper.add_auxiliary(
+              kind, group[0].dtype.name,
+              sum_on_read=kind == gradients_lib.MOMENTUM_KIND)
+      state_lib.attach_auxiliary(state, wrappers)
+    for variable, value in zip(getattr(state, kind), group):
       variable.assign(value)

@@ -250,6 +250,7 @@ class Reallocator:
     self._state = None
     self._layout = None
     self._function = None
+    self._checked_auxiliary = set()
     if all(wrapper.built for wrapper in wrappers):
       self._check_layout()
       self._resolve_state()
@@ -258,11 +259,12 @@ class Reallocator:
     if _callback is None:
       self._binding.add_reallocator(self)
     self._recorder = None
-    if rule.dense_gradients and all(wrapper.built for wrapper in wrappers):
-      self.gradient_recorder  # pylint: disable=pointless-statement
-    if rule.dense_gradients == 'momentum':
-      # Kept on the state module: TensorFlow-format checkpoints only.
-      self._binding.auxiliary_kinds.add('dense_momentum')
+    if all(wrapper.built for wrapper in wrappers):
+      # The rule's variables exist from now on, so weights saved with them
+      # load into this model (`load_weights` after `callback.set_model`).
+      self._auxiliary_variables()
+      if rule.dense_gradients:
+        self.gradient_recorder  # pylint: disable=pointless-statement
 
   @property
   def state(self):
@@ -276,10 +278,7 @@ class Reallocator:
         raise ValueError(
             f'Layers {unbuilt} are not built; build the model (call it on '
             'data or give it an input shape) before reallocating.')
-      kinds = tuple(self.rule.auxiliary) + (
-          ('dense_momentum',) if self.rule.dense_gradients == 'momentum'
-          else ())
-      state = state_lib.get_or_create(self.model, self._wrappers[0], kinds)
+      state = state_lib.get_or_create(self.model, self._wrappers)
       if int(state.reallocations.numpy()) == 0:
         # A state that never reallocated starts from this rule's H; a state
         # that has (a restored run) keeps its own.
@@ -308,13 +307,9 @@ class Reallocator:
     if self._recorder is None:
       values = None
       if mode == 'momentum':
-        # The momentum is state: checkpoints carry it.
-        values = getattr(self.state, 'dense_momentum', None)
-        if values is None:
-          kernels = [kernel for _, kernel, _ in self.sparse_tensors()]
-          self.state.dense_momentum = gradients_lib.make_variables(
-              self.model, kernels, 'dense_momentum')
-          values = self.state.dense_momentum
+        # The momentum is state: every save path carries it.
+        values = self._auxiliary_variables(all_kinds=True)[
+            gradients_lib.MOMENTUM_KIND]
       self._recorder = gradients_lib.GradientRecorder(
           self.model, self._wrappers, mode, self.rule.gradient_momentum,
           values)
@@ -394,27 +389,69 @@ class Reallocator:
     return [min(n, 64 + int(1.25 * fraction * n / max(s, 0.05)) + 1)
             for n, s in zip(layout.sizes, layout.sparsities)]
 
-  def _auxiliary_variables(self):
-    """kind -> list of variables (one per tensor), created on first use."""
+  def _auxiliary_specs(self):
+    """kind -> `(dtype, initializer, sum_on_read)` of every rule variable."""
+    specs = {kind: (dtype, initializer, False)
+             for kind, (dtype, initializer) in self.rule.auxiliary.items()}
+    if self.rule.dense_gradients == 'momentum':
+      specs[gradients_lib.MOMENTUM_KIND] = (
+          tf.float32, lambda weights, masks, seed: tf.zeros_like(weights),
+          True)
+    return specs
+
+  def _auxiliary_variables(self, all_kinds=False):
+    """kind -> list of variables (one per tensor), created on first use.
+
+    The variables are weights of the wrappers (`add_auxiliary`), made with
+    the rule's initial values; a value restored from a checkpoint replaces
+    them. Variables that a wrapper rebuilt from its config holds (zeros) get
+    the initial values if the model has never reallocated.
+
+    Args:
+      all_kinds: include the recorded-gradient momentum, which the program
+        reads through the `GradientRecorder` rather than as a rule input.
+    """
+    state = self.state
     found = {}
-    tensors = self.sparse_tensors()
-    layout = self.layout
-    for kind, (dtype, initializer) in self.rule.auxiliary.items():
-      existing = getattr(self.state, kind, None)
-      if existing is None:
+    for kind, (dtype, initializer, sum_on_read) in (
+        self._auxiliary_specs().items()):
+      dtype = tf.as_dtype(dtype)
+
+      def initial_values(initializer=initializer, dtype=dtype):
+        tensors = self.sparse_tensors()
+        layout = self.layout
         weights = layout.flatten([tf.cast(tf.convert_to_tensor(k), tf.float32)
                                   for _, k, _ in tensors])
         masks = layout.flatten([tf.convert_to_tensor(m) > 0.5
                                 for _, _, m in tensors], padding=False)
-        initial = layout.unflatten(initializer(
-            weights, masks, tf.constant([self.seed, 0], tf.int64)))
+        return [tf.cast(v, dtype) for v in layout.unflatten(initializer(
+            weights, masks, tf.constant([self.seed, 0], tf.int64)))]
+
+      if not all(kind in w.auxiliary_weights for w in self._wrappers):
+        initial = initial_values()
+        position = 0
         with self.model.distribute_strategy.scope():
-          values = [tf.Variable(tf.cast(value, dtype), trainable=False,
-                                name=f'{kind}_{name.replace("/", "_")}')
-                    for value, (name, _, _) in zip(initial, tensors)]
-        setattr(self.state, kind, values)
-        existing = getattr(self.state, kind)
-      found[kind] = list(existing)
+          for wrapper in self._wrappers:
+            count = len(wrapper.sparse_weights)
+            wrapper.add_auxiliary(kind, dtype, sum_on_read,
+                                  initial[position:position + count])
+            position += count
+      variables = [v for wrapper in self._wrappers
+                   for v in wrapper.auxiliary_weights[kind]]
+      if kind not in self._checked_auxiliary:
+        # Variables a wrapper rebuilt from its config holds start at 0; if
+        # the model never reallocated and no checkpoint set them, they get
+        # the rule's initial values.
+        self._checked_auxiliary.add(kind)
+        if (int(state.reallocations.numpy()) == 0 and not any(
+            bool(tf.reduce_any(tf.convert_to_tensor(v) != 0))
+            for v in variables)):
+          for variable, value in zip(variables, initial_values()):
+            variable.assign(value)
+      found[kind] = variables
+    state_lib.attach_auxiliary(state, self._wrappers)
+    if not all_kinds:
+      found.pop(gradients_lib.MOMENTUM_KIND, None)
     return found
 
   # ------------------------------------------------------------ the program
@@ -578,7 +615,6 @@ class Reallocator:
     slots = [tuple(optimizer_state.slot_variables(optimizer, kernel))
              for _, kernel, _ in tensors]
     auxiliary = self._auxiliary_variables()
-    binding.auxiliary_kinds.update(auxiliary)
     values = self.rule.call_inputs(step, optimizer)
     recorder = self.gradient_recorder
     # Read outside the replicas: summed over them (the all-reduced gradient).

@@ -22,6 +22,10 @@ import tensorflow as tf
 
 MODES = ('last', 'momentum')
 
+# The rule-variable kind (`DynamicSparseWrapper.add_auxiliary`) that holds the
+# recorded momentum of 'momentum' mode.
+MOMENTUM_KIND = 'dense_momentum'
+
 
 class GradientRecorder:
   """Records d loss / d (kernel * mask) for every sparse kernel of a model.

@@ -8,8 +8,10 @@ Keras callbacks built on them. The model's state is its first wrapper's (in
 `tf_dsr.collect_wrappers` order); the other wrappers' copies keep their
 initial values. A `DynamicSparsityState` gathers the first wrapper's
 variables and is attached to the model as `model.dynamic_sparsity_state`
-(the way Keras tracks `model.optimizer`), where rules also keep their
-auxiliary variables (DeepR's signs; TensorFlow-format checkpoints only).
+(the way Keras tracks `model.optimizer`). It also lists the rule variables
+the wrappers carry (`DynamicSparseWrapper.add_auxiliary`: DeepR's `sign`,
+SNFS's `dense_momentum`) as `state.<kind>`, one variable per sparse kernel in
+model order; they are weights of the wrappers, so every format saves them.
 
 `step` counts the training steps of `fit` as the `ReallocationCallback`
 sees them; the schedule reads it rather than `optimizer.iterations` alone,
@@ -67,26 +69,33 @@ class DynamicSparsityState(tf.Module):
     self.step = variables['step']
 
 
-def get_or_create(model, holder, auxiliary_kinds=()):
+def get_or_create(model, wrappers):
   """Returns the model's state, attaching it on first use.
 
   Args:
     model: a tf_keras model.
-    holder: the built wrapper whose variables are the model's state.
-    auxiliary_kinds: names of rule variables to carry over from a state the
-      model had before (a restored one).
+    wrappers: the model's built `DynamicSparseWrapper` layers, in model order;
+      the first one's variables are the model's state.
 
   Returns:
-    The model's `DynamicSparsityState`.
+    The model's `DynamicSparsityState`, with `state.<kind>` listing every
+    kind of rule variable that all the wrappers carry.
   """
-  variables = holder.state_variables
+  variables = wrappers[0].state_variables
   state = getattr(model, ATTRIBUTE, None)
-  if state is not None and getattr(state, 'threshold', None) is (
+  if state is None or getattr(state, 'threshold', None) is not (
       variables['threshold']):
-    return state
-  fresh = DynamicSparsityState(variables)
-  for kind in auxiliary_kinds:
-    if getattr(state, kind, None) is not None:
-      setattr(fresh, kind, list(getattr(state, kind)))
-  setattr(model, ATTRIBUTE, fresh)
-  return fresh
+    state = DynamicSparsityState(variables)
+    setattr(model, ATTRIBUTE, state)
+  attach_auxiliary(state, wrappers)
+  return state
+
+
+def attach_auxiliary(state, wrappers):
+  """Lists on `state` each kind of rule variable that every wrapper holds."""
+  kinds = set.intersection(*(set(w.auxiliary_weights) for w in wrappers))
+  for kind in sorted(kinds):
+    values = [v for w in wrappers for v in w.auxiliary_weights[kind]]
+    current = getattr(state, kind, None)
+    if current is None or [id(v) for v in current] != [id(v) for v in values]:
+      setattr(state, kind, values)

@@ -96,6 +96,31 @@ def _substituted(substitutions):
       object.__setattr__(owner, name, value)
 
 
+def _check_auxiliary(auxiliary):
+  """A copy of a wrapper's `auxiliary` argument, checked."""
+  if auxiliary is None:
+    return {}
+  if not isinstance(auxiliary, dict):
+    raise ValueError('`auxiliary` must be None or a dict of kind -> '
+                     f"{{'dtype': ..., 'sum_on_read': ...}}, got {auxiliary!r}.")
+  checked = {}
+  for kind, spec in auxiliary.items():
+    if (not isinstance(kind, str) or not kind.isidentifier() or
+        not isinstance(spec, dict) or
+        set(spec) != {'dtype', 'sum_on_read'} or
+        not isinstance(spec['sum_on_read'], bool)):
+      raise ValueError(
+          f'`auxiliary` entry {kind!r}: {spec!r} must map a name to '
+          "{'dtype': <dtype name>, 'sum_on_read': <bool>}.")
+    try:
+      dtype = tf.as_dtype(spec['dtype']).name
+    except TypeError:
+      raise ValueError(f'`auxiliary` entry {kind!r}: dtype {spec["dtype"]!r} '
+                       'is not a TensorFlow dtype.') from None
+    checked[kind] = {'dtype': dtype, 'sum_on_read': spec['sum_on_read']}
+  return checked
+
+
 @keras.utils.register_keras_serializable(package='tf_dsr')
 class DynamicSparseWrapper(keras.layers.Wrapper):
   """Keeps a layer's prunable kernels sparse under a binary mask that can move.
@@ -134,10 +159,17 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     init_scale: 'dense' (the default, the paper's: the layer's initialiser
       as it is) or 'sparse_fan_in' (scale each kernel by 1 / sqrt(density)
       when built).
+    auxiliary: the per-weight variables of a reallocation rule this layer
+      carries, `{kind: {'dtype': name, 'sum_on_read': bool}}` (DeepR's
+      `sign`, SNFS's `dense_momentum`): one variable of each kind per sparse
+      kernel, shaped like it. Rules add them (`add_auxiliary`) and the
+      layer's config records them, so a model loaded from any saved format
+      has them again. Users need not pass it.
     **kwargs: passed to `keras.layers.Wrapper` (for example `name`).
   """
 
-  def __init__(self, layer, sparsity, seed=0, init_scale='dense', **kwargs):
+  def __init__(self, layer, sparsity, seed=0, init_scale='dense',
+               auxiliary=None, **kwargs):
     if not _tfmot.is_tf_keras_object(layer):
       raise ValueError(_tfmot.foreign_keras_message(layer, 'layer'))
     if isinstance(layer, (DynamicSparseWrapper, _tfmot.PruneLowMagnitude)):
@@ -170,12 +202,15 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       validate_sparsity(sparsity)
     seed = validation.check_int('seed', seed)
     validate_init_scale(init_scale)
+    auxiliary = _check_auxiliary(auxiliary)
     kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
     super().__init__(layer, **kwargs)
     self.sparsity = ([float(v) for v in sparsity]
                      if isinstance(sparsity, (list, tuple)) else float(sparsity))
     self.seed = seed
     self.init_scale = init_scale
+    self.auxiliary = auxiliary
+    self._auxiliary_weights = {}
     self._sparse_weights = []
     self._substitution_targets = []
     self._state_variables = None
@@ -232,6 +267,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
         kernel.assign(value)
       self._sparse_weights.append((kernel, mask))
       self._substitution_targets.append(attribute)
+    for kind, spec in list(self.auxiliary.items()):
+      self._add_auxiliary_weights(kind, spec, None)
 
   @property
   def sparse_weights(self):
@@ -284,24 +321,90 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     with _substituted(substitutions):
       return self.layer.call(inputs, **kwargs)
 
-  def save_own_variables(self, store):
-    """Saves the weights for the `.keras` / `.weights.h5` formats.
+  @property
+  def auxiliary_weights(self):
+    """kind -> the rule variables of that kind, one per sparse kernel."""
+    return {kind: list(values)
+            for kind, values in self._auxiliary_weights.items()}
+
+  def add_auxiliary(self, kind, dtype='float32', sum_on_read=False,
+                    initial_values=None):
+    """Creates one variable of `kind` per sparse kernel (once) and returns them.
+
+    The variables are non-trainable weights of this layer, so every save
+    path carries them, and `kind` joins the layer's config, so a model
+    rebuilt from it (`load_model`) has them before its weights are loaded.
+
+    Args:
+      kind: the name of the rule variable, e.g. 'sign'.
+      dtype: its dtype name.
+      sum_on_read: whether each replica keeps its own copy, read as the sum
+        over replicas (values a train step accumulates, such as a recorded
+        gradient); otherwise one value mirrored on every replica.
+      initial_values: one tensor per sparse kernel, or None for zeros. A
+        value restored from a checkpoint later replaces it.
+
+    Returns:
+      The list of variables, one per sparse kernel.
 
     Raises:
-      ValueError: when the model's state holds rule variables (DeepR's
-        `sign`) that these formats cannot hold.
+      ValueError: when the layer is not built, or `kind` exists with another
+        dtype or synchronisation.
     """
-    kinds = sorted(self._binding.auxiliary_kinds) if self._binding else []
-    if kinds:
+    if not self.built:
+      raise ValueError(f'Layer {self.name!r} is not built yet.')
+    spec = _check_auxiliary({kind: {'dtype': tf.as_dtype(dtype).name,
+                                    'sum_on_read': bool(sum_on_read)}})[kind]
+    if kind in self._auxiliary_weights:
+      if self.auxiliary[kind] != spec:
+        raise ValueError(
+            f'Layer {self.name!r} already holds rule variables {kind!r} as '
+            f'{self.auxiliary[kind]}, not {spec}.')
+      return list(self._auxiliary_weights[kind])
+    self._add_auxiliary_weights(kind, spec, initial_values)
+    self.auxiliary[kind] = spec
+    return list(self._auxiliary_weights[kind])
+
+  def _add_auxiliary_weights(self, kind, spec, initial_values):
+    variables = []
+    for index, ((_, name), (kernel, _)) in enumerate(
+        zip(self._substitution_targets, self._sparse_weights)):
+      if initial_values is None:
+        initializer = 'zeros'
+      else:
+        initializer = (lambda shape, dtype=None, v=initial_values[index]:
+                       tf.cast(tf.reshape(v, shape), dtype))
+      sync = ({'synchronization': tf.VariableSynchronization.ON_READ,
+               'aggregation': tf.VariableAggregation.SUM}
+              if spec['sum_on_read'] else {})
+      variables.append(self.add_weight(
+          name=f'{name.lstrip("_")}_{kind}', shape=kernel.shape,
+          dtype=spec['dtype'], initializer=initializer, trainable=False,
+          experimental_autocast=False, **sync))
+    self._auxiliary_weights[kind] = variables
+
+  def load_own_variables(self, store):
+    """Loads the weights of the `.keras` / `.weights.h5` formats.
+
+    Raises:
+      ValueError: when the file holds rule variables this layer does not
+        have yet, with what to do.
+    """
+    self._update_trackables()
+    extra = len(store.keys()) - len(self._trainable_weights +
+                                    self._non_trainable_weights)
+    if extra > 0 and len(self._sparse_weights) and (
+        extra % len(self._sparse_weights) == 0):
       raise ValueError(
-          f'This model\'s reallocation rule keeps per-weight variables {kinds} '
-          'in `model.dynamic_sparsity_state`, which the `.keras` and '
-          '`.weights.h5` formats cannot hold (a run continued from them would '
-          'silently restart them). Save with `model.save_weights(path)` in the '
-          'TensorFlow format (a path without `.h5` / `.keras`) or '
-          '`tf.train.Checkpoint`; to export, save '
-          '`tf_dsr.strip_dynamic_sparsity(model)`.')
-    super().save_own_variables(store)
+          f'The file holds {extra} more variables for layer {self.name!r} '
+          'than it has: the per-weight variables of a reallocation rule '
+          '(DeepR\'s `sign`, SNFS\'s `dense_momentum`) that this model does '
+          'not have yet. Attach the rule before loading the weights: '
+          '`callback.set_model(model)` with the `tf_dsr.ReallocationCallback` '
+          'you will pass to `fit` (or make the `tf_dsr.Reallocator`), then '
+          '`model.load_weights(path)`; `keras.models.load_model(path)` of a '
+          'whole model needs nothing.')
+    super().load_own_variables(store)
 
   def _attach_gradient_recorder(self, recorder, variables):
     """Records this layer's dense kernel gradients (see `tf_dsr.gradients`)."""
@@ -314,6 +417,9 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     config = super().get_config()
     config.update({'sparsity': self.sparsity, 'seed': self.seed,
                    'init_scale': self.init_scale})
+    if self.auxiliary:
+      config['auxiliary'] = {kind: dict(spec)
+                             for kind, spec in self.auxiliary.items()}
     return config
 
   @classmethod
