@@ -5,6 +5,8 @@ those of docs/algorithm.md section 5. Names read `{model}_{dataset}_{method}[_s{
 
 - `wrn28_2_cifar10_dense` and `wrn28_2_cifar10_{METHOD}_s{0.5,...,0.9}`
 - `resnet50_imagenet_dense` and `resnet50_imagenet_{METHOD}_s{0.8,0.9}`
+- `mobilenet_v1_imagenet_dense` and `mobilenet_v1_imagenet_{METHOD}_s{0.75,0.9}`
+  (RigL's MobileNet v1 runs; the DSR paper has none)
 - `lenet_digits_{dense,METHOD}` (the quick start; sparsity 0.9) and
   `lenet_mnist_{dense,static,dsr}`
 - `small_cnn_digits_{dense,METHOD}`: a few seconds on a CPU, for tests, smoke
@@ -62,7 +64,8 @@ from tf_dsr import wrapper as tf_dsr_wrapper
 
 from launch.errors import LaunchError
 
-ARCHS = ('lenet_300_100', 'resnet50', 'small_cnn', 'wide_resnet')
+ARCHS = ('lenet_300_100', 'mobilenet_v1', 'resnet50', 'small_cnn',
+         'wide_resnet')
 DATASETS = ('cifar10', 'digits', 'imagenet2012', 'mnist')
 # The launcher's own methods, which are not reallocation rules.
 OWN_METHODS = ('dense', 'prune', 'thin')
@@ -72,8 +75,9 @@ OWN_LABELS = {'dense': 'dense', 'prune': 'compressed sparse',
 STATIC = 'static'
 INITIAL_VALUES = ('random', 'saved')
 # Archs whose builder has a `weight_decay` argument / a width multiplier.
-_DECAY_ARCHS = ('resnet50', 'wide_resnet')
-_WIDTH_ARCHS = ('lenet_300_100', 'resnet50', 'small_cnn', 'wide_resnet')
+_DECAY_ARCHS = ('mobilenet_v1', 'resnet50', 'wide_resnet')
+_WIDTH_ARCHS = ('lenet_300_100', 'mobilenet_v1', 'resnet50', 'small_cnn',
+                'wide_resnet')
 _AUGMENTED = ('cifar10', 'imagenet2012')  # Datasets with the paper's augmentation.
 
 
@@ -172,9 +176,9 @@ class ExperimentConfig:
 
   Attributes:
     name: the registry name the config was created under.
-    arch: model builder: 'wide_resnet', 'resnet50', 'lenet_300_100' or
-      'small_cnn' (the builders of `models`; their sparse policy picks the
-      kernels DSR makes sparse).
+    arch: model builder: 'wide_resnet', 'resnet50', 'mobilenet_v1',
+      'lenet_300_100' or 'small_cnn' (the builders of `models`; their sparse
+      policy picks the kernels made sparse).
     dataset: 'cifar10', 'imagenet2012', 'mnist' (tfds) or 'digits'
       (scikit-learn, no download).
     method: one of `methods()` (see the module docstring).
@@ -185,7 +189,8 @@ class ExperimentConfig:
     width: WRN widening factor (wide_resnet only).
     width_multiplier: 'thin' only: the channel multiplier; None searches the
       one whose parameter count matches the sparse model's active count.
-    weight_decay: SGD weight decay on the kernels (wide_resnet and resnet50).
+    weight_decay: SGD weight decay on the kernels (wide_resnet, resnet50
+      and mobilenet_v1).
     image_size: input side for imagenet2012 (None: 224); other datasets keep
       their native size.
     options: the options of the method's rule (`tf_dsr.rules`), name ->
@@ -566,6 +571,31 @@ _FAMILIES = {
             'dsr': dict(options=dict(target_pruned=400_000, tolerance=0.1,
                                      initial_threshold=1e-3)),
             'set': dict(options=dict(target_pruned=400_000)),
+            'deepr': dict(options=dict(
+                alpha=1e-6, temperature={0: 1e-8, 30: 1e-9, 60: 0.0}),
+                          period={0: 1}, stop_epoch=None),
+            'prune': dict(prune_begin_epoch=2, prune_end_epoch=50,
+                          prune_frequency=2000),
+            **_GRADIENT_RULES(period=100),
+        }),
+    # MobileNet v1 on ImageNet, as RigL trains it (Evci et al. 2020): the
+    # 13 pointwise convs and the fc sparse (4,163,584 weights), at
+    # sparsities 0.75 and 0.9, uniform and ERK. Weight decay 4e-5, TF-Slim's
+    # MobileNet v1 value; the rest as ResNet-50 here. DSR's and SET's N_p is
+    # ResNet-50's scaled by the sparse weight count (400,000 of 22.7M, 1.76%).
+    'mobilenet_v1_imagenet': dict(
+        fields=dict(arch='mobilenet_v1', dataset='imagenet2012',
+                    weight_decay=4e-5, epochs=100, batch_size=256,
+                    learning_rate={0: 0.1, 30: 0.01, 60: 0.001, 90: 0.0001},
+                    shuffle_buffer=10_000),
+        sparsities=(0.75, 0.9),
+        erk=('rigl', 'snfs', 'snip', 'static', 'dsr'),
+        schedule=dict(period={0: 1000, 25: 2000, 50: 4000, 75: 8000},
+                      stop_epoch=95),
+        methods={
+            'dsr': dict(options=dict(target_pruned=73_000, tolerance=0.1,
+                                     initial_threshold=1e-3)),
+            'set': dict(options=dict(target_pruned=73_000)),
             'deepr': dict(options=dict(
                 alpha=1e-6, temperature={0: 1e-8, 30: 1e-9, 60: 0.0}),
                           period={0: 1}, stop_epoch=None),

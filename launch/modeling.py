@@ -48,6 +48,12 @@ def _resnet50(config, input_shape, num_classes, width_multiplier):
       input_shape=input_shape, weight_decay=config.weight_decay)
 
 
+def _mobilenet_v1(config, input_shape, num_classes, width_multiplier):
+  return models.mobilenet_v1(
+      num_classes=num_classes, alpha=width_multiplier, input_shape=input_shape,
+      weight_decay=config.weight_decay)
+
+
 def _lenet_300_100(config, input_shape, num_classes, width_multiplier):
   del config
   return models.lenet_300_100(input_shape=input_shape, num_classes=num_classes,
@@ -62,6 +68,7 @@ def _small_cnn(config, input_shape, num_classes, width_multiplier):
 
 _ARCHS = {
     'lenet_300_100': _lenet_300_100,
+    'mobilenet_v1': _mobilenet_v1,
     'resnet50': _resnet50,
     'small_cnn': _small_cnn,
     'wide_resnet': _wide_resnet,

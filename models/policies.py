@@ -1,4 +1,5 @@
-"""Which kernels the DSR paper (Mostafa & Wang 2019, arXiv 1902.05967) makes sparse."""
+"""Which kernels are sparse: the DSR paper's choices (Mostafa & Wang 2019, arXiv
+1902.05967), and RigL's for MobileNet v1 (Evci et al. 2020, arXiv 1911.11134)."""
 
 import re
 
@@ -12,6 +13,9 @@ _SPARSE_PATTERNS = {
     'lenet_300_100': r'fc\d+',
     # Every conv but the first, and the Dense.
     'small_cnn': r'(?!conv1$)conv\d+|fc',
+    # RigL's MobileNet v1: the 13 pointwise 1x1 convs and the fc; the first
+    # conv and the depthwise convs (under 2% of the weights) stay dense.
+    'mobilenet_v1': r'block\d+_pw|fc',
 }
 
 
@@ -22,12 +26,17 @@ def sparse_kernel_layers(model, arch):
   Convolutional Neural Networks by Dynamic Sparse Reparameterization" (ICML 2019,
   arXiv 1902.05967): for WRN-28-2 the 24 block 3x3 convs, for ResNet-50 the 48
   bottleneck convs plus the final Dense, for LeNet-300-100 all Dense layers, for
-  `small_cnn` every kernel but the first conv's. This is only a name list; it
-  relies on the layer names given by the builders in this package.
+  `small_cnn` every kernel but the first conv's. MobileNet v1, which the DSR
+  paper did not train, follows Evci et al., "Rigging the Lottery: Making All
+  Tickets Winners" (ICML 2020, arXiv 1911.11134): the 13 pointwise convs and
+  the final Dense are sparse, the first conv and the depthwise convs dense.
+  This is only a name list; it relies on the layer names given by the
+  builders in this package.
 
   Args:
     model: A Keras model built by the matching builder in `models`.
-    arch: One of 'wide_resnet', 'resnet50', 'lenet_300_100', 'small_cnn'.
+    arch: One of 'wide_resnet', 'resnet50', 'lenet_300_100', 'small_cnn',
+      'mobilenet_v1'.
 
   Returns:
     Layer names in model order, each a layer with a `kernel`.

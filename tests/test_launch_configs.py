@@ -26,6 +26,7 @@ from launch.errors import LaunchError
 
 WRN_SPARSE, WRN_TRAINABLE = 1_451_520, 1_467_610  # See tests/test_models.py.
 R50_SPARSE, R50_TRAINABLE = 22_724_608, 25_557_032
+MBV1_SPARSE, MBV1_TRAINABLE = 4_163_584, 4_231_976
 # LeNet-300-100 on 8x8 digits: 64*300 + 300*100 + 100*10 = 50,200 kernel
 # weights; with biases 50,610.
 LENET_DIGITS_SPARSE, LENET_DIGITS_TRAINABLE = 50_200, 50_610
@@ -38,6 +39,8 @@ SMALL_SPARSE, SMALL_TRAINABLE = 4_928, 5_130
 FAMILIES = {
     'wrn28_2_cifar10': ((32, 32, 3), 10, WRN_SPARSE, WRN_TRAINABLE, 24),
     'resnet50_imagenet': ((224, 224, 3), 1000, R50_SPARSE, R50_TRAINABLE, 49),
+    'mobilenet_v1_imagenet': ((224, 224, 3), 1000, MBV1_SPARSE, MBV1_TRAINABLE,
+                              14),
     'lenet_digits': ((8, 8, 1), 10, LENET_DIGITS_SPARSE, LENET_DIGITS_TRAINABLE,
                      3),
     'lenet_mnist': ((28, 28, 1), 10, LENET_MNIST_SPARSE, LENET_MNIST_TRAINABLE,
@@ -52,6 +55,7 @@ def _family(name):
 
 def test_registry_has_every_paper_run():
   expected = {'wrn28_2_cifar10_dense', 'resnet50_imagenet_dense',
+              'mobilenet_v1_imagenet_dense',
               'lenet_mnist_dense', 'lenet_mnist_static', 'lenet_mnist_dsr'}
   for method in configs.METHODS:
     expected |= {f'lenet_digits_{method}', f'small_cnn_digits_{method}'}
@@ -60,8 +64,12 @@ def test_registry_has_every_paper_run():
     expected |= {f'wrn28_2_cifar10_{method}_s{s}'
                  for s in ('0.5', '0.6', '0.7', '0.8', '0.9')}
     expected |= {f'resnet50_imagenet_{method}_s{s}' for s in ('0.8', '0.9')}
-  expected |= {f'resnet50_imagenet_{method}_erk_s{s}' for s in ('0.8', '0.9')
-               for method in ('dsr', 'rigl', 'snfs', 'snip', 'static')}
+    expected |= {f'mobilenet_v1_imagenet_{method}_s{s}'
+                 for s in ('0.75', '0.9')}
+  for method in ('dsr', 'rigl', 'snfs', 'snip', 'static'):
+    expected |= {f'resnet50_imagenet_{method}_erk_s{s}' for s in ('0.8', '0.9')}
+    expected |= {f'mobilenet_v1_imagenet_{method}_erk_s{s}'
+                 for s in ('0.75', '0.9')}
   assert set(configs.names()) == expected
   assert configs.get('resnet50_imagenet_rigl_erk_s0.9').distribution == 'erk'
   assert configs.get('resnet50_imagenet_rigl_s0.9').distribution == 'uniform'
@@ -89,6 +97,14 @@ def test_paper_settings():
   assert r50.period == {0: 1000, 25: 2000, 50: 4000, 75: 8000}
   assert (r50.epochs, r50.batch_size, r50.weight_decay) == (100, 256, 1e-4)
   assert r50.learning_rate == {0: 0.1, 30: 0.01, 60: 0.001, 90: 0.0001}
+  # MobileNet v1: RigL's sparsities, N_p scaled from ResNet-50's by the
+  # sparse weight count (400,000 * 4,163,584 / 22,724,608 = 73,288).
+  mbv1 = configs.get('mobilenet_v1_imagenet_dsr_s0.75')
+  assert (mbv1.arch, mbv1.dataset, mbv1.sparsity) == (
+      'mobilenet_v1', 'imagenet2012', 0.75)
+  assert mbv1.options['target_pruned'] == 73_000
+  assert (mbv1.epochs, mbv1.batch_size, mbv1.weight_decay) == (100, 256, 4e-5)
+  assert (mbv1.period, mbv1.stop_epoch) == (r50.period, r50.stop_epoch)
   # Baselines share everything but the method's own settings.
   static = configs.get('wrn28_2_cifar10_static_s0.9')
   assert static.period is None and static.options == {}
@@ -112,7 +128,8 @@ def test_paper_settings():
   # On a TPU no reallocation is late: steps per execution divide every period.
   for name in configs.names():
     config = configs.get(name)
-    if name.startswith(('wrn', 'resnet')) and config.method == 'dsr':
+    if name.startswith(('wrn', 'resnet', 'mobilenet')) and (
+        config.method == 'dsr'):
       assert all(p % config.tpu_steps_per_execution == 0
                  for p in config.period.values())
 
@@ -355,7 +372,7 @@ def _initial_active(config, sparse_sizes):
   return sum(max(1, round((1 - config.sparsity) * n)) for n in sparse_sizes)
 
 
-_FULL_SIZE = ('wrn28_2_cifar10', 'resnet50_imagenet')
+_FULL_SIZE = ('wrn28_2_cifar10', 'resnet50_imagenet', 'mobilenet_v1_imagenet')
 
 
 def _model_checks():

@@ -7,7 +7,8 @@ each BN layer over C channels counts 4C in total and 2C trainable.
 import numpy as np
 import pytest
 
-from models import lenet_300_100, resnet50, small_cnn, sparse_kernel_layers, wide_resnet
+from models import (lenet_300_100, mobilenet_v1, resnet50, small_cnn,
+                    sparse_kernel_layers, wide_resnet)
 from models._common import keras
 
 
@@ -151,6 +152,64 @@ def test_resnet50_tiny_forward():
   assert model(np.zeros((1, 64, 64, 3), np.float32)).shape == (1, 7)
 
 
+# ----------------------------------------------------------------- MobileNet v1
+# Block i has a 3x3 depthwise kernel over its c_in channels and a 1x1 c_in->c_out kernel;
+# c_in runs 32, 64, 128, 128, 256, 256, 512 (x6), 1024; c_out 64, 128, 128, 256, 256,
+# 512 (x6), 1024, 1024.
+#   conv1 3*3*3*32 = 864
+#   depthwise 9 * (32 + 64 + 2*128 + 2*256 + 6*512 + 1024) = 9 * 4,960 = 44,640
+#   pointwise 32*64 + 64*128 + 128*128 + 128*256 + 256*256 + 256*512 + 5*512*512
+#     + 512*1024 + 1024*1024 = 3,139,584 (13 tensors)
+#   fc 1024*1000 = 1,024,000, bias 1,000 -> sparse 3,139,584 + 1,024,000 = 4,163,584
+# BN channels 32 + 4,960 + (64 + 2*128 + 2*256 + 6*512 + 2*1024 = 5,952) = 10,944,
+#   21,888 trainable.
+# Trainable 864 + 44,640 + 3,139,584 + 1,025,000 + 21,888 = 4,231,976; total 4,253,864
+# (both as keras.applications.MobileNet(weights=None) counts them).
+MBV1_SPARSE, MBV1_TRAINABLE, MBV1_TOTAL = 4_163_584, 4_231_976, 4_253_864
+
+
+def test_mobilenet_v1_counts():
+  model = mobilenet_v1()
+  assert _trainable(model) == MBV1_TRAINABLE
+  assert model.count_params() == MBV1_TOTAL
+  assert model.output_shape == (None, 1000)
+  sparse = sparse_kernel_layers(model, 'mobilenet_v1')
+  assert sparse == [f'block{i}_pw' for i in range(1, 14)] + ['fc']
+  assert _kernel_size(model, sparse) == MBV1_SPARSE
+  dense = [n for n in _kernel_layers(model) if n not in sparse]
+  assert dense == ['conv1']  # Depthwise layers hold `depthwise_kernel`.
+  assert [l.name for l in model.layers
+          if isinstance(l, keras.layers.DepthwiseConv2D)] == [
+              f'block{i}_dw' for i in range(1, 14)]
+
+
+def test_mobilenet_v1_width_matches_keras_applications():
+  model = mobilenet_v1(alpha=0.25, num_classes=10, input_shape=(32, 32, 3))
+  reference = keras.applications.MobileNet(
+      input_shape=(32, 32, 3), alpha=0.25, weights=None, classes=10)
+  assert _trainable(model) == _trainable(reference)
+  assert model.count_params() == reference.count_params()
+  assert model.name == 'mobilenet_v1_w0.25'
+  out = model(np.ones((2, 32, 32, 3), np.float32), training=False)
+  assert out.shape == (2, 10)
+
+
+def test_mobilenet_v1_pads_strided_convs_on_every_side():
+  model = mobilenet_v1(alpha=0.25, input_shape=(32, 32, 3))
+  pads = {l.name: l.padding for l in model.layers
+          if isinstance(l, keras.layers.ZeroPadding2D)}
+  assert pads == {name: ((1, 1), (1, 1)) for name in (
+      'conv1_pad', 'block2_dw_pad', 'block4_dw_pad', 'block6_dw_pad',
+      'block12_dw_pad')}
+  # 32 -> 16 (conv1) -> 8 -> 4 -> 2 -> 1.
+  assert model.get_layer('block13_pw').output_shape == (None, 1, 1, 256)
+
+
+def test_mobilenet_v1_weight_decay_spares_depthwise_kernels():
+  model = mobilenet_v1(alpha=0.25, input_shape=(32, 32, 3), weight_decay=4e-5)
+  assert len(model.losses) == 1 + 13 + 1  # conv1, the pointwise convs, fc
+
+
 # ----------------------------------------------------------------- small models
 def test_lenet():
   model = lenet_300_100()
@@ -189,6 +248,10 @@ def test_small_cnn():
     (lenet_300_100, 'input_shape', ()),
     (lenet_300_100, 'num_classes', -3),
     (small_cnn, 'input_shape', (8, 8)),
+    (mobilenet_v1, 'alpha', 0),
+    (mobilenet_v1, 'alpha', float('inf')),
+    (mobilenet_v1, 'num_classes', 1.5),
+    (mobilenet_v1, 'input_shape', (32, 32)),
 ])
 def test_bad_arguments(build, arg, value):
   with pytest.raises(ValueError, match=arg) as info:

@@ -1,9 +1,16 @@
-"""to_tflite: stripped sparse models in TFLite, with and without sparse weights."""
+"""to_tflite: stripped sparse models in TFLite, with and without sparse weights.
+
+MobileNet v1 with RigL's sparse policy also converts to the graph XNNPACK's
+sparse inference needs (TensorFlow Lite's XNNPACK delegate README, "Sparse
+Inference"); this CPU cannot run that path (benchmarks/tflite_sparse.py), so
+the graph is checked op by op instead.
+"""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import models
 import tf_dsr
 from tf_dsr import keras
 from tests.conftest import sparse_tiny_cnn
@@ -20,6 +27,16 @@ def _mlp():
       keras.layers.Dense(10)]), 0.9)
 
 
+def _mobilenet(sparsity=0.9):
+  """MobileNet v1 at alpha 0.25 on 32x32 images, RigL's kernels sparse."""
+  keras.utils.set_random_seed(0)
+  model = models.mobilenet_v1(alpha=0.25, num_classes=10,
+                              input_shape=(32, 32, 3))
+  sparse = set(models.sparse_kernel_layers(model, 'mobilenet_v1'))
+  return tf_dsr.sparsify(model, sparsity,
+                         exclude=lambda layer: layer.name not in sparse)
+
+
 def _run(content, x, **kwargs):
   interpreter = tf.lite.Interpreter(model_content=content, **kwargs)
   interpreter.allocate_tensors()
@@ -32,7 +49,8 @@ def _run(content, x, **kwargs):
 
 
 @pytest.mark.parametrize('make,shape', [(_mlp, (3, 64)),
-                                        (sparse_tiny_cnn, (3, 8, 8, 1))])
+                                        (sparse_tiny_cnn, (3, 8, 8, 1)),
+                                        (_mobilenet, (2, 32, 32, 3))])
 def test_both_conversions_run_in_the_default_interpreter(make, shape):
   model = make()
   x = np.random.default_rng(0).normal(size=shape).astype('float32')
@@ -79,3 +97,28 @@ def test_bad_arguments_name_the_argument():
     tf_dsr.to_tflite(_mlp(), sparse='yes')
   with pytest.raises(ValueError, match='`model` must be a tf_keras model'):
     tf_dsr.to_tflite(keras.layers.Dense(3))
+
+
+def test_sparse_mobilenet_has_the_graph_of_xnnpack_sparse_inference():
+  # The README's conditions: weights stored sparse (read through DENSIFY); a
+  # 3x3/2 first conv on 3 channels padded 1 on every side; 1x1 convs and
+  # 3x3 depthwise convs padded 1 on every side; a spatial MEAN at the end.
+  interpreter = tf.lite.Interpreter(
+      model_content=tf_dsr.to_tflite(_mobilenet()), **_NO_DELEGATE)
+  interpreter.allocate_tensors()
+  ops = interpreter._get_ops_details()  # pylint: disable=protected-access
+  shape = {t['index']: tuple(t['shape'])
+           for t in interpreter.get_tensor_details()}
+  made_by = {out: op for op in ops for out in op['outputs']}
+  names = [op['op_name'] for op in ops]
+  assert names[:2] == ['PAD', 'CONV_2D'] and names[-3:] == [
+      'MEAN', 'DENSIFY', 'FULLY_CONNECTED']
+  assert shape[ops[1]['inputs'][1]] == (8, 3, 3, 3)  # (out, h, w, in)
+  for op in ops:
+    if op['op_name'] == 'PAD':
+      np.testing.assert_array_equal(interpreter.get_tensor(op['inputs'][1]),
+                                    [[0, 0], [1, 1], [1, 1], [0, 0]])
+    if op['op_name'] == 'CONV_2D' and shape[op['inputs'][1]][1:3] == (1, 1):
+      assert made_by[op['inputs'][1]]['op_name'] == 'DENSIFY'
+  assert names.count('DENSIFY') == 13 + 1  # the pointwise convs and the fc
+  assert names.count('DEPTHWISE_CONV_2D') == 13

@@ -26,6 +26,16 @@ def to_tflite(model, sparse=True, quantize=False):
   same as without it. The result runs in the default `tf.lite.Interpreter`
   (XNNPACK delegate) with float32 outputs equal to Keras' to rounding.
 
+  Sparse storage is also what XNNPACK's sparse inference (Elsen et al.,
+  "Fast Sparse ConvNets", arXiv 1911.09723) looks for: when a delegated op
+  reads a weight through one of the DENSIFY ops the converter adds, the
+  delegate asks XNNPACK for it, with no option to set. XNNPACK then runs 1x1
+  convs with sparse kernels if the graph fits (a symmetric 3x3/2 first conv,
+  1x1 and depthwise convs, a final mean; `models.mobilenet_v1` does) and
+  the CPU allows: ARM and WebAssembly do, x86 only without AVX. Elsewhere
+  the weights are densified once when the interpreter is prepared and the
+  sparse file runs as fast as the dense one (`benchmarks/tflite_sparse.py`).
+
   `quantize=True` adds `tf.lite.Optimize.DEFAULT` (int8 dynamic-range
   weights: smaller still, outputs change by the quantization error). With
   `sparse=True` as well, the default interpreter refuses the model: XNNPACK
