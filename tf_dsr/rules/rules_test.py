@@ -167,6 +167,27 @@ def test_deepr_signs_are_checkpointed(tmp_path):
                                 sign.numpy())
 
 
+def test_deepr_signs_of_a_model_rebuilt_from_its_config_start_as_the_weights():
+  # The wrapper's config names its rule variables, so a clone has them (at
+  # 0, never set); a DeepR Reallocator on it sets them from its own weights.
+  model, _, _ = _dense_model([0.5, -0.1, 0.0, -0.3, 0.02, 0.0, 0.0, 0.9],
+                             [1, 1, 0, 1, 1, 0, 0, 1])
+  tf_dsr.Reallocator(model, 'deepr', optimizer=False, learning_rate=0.1)
+  clone = keras.models.clone_model(model)
+  (wrapper,) = tf_dsr.collect_wrappers(clone)
+  assert wrapper.get_config()['auxiliary'] == {
+      'sign': {'dtype': 'float32', 'sum_on_read': False}}
+  (kernel, mask), = wrapper.sparse_weights
+  kernel.assign(np.array([-1, 2, 0, 3, -4, 0, 0, 5], np.float32).reshape(4, 2))
+  mask.assign(np.array([1, 1, 0, 1, 1, 0, 0, 1], np.float32).reshape(4, 2))
+  (sign,) = wrapper.auxiliary_weights['sign']
+  assert not sign.numpy().any()
+  tf_dsr.Reallocator(clone, 'deepr', optimizer=False, learning_rate=0.1)
+  signs = sign.numpy().reshape(-1)
+  assert signs[[0, 1, 3, 4, 7]].tolist() == [-1, 1, 1, -1, 1]
+  assert set(np.abs(signs).tolist()) == {1.0}
+
+
 def test_a_rule_is_a_few_typed_options():
   rule = tf_dsr.rules.make('dsr', target_pruned=np.int64(20), tolerance=0.2)
   assert rule.options() == ('target_pruned', 'tolerance', 'initial_threshold')
