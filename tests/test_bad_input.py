@@ -94,16 +94,18 @@ def test_reallocator_arguments_leave_the_model_unbound():
   assert masks_of(model)
 
 
-def test_keras3_objects_get_a_clear_message():
+def test_objects_of_neither_keras_get_a_clear_message():
+  with pytest.raises(ValueError, match='`layer`.*tf_keras.*got builtins.str'):
+    tf_dsr.DynamicSparseWrapper('dense', 0.5)
+  with pytest.raises(ValueError, match='`to_sparsify` must be a Keras layer'):
+    tf_dsr.sparsify(object(), 0.5)
+
+
+def test_functions_not_yet_on_keras3_say_so():
   import keras as keras3  # pylint: disable=g-import-not-at-top
-  if keras3.__version__.startswith('2.'):
-    pytest.skip('keras is Keras 2 here')
-  layer = keras3.layers.Dense(3)
-  with pytest.raises(ValueError, match='Keras 3.*from tf_dsr import keras'):
-    tf_dsr.DynamicSparseWrapper(layer, 0.5)
   model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
-  with pytest.raises(ValueError, match='`to_sparsify`.*Keras 3'):
-    tf_dsr.sparsify(model, 0.5)
+  with pytest.raises(ValueError, match='Keras 3.*not this function'):
+    tf_dsr.strip_dynamic_sparsity(model)
 
 
 @pytest.mark.parametrize('period,pattern', [

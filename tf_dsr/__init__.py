@@ -6,6 +6,7 @@ Mostafa & Wang, ICML 2019, https://arxiv.org/abs/1902.05967.
 from tf_dsr import distributions
 from tf_dsr import flops
 from tf_dsr import rules
+from tf_dsr import wrapper_keras3  # Registers the Keras 3 wrapper.
 from tf_dsr._tfmot import keras
 from tf_dsr.callbacks import ReallocationCallback
 from tf_dsr.compact import load_sparse

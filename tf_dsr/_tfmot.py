@@ -1,19 +1,71 @@
 """The one module that imports tfmot internals and its Keras handle.
 
-tfmot's pruning API runs on tf_keras (Keras 2). tf_dsr builds on the same handle,
-re-exported as `tf_dsr.keras`, so that models, tfmot's wrappers and tf_dsr's
-wrappers all share one Keras. Every other module imports Keras from here.
+tfmot's pruning API runs on tf_keras (Keras 2). tf_dsr's tf_keras path builds
+on the same handle, re-exported as `tf_dsr.keras`, so that models, tfmot's
+wrappers and tf_dsr's wrappers all share one Keras. Every other module of that
+path imports Keras from here.
+
+Importing tfmot has a process-wide side effect that tf_dsr must not pass on to
+its users: tfmot's `compat` module sets `os.environ['TF_USE_LEGACY_KERAS'] =
+'1'` and then reads `tf.keras`, which makes TensorFlow's lazy `tf.keras`
+loader resolve to tf_keras for the rest of the process, so a Keras 3 user
+who imported tf_dsr would find `tf.keras` turned into Keras 2.
+`_import_tfmot` imports tfmot with `tf.keras` pointing at tf_keras for the
+duration of the import (tfmot then takes tf_keras as its handle, as it does
+under `TF_USE_LEGACY_KERAS=1`) and puts back both the environment variable
+and the `tf.keras` entry exactly as they were, so TensorFlow's loader is
+never touched. This was preferred to importing tfmot lazily, on the first
+tf_keras object: the tf_keras path defines its classes (the wrapper, the
+callback) on this handle at import time, so a lazy import would have to
+restructure every module of that path, and it would still have to undo the
+same side effect whenever it did import tfmot, for a process that uses both
+Kerases. The cost is tfmot's import time (about 0.6 s) for every user.
 """
 
 import importlib
+import os
 import sys
 
 import tensorflow as tf
 from tensorflow.python.framework import ops  # pylint: disable=g-direct-tensorflow-import
-from tensorflow_model_optimization.python.core.keras.compat import keras
-from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer
-from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry
-from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper
+
+_LEGACY_KERAS_VARIABLE = 'TF_USE_LEGACY_KERAS'
+
+
+def _import_tfmot():
+  """Imports tfmot's modules without changing `tf.keras` or the environment.
+
+  Returns:
+    `(keras, prunable_layer, prune_registry, pruning_wrapper)`: tfmot's Keras
+    handle (tf_keras's `tf.keras` API) and its sparsity modules.
+  """
+  module_globals = vars(tf)
+  had_keras = 'keras' in module_globals
+  saved_keras = module_globals.get('keras')
+  had_variable = _LEGACY_KERAS_VARIABLE in os.environ
+  saved_variable = os.environ.get(_LEGACY_KERAS_VARIABLE)
+  # What `tf.keras` is under TF_USE_LEGACY_KERAS=1, which tfmot asks for.
+  module_globals['keras'] = importlib.import_module('tf_keras.api._v2.keras')
+  try:
+    # pylint: disable=g-import-not-at-top
+    from tensorflow_model_optimization.python.core.keras.compat import keras as handle
+    from tensorflow_model_optimization.python.core.sparsity.keras import prunable_layer as prunable
+    from tensorflow_model_optimization.python.core.sparsity.keras import prune_registry as registry
+    from tensorflow_model_optimization.python.core.sparsity.keras import pruning_wrapper as wrapper
+    # pylint: enable=g-import-not-at-top
+  finally:
+    if had_keras:
+      module_globals['keras'] = saved_keras
+    else:
+      module_globals.pop('keras', None)
+    if had_variable:
+      os.environ[_LEGACY_KERAS_VARIABLE] = saved_variable
+    else:
+      os.environ.pop(_LEGACY_KERAS_VARIABLE, None)
+  return handle, prunable, registry, wrapper
+
+
+keras, prunable_layer, prune_registry, pruning_wrapper = _import_tfmot()
 
 PrunableLayer = prunable_layer.PrunableLayer
 PruneLowMagnitude = pruning_wrapper.PruneLowMagnitude
@@ -53,8 +105,9 @@ def foreign_keras_message(obj, argument):
   module = type(obj).__module__
   hint = ''
   if module.startswith('keras'):
-    hint = (' It comes from the `keras` package (Keras 3), which tfmot and tf_dsr'
-            ' do not support.')
+    hint = (' It comes from the `keras` package (Keras 3): tf_dsr\'s Keras 3 '
+            'path covers `DynamicSparseWrapper`, `sparsify`, `Reallocator` and '
+            '`ReallocationCallback` so far, not this function.')
   return (
       f'`{argument}` must be a tf_keras (Keras 2) layer or model, got '
       f'{type(obj).__module__}.{type(obj).__name__}.{hint} Build the model with '

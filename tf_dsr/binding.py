@@ -80,15 +80,18 @@ class Binding:
       self.fit_params = None
 
   @tf.autograph.experimental.do_not_convert
-  def check_training(self, layer_name):
+  def check_training(self, layer_name,
+                     in_train_function=_tfmot.in_keras_train_function):
     """Raises ValueError unless something moves the masks of this training.
 
     Args:
       layer_name: the wrapper being called in training mode (for the message).
+      in_train_function: tells whether the wrapper's Keras runs its own train
+        step (tf_keras's by default; the Keras 3 wrapper passes its own).
     """
     if self.callback is not None:
       return
-    if _tfmot.in_keras_train_function():
+    if in_train_function():
       raise ValueError(
           f'{layer_name!r} is being trained by Keras (`fit` or '
           '`train_on_batch`) without a `tf_dsr.ReallocationCallback` in that '

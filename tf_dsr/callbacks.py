@@ -118,6 +118,11 @@ class ReallocationCallback(keras.callbacks.Callback):
       self.reallocator = engine.Reallocator(
           model, self.rule, seed=self.seed, jit_compile=self.jit_compile,
           _callback=self)
+    # `fit` sets its callbacks' model before it makes its train step: the
+    # step is traced afresh, so a step left by a `fit` that the wrappers'
+    # check stopped mid-trace is not reused (Keras 3 would refuse to create
+    # the optimizer's variables in it).
+    self.reallocator._flavour.forget_train_function(model)  # pylint: disable=protected-access
 
   def on_train_begin(self, logs=None):
     # Registers this callback as the driver of this `fit` (the wrappers check
@@ -206,7 +211,7 @@ class ReallocationCallback(keras.callbacks.Callback):
     self.reallocator._binding.end_fit(self)  # pylint: disable=protected-access
     # The next `fit` traces its train step again, so the wrappers check again
     # that a callback drives it.
-    _tfmot.forget_train_function(self.model)
+    self.reallocator._flavour.forget_train_function(self.model)  # pylint: disable=protected-access
     if self.rule.dense_gradients == 'last':
       self.reallocator.record_gradients(False)
     if self._writer is not None:

@@ -21,27 +21,28 @@ from typing import Dict
 
 import tensorflow as tf
 
-from tf_dsr import _tfmot
 from tf_dsr import binding as binding_lib
 from tf_dsr import gradients as gradients_lib
+from tf_dsr import kerases
 from tf_dsr import layout as layout_lib
-from tf_dsr import optimizer_state
 from tf_dsr import reallocation
 from tf_dsr import rules as rules_lib
 from tf_dsr import state as state_lib
 from tf_dsr import validation
 from tf_dsr.wrapper import DynamicSparseWrapper
 
-keras = _tfmot.keras
-
 
 def collect_wrappers(model):
-  """The `DynamicSparseWrapper` layers of `model`, nested models included."""
+  """The `DynamicSparseWrapper` layers of `model`, nested models included.
+
+  `model` may be a tf_keras or a Keras 3 model (or a single wrapper).
+  """
   found = []
-  for layer in model.layers if isinstance(model, keras.Model) else [model]:
+  for layer in (model.layers if isinstance(model, kerases.MODEL_TYPES)
+                else [model]):
     if isinstance(layer, DynamicSparseWrapper):
       found.append(layer)
-    elif isinstance(layer, keras.Model):
+    elif isinstance(layer, kerases.MODEL_TYPES):
       found.extend(collect_wrappers(layer))
   return found
 
@@ -96,14 +97,14 @@ class ReallocationStats:
 
 
 def _storage(variable):
-  """The variable itself, or the float32 variable a Keras AutoCastVariable wraps.
+  """The `tf.Variable` behind a tf_keras AutoCastVariable or a Keras 3 variable.
 
   Passing the wrapper would retrace (and recompile) at every call: its trace
   type equals only itself.
   """
   if hasattr(variable, 'true_dtype'):
     return variable._variable  # pylint: disable=protected-access
-  return variable
+  return kerases.KERAS3.tf_variable(variable)
 
 
 def _copies(variable):
@@ -128,14 +129,11 @@ def _write(kernel, mask, slots, kept, new_mask):
     slot.assign(tf.where(kept, slot, tf.zeros([], slot.dtype)))
 
 
-def _optimizer_types():
-  keras_optimizers = keras.optimizers
-  return (keras_optimizers.Optimizer, keras_optimizers.legacy.Optimizer,
-          keras.mixed_precision.LossScaleOptimizer)
+def _check_optimizer(model, optimizer, flavour):
+  """Raises unless `optimizer` is None (the model's), False or an optimizer.
 
-
-def _check_optimizer(model, optimizer):
-  """Raises unless `optimizer` is None (the model's), False or an optimizer."""
+  An optimizer must be one of `flavour`'s, the Keras of `model`.
+  """
   if optimizer is False:
     return
   if optimizer is None:
@@ -148,10 +146,11 @@ def _check_optimizer(model, optimizer):
           '`optimizer=False` if it keeps no per-weight state.')
     return
   if isinstance(optimizer, bool) or not isinstance(optimizer,
-                                                   _optimizer_types()):
+                                                   flavour.optimizer_types):
     raise TypeError(
-        '`optimizer` must be a tf_keras optimizer, None (the model\'s) or False '
-        f'(no per-weight state), got {optimizer!r}.')
+        f'`optimizer` must be a {flavour.label} optimizer (the Keras of the '
+        'model), None (the model\'s) or False (no per-weight state), got '
+        f'{optimizer!r}.')
 
 
 def _check_step(step):
@@ -201,7 +200,8 @@ class Reallocator:
     ```
 
   Args:
-    model: a tf_keras model containing `DynamicSparseWrapper` layers.
+    model: a tf_keras or Keras 3 (TensorFlow backend) model containing
+      `DynamicSparseWrapper` layers.
     method: a rule name of `tf_dsr.rules.REGISTRY` ('dsr', the default;
       'set', 'deepr', 'rigl', 'snfs', 'snip', 'static'), or a
       `tf_dsr.rules.Rule` object.
@@ -228,8 +228,12 @@ class Reallocator:
   def __init__(self, model, method='dsr', *, seed=0, optimizer=None,
                jit_compile=None, _callback=None, **options):
     rule = rules_lib.make(method, **options)
-    if not _tfmot.is_tf_keras_object(model):
-      raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
+    flavour = kerases.of(model, 'model')
+    if flavour is kerases.KERAS3 and (rule.auxiliary or rule.dense_gradients):
+      raise ValueError(
+          f'Method {rule.name!r} is not supported on Keras 3 models yet (its '
+          'per-weight rule variables or dense-gradient recording are not '
+          "ported); use 'dsr', 'set' or 'static', or a tf_keras model.")
     check_seed_and_jit_compile(seed, jit_compile)
     wrappers = collect_wrappers(model)
     if not wrappers:
@@ -237,8 +241,9 @@ class Reallocator:
           f'`model` {model.name!r} has no DynamicSparseWrapper layer; wrap it '
           'with `tf_dsr.sparsify(model, sparsity=...)` first.')
     if _callback is None:
-      _check_optimizer(model, optimizer)
+      _check_optimizer(model, optimizer, flavour)
     self.model = model
+    self._flavour = flavour
     self.rule = rule
     self.seed = int(seed)
     self.jit_compile = (default_jit_compile() if jit_compile is None
@@ -314,7 +319,7 @@ class Reallocator:
       if mode == 'momentum':
         self._recorder.set_recording(True)
       # A train step Keras traced before has no hook: trace it again.
-      _tfmot.forget_train_function(self.model)
+      self._flavour.forget_train_function(self.model)
     return self._recorder
 
   def record_gradients(self, on=True):
@@ -351,7 +356,8 @@ class Reallocator:
             'data or give it an input shape) before reallocating.')
       for name, (kernel, mask) in zip(wrapper.sparse_names,
                                       wrapper.sparse_weights):
-        tensors.append((name, kernel, mask))
+        tensors.append((name, self._flavour.tf_variable(kernel),
+                        self._flavour.tf_variable(mask)))
     return tensors
 
   @property
@@ -612,7 +618,7 @@ class Reallocator:
     self._resolve_state()
     tensors = self.sparse_tensors()
     optimizer = self.optimizer
-    slots = [tuple(optimizer_state.slot_variables(optimizer, kernel))
+    slots = [tuple(self._flavour.slot_variables(optimizer, kernel))
              for _, kernel, _ in tensors]
     auxiliary = self._auxiliary_variables()
     values = self.rule.call_inputs(step, optimizer)

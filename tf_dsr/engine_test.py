@@ -71,7 +71,7 @@ def test_optimizer_state_is_zeroed_exactly_where_entries_moved():
   model, ((kernel, mask),) = _model([w0], [m0])
   optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
   optimizer.build(model.trainable_variables)
-  slot, = tf_dsr.engine.optimizer_state.slot_variables(optimizer, kernel)
+  slot, = tf_dsr.optimizer_state.slot_variables(optimizer, kernel)
   slot.assign(tf.fill(slot.shape, 5.0))
   tf_dsr.Reallocator(model, target_pruned=2, optimizer=optimizer).reallocate()
   new = _flat(mask)

@@ -2,14 +2,12 @@
 
 import math
 
-from tf_dsr import _tfmot
 from tf_dsr import distributions
+from tf_dsr import kerases
 from tf_dsr import validation
 from tf_dsr.wrapper import DynamicSparseWrapper
 from tf_dsr.wrapper import validate_init_scale
 from tf_dsr.wrapper import validate_sparsity
-
-keras = _tfmot.keras
 
 
 def _all_layer_names(model):
@@ -18,7 +16,7 @@ def _all_layer_names(model):
     names.add(layer.name)
     if isinstance(layer, DynamicSparseWrapper):
       names.add(layer.layer.name)
-    if isinstance(layer, keras.Model):
+    if isinstance(layer, kerases.MODEL_TYPES):
       names |= _all_layer_names(layer)
   return names
 
@@ -28,25 +26,22 @@ def _existing_wrappers(model):
   for layer in model.layers:
     if isinstance(layer, DynamicSparseWrapper):
       found.append(layer.name)
-    elif isinstance(layer, keras.Model):
+    elif isinstance(layer, kerases.MODEL_TYPES):
       found.extend(_existing_wrappers(layer))
   return found
 
 
-def _is_graph_model(model):
-  return isinstance(model, keras.Sequential) or model._is_graph_network  # pylint: disable=protected-access
-
-
-def _graph_layers(model):
+def _graph_layers(model, flavour):
   """The layers of `model` and of the graph models nested in it, in order."""
   for layer in model.layers:
-    if isinstance(layer, keras.Model) and _is_graph_model(layer):
-      yield from _graph_layers(layer)
+    if isinstance(layer, flavour.model_type) and flavour.is_graph_model(layer):
+      yield from _graph_layers(layer, flavour)
     else:
       yield layer
 
 
-def _layer_sparsities(layers, sparsity, distribution, erk_power_scale):
+def _layer_sparsities(layers, sparsity, distribution, erk_power_scale,
+                      flavour):
   """`{id(layer): sparsity}` for each of `layers` under the distribution.
 
   The value is a number for a layer with one prunable kernel and a list (one
@@ -63,7 +58,7 @@ def _layer_sparsities(layers, sparsity, distribution, erk_power_scale):
         'first, or use distribution=\'uniform\'.')
   owners, shapes = [], []
   for layer in layers:
-    for kernel in _tfmot.prunable_weights(layer):
+    for kernel in flavour.prunable_weights(layer):
       owners.append(id(layer))
       shapes.append(tuple(kernel.shape))
   counts = distributions.active_counts(shapes, sparsity, distribution,
@@ -103,9 +98,14 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
                             init_scale='sparse_fan_in')
     ```
 
+  The path follows the object: tf_keras objects get tf_keras wrappers (on
+  tfmot's registry and `PrunableLayer` protocol), Keras 3 objects (on the
+  TensorFlow backend) get Keras 3 wrappers (`tf_dsr._keras3` lists their
+  layers); a list must not mix them.
+
   Args:
-    to_sparsify: a tf_keras Sequential or functional model, a layer, or a list
-      of layers.
+    to_sparsify: a Sequential or functional model, a layer, or a list of
+      layers, of tf_keras or of Keras 3.
     sparsity: fraction of each kernel's entries that start at zero, in [0, 1).
     exclude: layer names to keep dense, or a callable taking a layer and
       returning True to keep it dense. Names must exist in the model.
@@ -126,7 +126,8 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
       `init_scale`, unbuilt layers with 'er' or 'erk', an `exclude` name
       the model lacks, a
       model that is already sparsified, a subclassed model, a layer with no
-      prunable kernel, or an object that is not a tf_keras layer or model.
+      prunable kernel, or an object that is not a layer or model of either
+      Keras.
   """
   validate_sparsity(sparsity)
   seed = validation.check_int('seed', seed)
@@ -156,29 +157,33 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
                                 seed=seed, init_scale=init_scale)
 
   def wants_wrapper(layer):
+    keras = flavour.keras
     return (not isinstance(layer, (keras.Model, keras.layers.InputLayer,
-                                   DynamicSparseWrapper,
-                                   _tfmot.PruneLowMagnitude)) and
-            _tfmot.may_have_prunable_weights(layer) and not excluded(layer))
+                                   DynamicSparseWrapper) +
+                           flavour.other_wrappers) and
+            flavour.may_have_prunable_weights(layer) and not excluded(layer))
 
   if isinstance(to_sparsify, list):
-    for item in to_sparsify:
-      if not _tfmot.is_tf_keras_object(item):
-        raise ValueError(_tfmot.foreign_keras_message(item, 'to_sparsify'))
+    flavours = {kerases.of(item, 'to_sparsify') for item in to_sparsify}
+    if len(flavours) > 1:
+      raise ValueError(
+          '`to_sparsify` mixes layers of tf_keras and of Keras 3; a model '
+          'uses one Keras.')
+    flavour = flavours.pop() if flavours else kerases.TF_KERAS
     sparsities.update(_layer_sparsities(
         [layer for layer in to_sparsify if wants_wrapper(layer)], sparsity,
-        distribution, erk_power_scale))
+        distribution, erk_power_scale, flavour))
     return [wrap(layer) if wants_wrapper(layer) else layer
             for layer in to_sparsify]
-  if not _tfmot.is_tf_keras_object(to_sparsify):
-    raise ValueError(_tfmot.foreign_keras_message(to_sparsify, 'to_sparsify'))
+  flavour = kerases.of(to_sparsify, 'to_sparsify')
+  keras = flavour.keras
   if not isinstance(to_sparsify, keras.Model):
     sparsities.update(_layer_sparsities([to_sparsify], sparsity, distribution,
-                                        erk_power_scale))
+                                        erk_power_scale, flavour))
     return wrap(to_sparsify)
 
   model = to_sparsify
-  if not _is_graph_model(model):
+  if not flavour.is_graph_model(model):
     raise ValueError(
         f'`to_sparsify` {model.name!r} is a subclassed model, which cannot be '
         'cloned; wrap its layers with `tf_dsr.DynamicSparseWrapper` where you '
@@ -196,11 +201,12 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
           f'Its layers are {sorted(_all_layer_names(model))}.')
 
   sparsities.update(_layer_sparsities(
-      [layer for layer in _graph_layers(model) if wants_wrapper(layer)],
-      sparsity, distribution, erk_power_scale))
+      [layer for layer in _graph_layers(model, flavour)
+       if wants_wrapper(layer)],
+      sparsity, distribution, erk_power_scale, flavour))
 
   def clone_function(layer):
-    if isinstance(layer, keras.Model) and _is_graph_model(layer):
+    if isinstance(layer, keras.Model) and flavour.is_graph_model(layer):
       return keras.models.clone_model(layer, clone_function=clone_function)
     return wrap(layer) if wants_wrapper(layer) else layer
 

@@ -1,11 +1,13 @@
 """DynamicSparseWrapper: the mask variables of one layer and its masked call."""
 
+import abc
 import contextlib
 import inspect
 import zlib
 
 import tensorflow as tf
 
+from tf_dsr import _keras3
 from tf_dsr import _tfmot
 from tf_dsr import distributions
 from tf_dsr import binding as binding_lib
@@ -122,7 +124,7 @@ def _check_auxiliary(auxiliary):
 
 
 @keras.utils.register_keras_serializable(package='tf_dsr')
-class DynamicSparseWrapper(keras.layers.Wrapper):
+class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
   """Keeps a layer's prunable kernels sparse under a binary mask that can move.
 
   Used by Dynamic Sparse Reparameterization (Mostafa & Wang, ICML 2019,
@@ -144,13 +146,18 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   happens once, when the wrapper is built; weights restored from a checkpoint
   or a saved model replace the built values and are not scaled again.
 
+  Given a Keras 3 layer, the constructor returns the Keras 3 wrapper
+  (`tf_dsr.wrapper_keras3.DynamicSparseWrapper`, the same arguments), which
+  is registered as a virtual subclass: `isinstance(w, DynamicSparseWrapper)`
+  holds for the wrappers of both Kerases.
+
   Example:
     ```python
     layer = tf_dsr.DynamicSparseWrapper(keras.layers.Conv2D(64, 3), sparsity=0.9)
     ```
 
   Args:
-    layer: the tf_keras layer to wrap.
+    layer: the layer to wrap (tf_keras or Keras 3).
     sparsity: fraction of each kernel's entries that are zero, in [0, 1); or
       a list with one such fraction per prunable kernel, in the order of the
       layer's prunable weights (what `tf_dsr.sparsify` passes for the ER and
@@ -167,6 +174,15 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       has them again. Users need not pass it.
     **kwargs: passed to `keras.layers.Wrapper` (for example `name`).
   """
+
+  def __new__(cls, *args, **kwargs):
+    layer = args[0] if args else kwargs.get('layer')
+    if cls is DynamicSparseWrapper and _keras3.is_keras3_object(layer):
+      # The module imports this one, so it is imported here.
+      from tf_dsr import wrapper_keras3  # pylint: disable=g-import-not-at-top
+      # Not an instance of `cls`, so Python does not call `__init__` on it.
+      return wrapper_keras3.DynamicSparseWrapper(*args, **kwargs)
+    return super().__new__(cls, *args, **kwargs)
 
   def __init__(self, layer, sparsity, seed=0, init_scale='dense',
                auxiliary=None, **kwargs):

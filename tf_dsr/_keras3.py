@@ -1,0 +1,200 @@
+"""The one module that imports Keras 3 (the `keras` package) and its internals.
+
+tf_dsr's Keras 3 path runs on the TensorFlow backend. Its wrapper, engine
+adapter and optimizer-state lookup import Keras 3 from here, as the tf_keras
+path imports tf_keras from `tf_dsr._tfmot`. Importing Keras 3 changes no
+process-wide setting: TensorFlow itself imports it, and `tf.keras` resolves
+as the user's `TF_USE_LEGACY_KERAS` says.
+
+Which kernels are sparse: the built-in layers of `SPARSE_KERNELS` (the same
+kernels as the tf_keras path, where tfmot's registry lists them), and any
+layer with a `get_prunable_weights()` method returning the variables to make
+sparse (the method of tfmot's `PrunableLayer` protocol, so one custom layer
+works on both paths). Each variable must be held by an attribute of the
+layer or of one of its sublayers that its `call` reads (`self.kernel`, or
+`self._kernel` behind a `kernel` property, as Keras 3's own layers do).
+"""
+
+import sys
+
+import keras
+import tensorflow as tf
+from tensorflow.python.framework import ops  # pylint: disable=g-direct-tensorflow-import
+
+_layers = keras.layers
+
+# Layer class -> attribute paths of its sparse kernels, read from the built
+# layer. As on the tf_keras path: SeparableConv's pointwise kernel only (its
+# depthwise kernel stays dense), both kernels of a recurrent layer's cell.
+SPARSE_KERNELS = {
+    _layers.Dense: ('kernel',),
+    _layers.EinsumDense: ('kernel',),
+    _layers.Conv1D: ('kernel',),
+    _layers.Conv2D: ('kernel',),
+    _layers.Conv3D: ('kernel',),
+    _layers.Conv1DTranspose: ('kernel',),
+    _layers.Conv2DTranspose: ('kernel',),
+    _layers.Conv3DTranspose: ('kernel',),
+    _layers.DepthwiseConv1D: ('kernel',),  # The depthwise kernel.
+    _layers.DepthwiseConv2D: ('kernel',),
+    _layers.SeparableConv1D: ('pointwise_kernel',),
+    _layers.SeparableConv2D: ('pointwise_kernel',),
+    _layers.Embedding: ('embeddings',),
+    _layers.LSTM: ('cell.kernel', 'cell.recurrent_kernel'),
+    _layers.GRU: ('cell.kernel', 'cell.recurrent_kernel'),
+    _layers.SimpleRNN: ('cell.kernel', 'cell.recurrent_kernel'),
+}
+
+PROTOCOL_METHOD = 'get_prunable_weights'
+
+
+def is_keras3_object(obj):
+  """True when `obj` is a Keras 3 layer or model."""
+  return isinstance(obj, keras.layers.Layer)
+
+
+def is_keras3_optimizer(obj):
+  return isinstance(obj, keras.optimizers.Optimizer)
+
+
+def check_backend():
+  """Raises ValueError unless Keras 3 runs on the TensorFlow backend."""
+  if keras.backend.backend() != 'tensorflow':
+    raise ValueError(
+        'tf_dsr supports Keras 3 on the TensorFlow backend only, but Keras '
+        f'runs on {keras.backend.backend()!r}; set KERAS_BACKEND=tensorflow '
+        'before importing Keras.')
+
+
+def may_have_prunable_weights(layer):
+  """True when tf_dsr knows the sparse kernels of `layer`'s class."""
+  return (hasattr(layer, PROTOCOL_METHOD) or
+          type(layer) in SPARSE_KERNELS)  # pylint: disable=unidiomatic-typecheck
+
+
+def unsupported_message(layer, argument='layer'):
+  """Why `layer` cannot be wrapped, and what to do instead."""
+  return (
+      f'`{argument}` {layer.name!r} ({type(layer).__name__}) is not a layer '
+      'tf_dsr can make sparse on Keras 3. Supported: '
+      f'{sorted(cls.__name__ for cls in SPARSE_KERNELS)}, and any layer with a '
+      f'`{PROTOCOL_METHOD}()` method returning the kernel variables to make '
+      'sparse (each held by an attribute its `call` reads). Keep it dense '
+      f'(`tf_dsr.sparsify(..., exclude=[{layer.name!r}])`) or give it that '
+      'method.')
+
+
+def prunable_weights(layer):
+  """The variables of a built Keras 3 `layer` to make sparse.
+
+  Raises:
+    ValueError: when tf_dsr does not know the layer, or it is quantized.
+  """
+  if getattr(getattr(layer, 'dtype_policy', None), 'quantization_mode', None):
+    raise ValueError(
+        f'Layer {layer.name!r} is quantized '
+        f'({layer.dtype_policy.quantization_mode}); tf_dsr masks float '
+        'kernels only. Sparsify and train before quantizing.')
+  if hasattr(layer, PROTOCOL_METHOD):
+    return list(getattr(layer, PROTOCOL_METHOD)())
+  if type(layer) not in SPARSE_KERNELS:  # pylint: disable=unidiomatic-typecheck
+    raise ValueError(unsupported_message(layer))
+  found = []
+  for path in SPARSE_KERNELS[type(layer)]:
+    value = layer
+    for part in path.split('.'):
+      value = getattr(value, part)
+    found.append(value)
+  return found
+
+
+def tf_variable(variable):
+  """The `tf.Variable` (possibly distributed) that stores a Keras 3 variable.
+
+  Outside a layer's call no autocast scope is active, so `.value` is the
+  stored variable itself, in its own dtype.
+  """
+  if isinstance(variable, keras.Variable):
+    return variable.value
+  return variable
+
+
+def is_graph_network(model):
+  return isinstance(model, keras.Sequential) or (
+      isinstance(model, keras.Model) and
+      type(model).__name__ == 'Functional')
+
+
+# ------------------------------------------------------ optimizer state
+def slot_variables(optimizer, variable):
+  """The per-entry state a Keras 3 optimizer keeps for `variable`.
+
+  Keras 3 optimizers keep each kind of state (SGD's `momentums`, Adam's
+  `_momentums` and `_velocities`, ...) as a list with one entry per trained
+  variable, in the order of the variables they were built with. The lists
+  are found as the optimizer's attributes that hold only its own variables
+  and have one entry per trained variable; `variable`'s position is found by
+  identity of the stored `tf.Variable`. A `LossScaleOptimizer` is looked
+  through.
+
+  Args:
+    optimizer: a Keras 3 optimizer, or None.
+    variable: a Keras 3 variable, or the `tf.Variable` that stores one.
+
+  Returns:
+    The stored `tf.Variable`s shaped like `variable`; empty when the
+    optimizer keeps none for it or is not built yet.
+  """
+  if optimizer is None:
+    return []
+  while hasattr(optimizer, 'inner_optimizer'):
+    optimizer = optimizer.inner_optimizer
+  target = tf_variable(variable)
+  trained = getattr(optimizer, '_trainable_variables', None) or []
+  index = next((i for i, v in enumerate(trained)
+                if tf_variable(v) is target), None)
+  if index is None:
+    return []
+  own = {id(v) for v in optimizer.variables}
+  slots = []
+  for value in vars(optimizer).values():
+    if not isinstance(value, (list, tuple)) or len(value) != len(trained):
+      continue
+    if not all(isinstance(v, keras.Variable) and id(v) in own for v in value):
+      continue
+    slot = value[index]
+    if tuple(slot.shape) == tuple(target.shape):
+      slots.append(tf_variable(slot))
+  return slots
+
+
+# ------------------------------------------------ Keras's own training loop
+# The functions Keras 3's TensorFlow trainer compiles (or, with
+# `run_eagerly=True`, calls) around `train_step` for `fit` and
+# `train_on_batch`. They also run `evaluate`'s steps, which call the model
+# with `training=False` and so never reach the check that uses this.
+_TRAIN_FUNCTIONS = ('one_step_on_data', 'multi_step_on_iterator')
+
+
+@tf.autograph.experimental.do_not_convert
+def in_keras_train_function():
+  """True inside Keras 3's compiled or eager step of `fit`/`train_on_batch`."""
+  graph = ops.get_default_graph()
+  while graph is not None:
+    name = getattr(graph, 'name', None) or ''
+    if any(name == f or name.startswith(f + '_') for f in _TRAIN_FUNCTIONS):
+      return True
+    graph = getattr(graph, 'outer_graph', None)
+  frame = sys._getframe(1)  # pylint: disable=protected-access
+  while frame is not None:
+    code = frame.f_code
+    if (code.co_name in _TRAIN_FUNCTIONS + ('train_step',) and
+        '/keras/src/' in code.co_filename.replace('\\', '/')):
+      return True
+    frame = frame.f_back
+  return False
+
+
+def forget_train_function(model):
+  """Drops Keras 3's cached train step, so the next `fit` traces it again."""
+  model.train_function = None
