@@ -10,6 +10,8 @@
 - A `.keras` file (loaded in this process or a fresh one) and a
   `.weights.h5` file keep masks and state, and a resumed run ends
   bit-identical to an uninterrupted one.
+- `strip_dynamic_sparsity` gives a plain Keras 3 model with the masked
+  kernels, and `sparsity_report` the tf_keras report's numbers.
 """
 
 import os
@@ -388,3 +390,45 @@ def test_keras3_weights_file_keeps_masks_and_state(tmp_path):
   fresh.load_weights(path)
   for ours, theirs in zip(fresh.weights, model.weights):
     np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+# ------------------------------------------------------- strip and report
+def test_keras3_strip_gives_a_plain_model_with_the_masked_kernels():
+  models, pairs = _twins()
+  model = models['keras3']
+  rng = np.random.default_rng(1)
+  for kernel, _ in pairs['keras3']:  # Nonzero where masked, for the strip.
+    kernel.assign(rng.normal(size=kernel.shape).astype('float32'))
+  x = rng.normal(size=(4, 6, 6, 1)).astype('float32')
+  stripped = tf_dsr.strip_dynamic_sparsity(model)
+  assert isinstance(stripped, keras.Model)
+  assert not tf_dsr.collect_wrappers(stripped)
+  assert [l.name for l in stripped.layers[1:]] == ['conv', 'bn', 'flat', 'fc']
+  np.testing.assert_array_equal(stripped.predict(x, verbose=0),
+                                model.predict(x, verbose=0))
+  kernels = [stripped.get_layer('conv').kernel, stripped.get_layer('fc').kernel]
+  for plain, (kernel, mask) in zip(kernels, pairs['keras3']):
+    np.testing.assert_array_equal(plain.numpy(),
+                                  kernel.numpy() * mask.numpy())
+  assert not set(map(id, stripped.weights)) & set(map(id, model.weights))
+  sequential = tf_dsr.sparsify(keras.Sequential([
+      keras.Input((5,)), keras.layers.Dense(4, name='a')]), 0.5)
+  plain = tf_dsr.strip_dynamic_sparsity(sequential)
+  assert isinstance(plain, keras.Sequential)
+  assert [l.name for l in plain.layers] == ['a']
+
+
+def test_keras3_report_equals_the_tf_keras_report():
+  models, _ = _twins()
+  for model in models.values():  # The DSR state variables are not counted.
+    tf_dsr.Reallocator(model, target_pruned=12, optimizer=False,
+                       initial_threshold=0.5).reallocate(1)
+  ours, theirs = (tf_dsr.sparsity_report(models[name])
+                  for name in ('keras3', 'tf_keras'))
+  assert ours.tensors == theirs.tensors
+  assert (ours.sparse_active, ours.sparse_total, ours.model_active,
+          ours.model_total) == (theirs.sparse_active, theirs.sparse_total,
+                                theirs.model_active, theirs.model_total)
+  assert ours.stored_bytes == theirs.stored_bytes
+  assert ours.flops is None and theirs.flops is not None
+  assert 'dynamic_sparse_conv/kernel' in str(ours)

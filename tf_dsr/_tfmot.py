@@ -106,8 +106,9 @@ def foreign_keras_message(obj, argument):
   hint = ''
   if module.startswith('keras'):
     hint = (' It comes from the `keras` package (Keras 3): tf_dsr\'s Keras 3 '
-            'path covers `DynamicSparseWrapper`, `sparsify`, `Reallocator` and '
-            '`ReallocationCallback` so far, not this function.')
+            'path covers `DynamicSparseWrapper`, `sparsify`, `Reallocator`, '
+            '`ReallocationCallback`, `strip_dynamic_sparsity` and '
+            '`sparsity_report` so far, not this function.')
   return (
       f'`{argument}` must be a tf_keras (Keras 2) layer or model, got '
       f'{type(obj).__module__}.{type(obj).__name__}.{hint} Build the model with '

@@ -5,13 +5,14 @@ from typing import Dict
 from typing import List
 from typing import Optional
 
+import numpy as np
+
 from tf_dsr import _tfmot
 from tf_dsr import compact
 from tf_dsr import flops as flops_lib
+from tf_dsr import kerases
 from tf_dsr import strip
 from tf_dsr.wrapper import DynamicSparseWrapper
-
-keras = _tfmot.keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +69,8 @@ class SparsityReport:
     model_total: trainable parameters of the whole model.
     flops: the model's inference FLOPs, sparse and dense
       (`tf_dsr.flops_report`); None for a model without a graph of layer
-      calls (subclassed) or with unknown spatial sizes.
+      calls (subclassed), with unknown spatial sizes, or of Keras 3 (whose
+      FLOPs are not counted yet).
     stored_bytes: dense and compact bytes of the kernels and the model.
   """
   tensors: List[TensorCount]
@@ -111,24 +113,36 @@ def _wrappers(model):
   for layer in model.layers:
     if isinstance(layer, strip._WRAPPERS):  # pylint: disable=protected-access
       yield layer
-    elif isinstance(layer, keras.Model):
+    elif isinstance(layer, kerases.MODEL_TYPES):
       yield from _wrappers(layer)
+
+
+def _size(variable):
+  """Entries of a variable of either Keras (Keras 3 shapes are tuples)."""
+  return int(np.prod(tuple(variable.shape), dtype=np.int64))
 
 
 def sparsity_report(model):
   """Counts active and total entries per masked kernel and for the model.
 
   Args:
-    model: a built tf_keras model with tf_dsr and/or tfmot wrappers.
+    model: a built tf_keras model with tf_dsr and/or tfmot wrappers, or a
+      built Keras 3 model (TensorFlow backend) with tf_dsr wrappers.
 
   Returns:
     A `SparsityReport`; `print(report)` shows a table, with the bytes of
     each kernel stored dense and in `save_sparse`'s compact format. Its
     `flops` holds the inference FLOPs per example (sparse, dense and their
-    ratio; `tf_dsr.flops_report`) for a Sequential or functional model.
+    ratio; `tf_dsr.flops_report`) for a Sequential or functional tf_keras
+    model.
+
+  Raises:
+    ValueError: if `model` is not a model of either Keras.
   """
-  if not _tfmot.is_tf_keras_object(model) or not isinstance(model, keras.Model):
-    raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
+  flavour = kerases.of(model, 'model')
+  if not isinstance(model, flavour.model_type):
+    raise ValueError(f'`model` must be a {flavour.label} model, got the layer '
+                     f'{type(model).__name__}.')
   tensors, inactive, packed, masks_seen = [], 0, {}, set()
   for wrapper in _wrappers(model):
     masks = strip._masks_by_kernel(wrapper)  # pylint: disable=protected-access
@@ -140,8 +154,8 @@ def sparsity_report(model):
       if id(kernel) not in masks:
         continue
       mask = masks[id(kernel)]
-      active = int((mask.numpy() > 0.5).sum())
-      total = mask.shape.num_elements()
+      active = int((np.asarray(mask.numpy()) > 0.5).sum())
+      total = _size(mask)
       inactive += total - active
       name = names.get(id(kernel)) or (
           f'{wrapper.name}/{kernel.name.split("/")[-1].split(":")[0]}')
@@ -150,7 +164,7 @@ def sparsity_report(model):
       packed[name] = (compact.sparse_bytes(total, active)
                       if isinstance(wrapper, DynamicSparseWrapper) else
                       8 * total)
-  model_total = sum(w.shape.num_elements() for w in model.trainable_weights)
+  model_total = sum(_size(w) for w in model.trainable_weights)
   sparse_total = sum(t.total for t in tensors)
   sparse_active = sum(t.active for t in tensors)
   # The DSR state: every wrapper's state weights and the rule's variables.
@@ -159,14 +173,14 @@ def sparsity_report(model):
   skip |= {id(v) for wrapper in _wrappers(model)
            if isinstance(wrapper, DynamicSparseWrapper) and wrapper.built
            for v in wrapper.state_variables.values()}
-  model_dense = 4 * sum(w.shape.num_elements() for w in model.weights
+  model_dense = 4 * sum(_size(w) for w in model.weights
                         if id(w) not in skip)
   dense = {t.name: 4 * t.total for t in tensors}
   stored = StoredBytes(
       dense, packed, model_dense,
       model_dense - sum(dense.values()) + sum(packed.values()))
   flops = None
-  if _tfmot.is_graph_network(model):
+  if flavour is kerases.TF_KERAS and _tfmot.is_graph_network(model):
     try:
       flops = flops_lib.flops_report(model)
     except ValueError:  # Unknown spatial sizes: no FLOPs, the counts stand.

@@ -3,10 +3,11 @@
 import tensorflow as tf
 
 from tf_dsr import _tfmot
+from tf_dsr import kerases
 from tf_dsr.wrapper import DynamicSparseWrapper
 
-keras = _tfmot.keras
-
+# tf_dsr's wrappers of both Kerases (the Keras 3 class is registered as a
+# virtual subclass of `DynamicSparseWrapper`) and tfmot's.
 _WRAPPERS = (DynamicSparseWrapper, _tfmot.PruneLowMagnitude)
 
 
@@ -17,21 +18,24 @@ def _masks_by_kernel(wrapper):
   return {id(weight): mask for weight, mask, _ in wrapper.pruning_vars}
 
 
-def _clone(layer):
-  if isinstance(layer, keras.Model):
-    return keras.models.clone_model(layer, clone_function=_clone)
-  if isinstance(layer, _WRAPPERS):
-    layer = layer.layer
-  return layer.__class__.from_config(layer.get_config())
+def _clone_function(keras):
+  """The `clone_model` function of `keras` that drops the wrappers."""
+
+  def clone(layer):
+    if isinstance(layer, keras.Model):
+      return keras.models.clone_model(layer, clone_function=clone)
+    if isinstance(layer, _WRAPPERS):
+      layer = layer.layer
+    return layer.__class__.from_config(layer.get_config())
+
+  return clone
 
 
-def _copy_weights(source, target):
+def _copy_weights(source, target, keras):
   """Copies weights from `source` to its clone `target`, applying masks."""
   if isinstance(source, keras.Model):
-    source_layers = [l for l in source.layers]
-    target_layers = [l for l in target.layers]
-    for s, t in zip(source_layers, target_layers):
-      _copy_weights(s, t)
+    for s, t in zip(source.layers, target.layers):
+      _copy_weights(s, t, keras)
     return
   masks = {}
   if isinstance(source, _WRAPPERS):
@@ -41,7 +45,8 @@ def _copy_weights(source, target):
   for weight in source.weights:
     value = tf.convert_to_tensor(weight)
     if id(weight) in masks:
-      value = value * tf.cast(masks[id(weight)], value.dtype)
+      value = value * tf.cast(tf.convert_to_tensor(masks[id(weight)]),
+                              value.dtype)
     values.append(value.numpy())
   target.set_weights(values)
 
@@ -55,21 +60,24 @@ def strip_dynamic_sparsity(model):
   `model`, which is left unchanged, and has no optimizer.
 
   Args:
-    model: a tf_keras Sequential or functional model.
+    model: a Sequential or functional model of tf_keras or of Keras 3 (on
+      the TensorFlow backend).
 
   Returns:
-    A new `keras.Model` with the same layer names, free of wrappers.
+    A new model of the same Keras with the same layer names, free of
+    wrappers.
 
   Raises:
-    ValueError: if `model` is not a tf_keras Sequential or functional model.
+    ValueError: if `model` is not a Sequential or functional model.
   """
-  if not _tfmot.is_tf_keras_object(model):
-    raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
-  if not isinstance(model, keras.Model) or not (
-      isinstance(model, keras.Sequential) or model._is_graph_network):  # pylint: disable=protected-access
+  flavour = kerases.of(model, 'model')
+  if not isinstance(model, flavour.model_type) or not flavour.is_graph_model(
+      model):
     raise ValueError(
-        f'`model` must be a Sequential or functional tf_keras model, got '
-        f'{type(model).__name__}.')
-  stripped = keras.models.clone_model(model, clone_function=_clone)
-  _copy_weights(model, stripped)
+        f'`model` must be a Sequential or functional {flavour.label} model, '
+        f'got {type(model).__name__}.')
+  keras = flavour.keras
+  stripped = keras.models.clone_model(model,
+                                      clone_function=_clone_function(keras))
+  _copy_weights(model, stripped, keras)
   return stripped
