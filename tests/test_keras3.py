@@ -20,6 +20,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -52,6 +53,7 @@ def _python(code, **env):
 _IMPORT = '''
 import json
 import os
+import re
 before = os.environ.get('TF_USE_LEGACY_KERAS')
 import tf_dsr
 import tensorflow as tf
@@ -523,3 +525,23 @@ def test_keras3_mixed_float16_trains_with_the_callback():
       assert len(slots) == 1 and id(slots[0]) in inner
       # Reset where weights moved; no gradient reaches an inactive entry.
       assert not slots[0].numpy()[mask == 0].any()
+
+
+# ------------------------------------------------------------------ README
+def test_the_readme_keras3_example_runs_as_written():
+  text = open(os.path.join(REPO, 'README.md')).read()
+  section = text[text.index('### Keras 3'):]
+  code = re.search(r'```python\n(.*?)```', section, re.S).group(1)
+  namespace = {}
+  exec(compile(code, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  model, plain = namespace['model'], namespace['plain']
+  # 1000 examples / 50 per batch * 4 epochs = 80 steps, every 10th reallocates.
+  assert [s.step for s in namespace['callback'].history] == list(
+      range(10, 81, 10))
+  assert isinstance(plain, keras.Model)
+  assert not tf_dsr.collect_wrappers(plain)
+  # Dense 20x64 and 64x2 at sparsity 0.9: round(0.1 * 1280) + round(0.1 * 128).
+  assert tf_dsr.sparsity_report(model).sparse_active == 128 + 13
+  x = namespace['x'][:8]
+  np.testing.assert_allclose(plain.predict(x, verbose=0),
+                             model.predict(x, verbose=0), rtol=1e-6)
