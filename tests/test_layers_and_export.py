@@ -64,7 +64,8 @@ def test_custom_prunable_layer():
   (kernel, mask), = wrapper.sparse_weights
   assert kernel is wrapper.layer.w
   assert int(mask.numpy().sum()) == 6
-  np.testing.assert_allclose(wrapper(x), x @ (kernel * mask).numpy(), rtol=1e-6)
+  np.testing.assert_allclose(
+      wrapper(x), x @ (kernel * tf.cast(mask, kernel.dtype)).numpy(), rtol=1e-6)
 
 
 def test_sparsify_sequential_and_list_and_exclude():

@@ -25,6 +25,7 @@ from tf_dsr import _tfmot
 from tf_dsr import binding as binding_lib
 from tf_dsr import gradients as gradients_lib
 from tf_dsr import layout as layout_lib
+from tf_dsr import masks as masks_lib
 from tf_dsr import optimizer_state
 from tf_dsr import reallocation
 from tf_dsr import rules as rules_lib
@@ -122,7 +123,7 @@ def _write(kernel, mask, slots, dropped, grown, ok):
   was measured 1.8x slower on CPU: finding their indices costs more than the
   selects.)
   """
-  old = mask > 0.5
+  old = masks_lib.active(mask)
   kept = (old & ~dropped) | ~ok
   kernel.assign(tf.where(kept, kernel, tf.zeros_like(kernel)))
   mask.assign(tf.cast((old & ~dropped) | grown, mask.dtype))
@@ -404,8 +405,8 @@ class Reallocator:
       if existing is None:
         weights = layout.flatten([tf.cast(tf.convert_to_tensor(k), tf.float32)
                                   for _, k, _ in tensors])
-        masks = layout.flatten([tf.convert_to_tensor(m) > 0.5
-                                for _, _, m in tensors], padding=False)
+        masks = layout.flatten([masks_lib.active(m) for _, _, m in tensors],
+                               padding=False)
         initial = layout.unflatten(initializer(
             weights, masks, tf.constant([self.seed, 0], tf.int64)))
         with self.model.distribute_strategy.scope():
@@ -443,7 +444,8 @@ class Reallocator:
         dense_gradients = tf.where(tf.math.is_finite(dense_gradients),
                                    dense_gradients, 0.0)
       weights = layout.flatten([tf.cast(k, tf.float32) for k in kernels])
-      old = layout.flatten([m > 0.5 for m in masks], padding=False)
+      old = layout.flatten([masks_lib.active(m) for m in masks],
+                           padding=False)
       auxiliary = {kind: layout.flatten(group)
                    for kind, group in auxiliary.items()}
       active, nonfinite = layout.count(old, ~tf.math.is_finite(weights),

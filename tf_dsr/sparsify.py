@@ -4,6 +4,7 @@ import math
 
 from tf_dsr import _tfmot
 from tf_dsr import distributions
+from tf_dsr import masks
 from tf_dsr import validation
 from tf_dsr.wrapper import DynamicSparseWrapper
 from tf_dsr.wrapper import validate_init_scale
@@ -77,7 +78,8 @@ def _layer_sparsities(layers, sparsity, distribution, erk_power_scale):
 
 
 def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
-             distribution='uniform', erk_power_scale=1.0, init_scale='dense'):
+             distribution='uniform', erk_power_scale=1.0, init_scale='dense',
+             mask_dtype='uint8'):
   """Wraps every prunable layer in a `DynamicSparseWrapper`, like tfmot's API.
 
   Mirrors `tfmot.sparsity.keras.prune_low_magnitude`: a Sequential or
@@ -117,6 +119,8 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
     init_scale: 'dense' (the paper's: the layers' initialisers unchanged) or
       'sparse_fan_in' (each kernel's initial values times 1 / sqrt(its
       density)); see `DynamicSparseWrapper`.
+    mask_dtype: 'uint8' (1 byte per weight) or 'float32' (the masks of
+      earlier versions); see `tf_dsr.masks`.
 
   Returns:
     The model, layer or list with `DynamicSparseWrapper`s.
@@ -132,6 +136,7 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
   seed = validation.check_int('seed', seed)
   distributions.validate(distribution, erk_power_scale)
   validate_init_scale(init_scale)
+  masks.validate_dtype(mask_dtype)
   if exclude is None:
     excluded = lambda layer: False
   elif callable(exclude):
@@ -153,7 +158,8 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
 
   def wrap(layer):
     return DynamicSparseWrapper(layer, sparsity=sparsities[id(layer)],
-                                seed=seed, init_scale=init_scale)
+                                seed=seed, init_scale=init_scale,
+                                mask_dtype=mask_dtype)
 
   def wants_wrapper(layer):
     return (not isinstance(layer, (keras.Model, keras.layers.InputLayer,

@@ -9,6 +9,7 @@ import tensorflow as tf
 from tf_dsr import _tfmot
 from tf_dsr import distributions
 from tf_dsr import binding as binding_lib
+from tf_dsr import masks as masks_lib
 from tf_dsr import state as state_lib
 from tf_dsr import validation
 
@@ -60,14 +61,14 @@ def initial_scale(mask):
   of tf_dsr regrow at 0, so none does yet).
 
   Args:
-    mask: a 0/1 tensor.
+    mask: a 0/1 tensor of any dtype.
 
   Returns:
-    A scalar tensor of the mask's dtype.
+    A float32 scalar tensor.
   """
   size = float(mask.shape.num_elements())
   active = tf.reduce_sum(tf.cast(mask, tf.float32))
-  return tf.cast(tf.math.rsqrt(active / size), mask.dtype)
+  return tf.math.rsqrt(active / size)
 
 
 def _find_attribute(layer, variable):
@@ -96,6 +97,10 @@ def _substituted(substitutions):
       object.__setattr__(owner, name, value)
 
 
+# Attributes of the wrapper that list what it tracks elsewhere.
+_DERIVED_ATTRIBUTES = ('_sparse_weights', '_substitution_targets')
+
+
 @keras.utils.register_keras_serializable(package='tf_dsr')
 class DynamicSparseWrapper(keras.layers.Wrapper):
   """Keeps a layer's prunable kernels sparse under a binary mask that can move.
@@ -103,7 +108,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   Used by Dynamic Sparse Reparameterization (Mostafa & Wang, ICML 2019,
   https://arxiv.org/abs/1902.05967): the forward pass uses `kernel * mask`, so a
   masked weight gets no gradient and stays exactly 0; a `Reallocator` (or the
-  `ReallocationCallback`) moves the mask during training.
+  `ReallocationCallback`) moves the mask during training. Each mask is a
+  non-trainable uint8 variable, one byte per weight (`tf_dsr.masks`).
 
   The kernels are found as tfmot finds them: a `PrunableLayer` (or a layer with
   `get_prunable_weights`) names its own, and built-in layers are looked up in
@@ -134,10 +140,14 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     init_scale: 'dense' (the default, the paper's: the layer's initialiser
       as it is) or 'sparse_fan_in' (scale each kernel by 1 / sqrt(density)
       when built).
+    mask_dtype: 'uint8' (the default, 1 byte per weight) or 'float32' (4
+      bytes, the layout of earlier versions, which models loaded from their
+      saved configs keep); see `tf_dsr.masks`.
     **kwargs: passed to `keras.layers.Wrapper` (for example `name`).
   """
 
-  def __init__(self, layer, sparsity, seed=0, init_scale='dense', **kwargs):
+  def __init__(self, layer, sparsity, seed=0, init_scale='dense',
+               mask_dtype=masks_lib.DTYPE.name, **kwargs):
     if not _tfmot.is_tf_keras_object(layer):
       raise ValueError(_tfmot.foreign_keras_message(layer, 'layer'))
     if isinstance(layer, (DynamicSparseWrapper, _tfmot.PruneLowMagnitude)):
@@ -170,12 +180,18 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       validate_sparsity(sparsity)
     seed = validation.check_int('seed', seed)
     validate_init_scale(init_scale)
+    masks_lib.validate_dtype(mask_dtype)
     kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
+    # Mask name -> its `masks.CheckpointValue` (None until the variable
+    # exists), what TensorFlow checkpoints save and restore for it. Set
+    # first: Keras' tracking consults it from `super().__init__` on.
+    object.__setattr__(self, '_checkpoint_values', {})
     super().__init__(layer, **kwargs)
     self.sparsity = ([float(v) for v in sparsity]
                      if isinstance(sparsity, (list, tuple)) else float(sparsity))
     self.seed = seed
     self.init_scale = init_scale
+    self.mask_dtype = mask_dtype
     self._sparse_weights = []
     self._substitution_targets = []
     self._state_variables = None
@@ -213,10 +229,13 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       attribute = _find_attribute(self.layer, kernel)
       sparsity = (self.sparsity[index] if isinstance(self.sparsity, list)
                   else self.sparsity)
+      name = f'{attribute[1].lstrip("_")}_mask'
+      if tf.as_dtype(self.mask_dtype) != masks_lib.CHECKPOINT_DTYPE:
+        self._checkpoint_values.setdefault(name, None)
       mask = self.add_weight(
-          name=f'{attribute[1].lstrip("_")}_mask',
+          name=name,
           shape=kernel.shape,
-          dtype=dtype,
+          dtype=self.mask_dtype,
           initializer=lambda shape, dtype=None, seed=seed, s=sparsity: tf.cast(
               initial_mask(shape, s, seed), dtype),
           trainable=False,
@@ -226,9 +245,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
         # policy Keras builds layers inside its autocast scope, where reading
         # `kernel` as a tensor gives its float16/bfloat16 cast, which would
         # round every initial weight to 16 bits.
-        value = tf.convert_to_tensor(kernel.numpy(), dtype) * mask
+        value = tf.convert_to_tensor(kernel.numpy(), dtype) * tf.cast(
+            mask, dtype)
         if self.init_scale == 'sparse_fan_in':
-          value *= initial_scale(mask)
+          value *= tf.cast(initial_scale(mask), dtype)
         kernel.assign(value)
       self._sparse_weights.append((kernel, mask))
       self._substitution_targets.append(attribute)
@@ -303,6 +323,46 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
           '`tf_dsr.strip_dynamic_sparsity(model)`.')
     super().save_own_variables(store)
 
+  # TensorFlow checkpoints: each uint8 mask is saved and restored through
+  # its `masks.CheckpointValue` (float32 in the file, as earlier versions
+  # wrote). The hooks below put it where tracking would put the mask
+  # variable: among the children that checkpoints save and look up by name,
+  # and in a restore deferred until the wrapper is built.
+  def _checkpoint_value(self, name, variable):
+    value = self._checkpoint_values.get(name)
+    if value is None:
+      value = masks_lib.CheckpointValue(variable)
+      self._checkpoint_values[name] = value
+    return value
+
+  def _trackable_children(self, save_type='checkpoint', **kwargs):
+    children = super()._trackable_children(save_type, **kwargs)
+    # A SavedModel stores the mask variables as they are, and loading one
+    # restores them through these children too.
+    if (not self._checkpoint_values or save_type != 'checkpoint' or
+        masks_lib.in_saved_model_load()):
+      return children
+    # These lists repeat variables and layers saved under their own names; a
+    # mask must be saved only through its `masks.CheckpointValue`.
+    for name in _DERIVED_ATTRIBUTES:
+      children.pop(name, None)
+    for name in self._checkpoint_values:
+      if name in children:
+        children[name] = self._checkpoint_value(name, children[name])
+    return children
+
+  def _preload_simple_restoration(self, name):
+    # No restore-on-create for a mask: the checkpoint's float32 value cannot
+    # initialise the variable. It is restored once tracked (below).
+    if name in self._checkpoint_values:
+      return None
+    return super()._preload_simple_restoration(name)
+
+  def _handle_deferred_dependencies(self, name, trackable):
+    if name in self._checkpoint_values:
+      trackable = self._checkpoint_value(name, trackable)
+    super()._handle_deferred_dependencies(name, trackable)
+
   def _attach_gradient_recorder(self, recorder, variables):
     """Records this layer's dense kernel gradients (see `tf_dsr.gradients`)."""
     object.__setattr__(self, '_gradient_recorder', (recorder, list(variables)))
@@ -313,12 +373,15 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   def get_config(self):
     config = super().get_config()
     config.update({'sparsity': self.sparsity, 'seed': self.seed,
-                   'init_scale': self.init_scale})
+                   'init_scale': self.init_scale,
+                   'mask_dtype': self.mask_dtype})
     return config
 
   @classmethod
   def from_config(cls, config, custom_objects=None):
     config = dict(config)
+    # Configs saved before `mask_dtype` existed come with float32 masks.
+    config.setdefault('mask_dtype', masks_lib.CHECKPOINT_DTYPE.name)
     layer = keras.layers.deserialize(
         config.pop('layer'), custom_objects=custom_objects)
     return cls(layer, **config)
