@@ -2,8 +2,8 @@
 
 The same batch (CIFAR-10 shaped, random) goes through four models: the dense
 WRN-28-2, the same model with the paper's 24 sparse kernels wrapped by
-`tf_dsr.sparsify` at sparsity 0.9 (uint8 masks, and float32 masks as before
-they were uint8), and the same kernels wrapped by tfmot's
+`tf_dsr.sparsify` at sparsity 0.9 (bool masks, and float32 masks as before
+they were bool), and the same kernels wrapped by tfmot's
 `prune_low_magnitude` at constant sparsity 0.9. Also printed: the training
 state per sparse weight (`SparsityReport.training_bytes_per_sparse_weight`). Runs are interleaved (a few
 steps of each model in turn, repeated) and the medians of per-step times are

@@ -1,9 +1,9 @@
-"""Masks are uint8 variables; files written with float32 masks still load.
+"""Masks are bool variables; files written with float32 masks still load.
 
 `tests/data/float32_masks/` was written by `tests/old_layout_files.py` with
 tf_dsr's float32-mask layout (commit bd6d234). Every format loads with the
 same masks, weights and bit-identical predictions: weights and checkpoints
-into today's uint8 masks; whole saved models (`.keras`, `.h5`, SavedModel),
+into today's bool masks; whole saved models (`.keras`, `.h5`, SavedModel),
 rebuilt from a config that predates `mask_dtype`, keep their float32 masks.
 """
 
@@ -44,10 +44,10 @@ LOADERS = {
     'model.keras': (_load_model, tf.float32),
     'model.h5': (_load_model, tf.float32),
     'saved_model': (_load_model, tf.float32),
-    'weights.h5': (_load_weights, tf.uint8),
-    'model.weights.h5': (_load_weights, tf.uint8),
-    'tf_weights': (_load_weights, tf.uint8),
-    'checkpoint': (_read_checkpoint, tf.uint8),
+    'weights.h5': (_load_weights, masks_lib.DTYPE),
+    'model.weights.h5': (_load_weights, masks_lib.DTYPE),
+    'tf_weights': (_load_weights, masks_lib.DTYPE),
+    'checkpoint': (_read_checkpoint, masks_lib.DTYPE),
 }
 
 
@@ -83,7 +83,7 @@ def test_tensorflow_checkpoints_store_masks_as_float32_and_restore_them_exactly(
     tmp_path):
   model = old_layout_files.build()
   masks = _masks(model)
-  masks[0].assign(np.eye(*masks[0].shape, dtype=np.uint8))
+  masks[0].assign(np.eye(*masks[0].shape, dtype=bool))
   path = tf.train.Checkpoint(model=model).write(str(tmp_path / 'ckpt'))
   dtypes = tf.train.load_checkpoint(path).get_variable_to_dtype_map()
   mask_keys = [k for k in dtypes if 'kernel_mask' in k]
@@ -92,7 +92,7 @@ def test_tensorflow_checkpoints_store_masks_as_float32_and_restore_them_exactly(
   restored = old_layout_files.build()
   tf.train.Checkpoint(model=restored).read(path).assert_consumed()
   for a, b in zip(_masks(model), _masks(restored)):
-    assert b.dtype == tf.uint8
+    assert b.dtype == masks_lib.DTYPE
     np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
@@ -101,7 +101,7 @@ def test_a_checkpoint_read_before_the_wrapper_is_built_restores_its_masks(
   built = tf_dsr.DynamicSparseWrapper(keras.layers.Dense(3), 0.5, seed=1)
   built.build((None, 4))
   mask = built.sparse_weights[0][1]
-  mask.assign(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], np.uint8))
+  mask.assign(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], bool))
   path = tf.train.Checkpoint(layer=built).write(str(tmp_path / 'ckpt'))
   fresh = tf_dsr.DynamicSparseWrapper(keras.layers.Dense(3), 0.5, seed=2)
   status = tf.train.Checkpoint(layer=fresh).read(path)
@@ -120,7 +120,7 @@ def test_the_masked_kernel_and_its_gradient_are_those_of_a_float32_mask(dtype):
   g = tf.constant([[1.0, 2.0], [3.0, 4.0]], dtype)
   results = {}
   for mask_dtype in (masks_lib.DTYPE, tf.float32):
-    mask = tf.constant([[1, 0], [0, 1]], mask_dtype)
+    mask = tf.cast(tf.constant([[1, 0], [0, 1]]), mask_dtype)
     with tf.GradientTape() as tape:
       tape.watch(kernel)
       masked = kernel * tf.cast(mask, kernel.dtype)
@@ -137,7 +137,7 @@ def test_the_masked_kernel_and_its_gradient_are_those_of_a_float32_mask(dtype):
 
 def test_training_holds_9_bytes_per_sparse_weight_12_with_float32_masks():
   # Per float32 weight with SGD momentum: kernel 4 + momentum 4 + mask; the
-  # mask is 1 byte (uint8), 4 in the float32 layout, none when dense.
+  # mask is 1 byte (bool), 4 in the float32 layout, none when dense.
   report = tf_dsr.sparsity_report(old_layout_files.build())
   assert report.training_bytes_per_sparse_weight == 9.0
   assert report.dense_training_bytes_per_weight == 8.0

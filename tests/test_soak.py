@@ -74,7 +74,8 @@ def _perturber(pairs):
       # The sampler returns an exact 0 about once in 2**23 draws (millions of
       # draws here); an exact 0 would sit below every H in an 'above' phase.
       noise = tf.where(noise == 0.0, tf.ones_like(noise), noise)
-      kernel.assign((keep[i] * kernel + scale[i] * noise) * mask)
+      kernel.assign((keep[i] * kernel + scale[i] * noise) *
+                    tf.cast(mask, kernel.dtype))
 
   return perturb
 

@@ -73,7 +73,7 @@ class SparsityReport:
     training_bytes_per_sparse_weight: bytes of training state per entry of
       the masked kernels with SGD momentum: the kernel, its momentum slot
       (one more copy of the kernel) and its mask. 9 for float32 kernels with
-      tf_dsr's uint8 masks, 12 with float32 masks (tfmot's); dense training
+      tf_dsr's bool masks, 12 with float32 masks (tfmot's); dense training
       holds 8 (`dense_training_bytes_per_weight`).
     dense_training_bytes_per_weight: the same without masks.
   """

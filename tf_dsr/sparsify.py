@@ -79,7 +79,7 @@ def _layer_sparsities(layers, sparsity, distribution, erk_power_scale):
 
 def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
              distribution='uniform', erk_power_scale=1.0, init_scale='dense',
-             mask_dtype='uint8'):
+             mask_dtype='bool'):
   """Wraps every prunable layer in a `DynamicSparseWrapper`, like tfmot's API.
 
   Mirrors `tfmot.sparsity.keras.prune_low_magnitude`: a Sequential or
@@ -119,7 +119,7 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
     init_scale: 'dense' (the paper's: the layers' initialisers unchanged) or
       'sparse_fan_in' (each kernel's initial values times 1 / sqrt(its
       density)); see `DynamicSparseWrapper`.
-    mask_dtype: 'uint8' (1 byte per weight) or 'float32' (the masks of
+    mask_dtype: 'bool' (1 byte per weight) or 'float32' (the masks of
       earlier versions); see `tf_dsr.masks`.
 
   Returns:

@@ -109,7 +109,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   https://arxiv.org/abs/1902.05967): the forward pass uses `kernel * mask`, so a
   masked weight gets no gradient and stays exactly 0; a `Reallocator` (or the
   `ReallocationCallback`) moves the mask during training. Each mask is a
-  non-trainable uint8 variable, one byte per weight (`tf_dsr.masks`).
+  non-trainable bool variable, one byte per weight (`tf_dsr.masks`).
 
   The kernels are found as tfmot finds them: a `PrunableLayer` (or a layer with
   `get_prunable_weights`) names its own, and built-in layers are looked up in
@@ -140,7 +140,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     init_scale: 'dense' (the default, the paper's: the layer's initialiser
       as it is) or 'sparse_fan_in' (scale each kernel by 1 / sqrt(density)
       when built).
-    mask_dtype: 'uint8' (the default, 1 byte per weight) or 'float32' (4
+    mask_dtype: 'bool' (the default, 1 byte per weight) or 'float32' (4
       bytes, the layout of earlier versions, which models loaded from their
       saved configs keep); see `tf_dsr.masks`.
     **kwargs: passed to `keras.layers.Wrapper` (for example `name`).
@@ -323,7 +323,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
           '`tf_dsr.strip_dynamic_sparsity(model)`.')
     super().save_own_variables(store)
 
-  # TensorFlow checkpoints: each uint8 mask is saved and restored through
+  # TensorFlow checkpoints: each bool mask is saved and restored through
   # its `masks.CheckpointValue` (float32 in the file, as earlier versions
   # wrote). The hooks below put it where tracking would put the mask
   # variable: among the children that checkpoints save and look up by name,
