@@ -69,7 +69,7 @@ def main():
   pairs = lambda m: [p for w in tf_dsr.collect_wrappers(m)
                      for p in w.sparse_weights]
   for (_, m), (rk, rm) in zip(pairs(model), pairs(rigl_model)):
-    rk.assign(tf.random.normal(rk.shape, stddev=0.02) * m)
+    rk.assign(tf.random.normal(rk.shape, stddev=0.02) * tf.cast(m, rk.dtype))
     rm.assign(m)
   rigl = tf_dsr.Reallocator(rigl_model, 'rigl', schedule='constant',
                             optimizer=rigl_optimizer, jit_compile=default_jit)
@@ -86,14 +86,14 @@ def main():
         f'{args.sparsity}; default jit_compile here: {default_jit}')
   # Give the weights a spread so that about N_p of them fall below H.
   for k, m in zip(kernels, masks):
-    k.assign(tf.random.normal(k.shape, stddev=0.02) * m)
+    k.assign(tf.random.normal(k.shape, stddev=0.02) * tf.cast(m, k.dtype))
   any_reallocator.state.threshold.assign(1e-3)
 
   @tf.function(jit_compile=True)
   def floor():
     # Reads every kernel and mask, writes both (the values do not change).
     for k, m in zip(kernels, masks):
-      keep = m > 0.5
+      keep = tf.cast(m, tf.bool)
       k.assign(tf.where(keep, k, tf.zeros_like(k)))
       m.assign(tf.where(tf.abs(k) >= 0.0, m, tf.zeros_like(m)))
     return kernels[-1][0, 0]

@@ -83,8 +83,9 @@ class Case:
     self.masks = [m for _, _, m in tensors]
     self.num_tensors = len(tensors)
     for k, m in zip(self.kernels, self.masks):
-      k.assign(tf.random.normal(k.shape, stddev=STDDEV, seed=seed) * m)
-    active = sum(int(tf.reduce_sum(m)) for m in self.masks)
+      k.assign(tf.random.normal(k.shape, stddev=STDDEV, seed=seed) *
+               tf.cast(m, k.dtype))
+    active = sum(int(tf.math.count_nonzero(m)) for m in self.masks)
     # |w| < H for a fraction N_p / active of N(0, STDDEV) weights.
     fraction = min(self.target_pruned / active, 0.99)
     self.initial_threshold = STDDEV * statistics.NormalDist().inv_cdf(

@@ -1,9 +1,11 @@
 """Training-step time: WRN-28-2 with tf_dsr at 0.9 vs dense vs tfmot pruning.
 
-The same batch (CIFAR-10 shaped, random) goes through three models: the dense
+The same batch (CIFAR-10 shaped, random) goes through four models: the dense
 WRN-28-2, the same model with the paper's 24 sparse kernels wrapped by
-`tf_dsr.sparsify` at sparsity 0.9, and the same kernels wrapped by tfmot's
-`prune_low_magnitude` at constant sparsity 0.9. Runs are interleaved (a few
+`tf_dsr.sparsify` at sparsity 0.9 (bool masks, and float32 masks as before
+they were bool), and the same kernels wrapped by tfmot's
+`prune_low_magnitude` at constant sparsity 0.9. Also printed: the training
+state per sparse weight (`SparsityReport.training_bytes_per_sparse_weight`). Runs are interleaved (a few
 steps of each model in turn, repeated) and the medians of per-step times are
 compared, since the machine is shared and noisy. No reallocation falls inside
 the timed steps (its cost is measured by `benchmarks.reallocation_cost`).
@@ -56,6 +58,9 @@ def build_models(sparsity):
   names = set(sparse_kernel_layers(dense, 'wide_resnet'))
   dsr = tf_dsr.sparsify(wide_resnet(depth=28, width=2, num_classes=10),
                         sparsity, exclude=lambda l: l.name not in names)
+  dsr_float32 = tf_dsr.sparsify(
+      wide_resnet(depth=28, width=2, num_classes=10), sparsity,
+      exclude=lambda l: l.name not in names, mask_dtype='float32')
   schedule = tfmot.sparsity.keras.ConstantSparsity(sparsity, begin_step=0,
                                                    frequency=100)
 
@@ -68,6 +73,7 @@ def build_models(sparsity):
   pruned = keras.models.clone_model(
       wide_resnet(depth=28, width=2, num_classes=10), clone_function=prune)
   models = {'dense': _compile(dense), 'tf_dsr 0.9': _compile(dsr),
+            'tf_dsr float32 masks': _compile(dsr_float32),
             'tfmot prune 0.9': _compile(pruned)}
   callbacks = {
       'dense': [],
@@ -75,6 +81,8 @@ def build_models(sparsity):
       # inside the timed steps.
       'tf_dsr 0.9': [tf_dsr.ReallocationCallback(target_pruned=20_000,
                                                  period=10**9)],
+      'tf_dsr float32 masks': [tf_dsr.ReallocationCallback(
+          target_pruned=20_000, period=10**9)],
       'tfmot prune 0.9': [tfmot.sparsity.keras.UpdatePruningStep()],
   }
   return models, callbacks
@@ -110,10 +118,21 @@ def main():
   dense_ms = 1e3 * statistics.median(times['dense'])
   print(f'WRN-28-2, batch {args.batch}, {args.rounds} interleaved rounds of '
         f'{args.steps} steps, medians')
-  print(f'{"model":<18}{"ms/step":>10}{"x dense":>9}')
+  float32_ms = 1e3 * statistics.median(times['tf_dsr float32 masks'])
+  print(f'{"model":<22}{"ms/step":>10}{"x dense":>9}{"x float32 masks":>17}'
+        f'{"state B/sparse w":>18}')
   for name, values in times.items():
     ms = 1e3 * statistics.median(values)
-    print(f'{name:<18}{ms:>10.1f}{ms / dense_ms:>9.3f}')
+    report = tf_dsr.sparsity_report(models[name])
+    state = report.training_bytes_per_sparse_weight
+    if name == 'dense':
+      state = _dense_bytes(models['tf_dsr 0.9'])
+    print(f'{name:<22}{ms:>10.1f}{ms / dense_ms:>9.3f}'
+          f'{ms / float32_ms:>17.3f}{state:>18g}')
+
+
+def _dense_bytes(sparse_model):
+  return tf_dsr.sparsity_report(sparse_model).dense_training_bytes_per_weight
 
 
 if __name__ == '__main__':

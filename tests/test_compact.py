@@ -2,6 +2,7 @@
 
 import io
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -202,8 +203,13 @@ def test_truncated_and_corrupt_files_are_refused_leaving_the_model(tmp_path):
   with open(truncated, 'wb') as f:
     f.write(data[:len(data) * 2 // 3])
   _assert_refused(truncated, _fresh(), 'truncated or corrupt')
+  # A byte in the middle of the largest deflated member: bad CRC or data.
+  # (Not just the file's middle byte, which may fall in a zip header field
+  # that readers ignore.)
+  member = max(zipfile.ZipFile(path).infolist(), key=lambda i: i.compress_size)
+  start = member.header_offset + 30 + len(member.filename) + len(member.extra)
   corrupt = bytearray(data)
-  corrupt[len(data) // 2] ^= 0xFF  # Inside a deflated member: bad CRC or data.
+  corrupt[start + member.compress_size // 2] ^= 0xFF
   with open(str(tmp_path / 'corrupt.npz'), 'wb') as f:
     f.write(bytes(corrupt))
   _assert_refused(str(tmp_path / 'corrupt.npz'), _fresh(), 'truncated or corrupt')

@@ -39,7 +39,7 @@ def test_wrapped_layer_computes_with_the_masked_kernel(name):
   assert int(mask.numpy().sum()) == max(1, round(0.25 * n))
   assert (kernel.numpy()[mask.numpy() == 0] == 0).all()
   # Put non-zero values under the mask: the output must not see them.
-  kernel.assign(tf.where(mask > 0, kernel, 123.0))
+  kernel.assign(tf.where(tf.cast(mask, tf.bool), kernel, 123.0))
   np.testing.assert_allclose(wrapper(inputs), out, rtol=1e-5, atol=1e-5)
 
 
@@ -64,7 +64,8 @@ def test_custom_prunable_layer():
   (kernel, mask), = wrapper.sparse_weights
   assert kernel is wrapper.layer.w
   assert int(mask.numpy().sum()) == 6
-  np.testing.assert_allclose(wrapper(x), x @ (kernel * mask).numpy(), rtol=1e-6)
+  np.testing.assert_allclose(
+      wrapper(x), x @ (kernel * tf.cast(mask, kernel.dtype)).numpy(), rtol=1e-6)
 
 
 def test_sparsify_sequential_and_list_and_exclude():
@@ -143,7 +144,7 @@ def test_strip_bakes_masks_and_leaves_the_model_alone():
   model = sparse_tiny_cnn()
   x, _ = tiny_data()
   for kernel, mask in sparse_pairs(model):  # values hidden under the mask
-    kernel.assign(tf.where(mask > 0, kernel, 5.0))
+    kernel.assign(tf.where(tf.cast(mask, tf.bool), kernel, 5.0))
   plain = tf_dsr.strip_dynamic_sparsity(model)
   assert not any(isinstance(l, tf_dsr.DynamicSparseWrapper) for l in plain.layers)
   assert [l.name for l in plain.layers[1:]] == ['conv1', 'conv2', 'pool', 'fc']

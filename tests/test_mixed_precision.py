@@ -1,10 +1,9 @@
-"""DSR under mixed precision: float32 masks and master weights, loss scaling.
+"""DSR under mixed precision: bool masks, float32 master weights, loss scaling.
 
 Under `mixed_float16` and `mixed_bfloat16` the wrapped layers compute in a
 16-bit dtype while their kernels stay float32 variables (Keras
 `AutoCastVariable`s, cast when read inside a layer call). DSR must keep
-working on the float32 values: the masks are plain float32 variables holding
-exactly 0 or 1, masked kernel entries are exactly 0, the pruning comparison
+working on the float32 values: the masks are plain bool variables, masked kernel entries are exactly 0, the pruning comparison
 `|w| < H` and the values written back use the float32 master weights (never
 their 16-bit cast), and under `mixed_float16` the optimizer Keras wraps in a
 `LossScaleOptimizer` still has its per-weight state found and reset, and
@@ -57,8 +56,8 @@ def _assert_float32_variables(model, policy):
   for kernel, mask in sparse_pairs(model):
     # Kernels are autocast variables whose storage is float32 ...
     assert kernel.true_dtype == tf.float32, kernel.name
-    # ... and masks plain float32 variables (no autocast, not trainable).
-    assert mask.dtype == tf.float32, mask.name
+    # ... and masks plain bool variables (no autocast, not trainable).
+    assert mask.dtype == tf.bool, mask.name
     assert not hasattr(mask, 'true_dtype'), mask.name
     assert not mask.trainable, mask.name
 
@@ -79,7 +78,7 @@ class _CheckInvariants(keras.callbacks.Callback):
     total = 0
     for kernel, mask in sparse_pairs(self.model):
       m = mask.numpy()
-      assert m.dtype == np.float32
+      assert m.dtype == bool
       assert set(np.unique(m)) <= {0.0, 1.0}, mask.name
       assert m.sum() >= 1, f'{mask.name} is empty'
       values = _true_values(kernel)

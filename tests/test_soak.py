@@ -74,7 +74,8 @@ def _perturber(pairs):
       # The sampler returns an exact 0 about once in 2**23 draws (millions of
       # draws here); an exact 0 would sit below every H in an 'above' phase.
       noise = tf.where(noise == 0.0, tf.ones_like(noise), noise)
-      kernel.assign((keep[i] * kernel + scale[i] * noise) * mask)
+      kernel.assign((keep[i] * kernel + scale[i] * noise) *
+                    tf.cast(mask, kernel.dtype))
 
   return perturb
 
@@ -132,7 +133,7 @@ def _check_variables(names, before, after, stats, total_active):
   """Every per-element invariant of one reallocation, from the variables."""
   assert sum(int(m.sum()) for _, m in after) == total_active
   for name, (w_old, m_old), (w_new, m_new) in zip(names, before, after):
-    assert m_new.dtype == np.float32
+    assert m_new.dtype == bool
     assert set(np.unique(m_new)) <= {0.0, 1.0}, name
     assert int(m_new.sum()) == stats.active[name] >= 1, name
     assert np.isfinite(w_new).all(), name

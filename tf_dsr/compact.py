@@ -405,6 +405,10 @@ def _decode_weights(path, manifest, arrays, model):
     if short != _short(variable):
       raise ValueError(f'{where}: weight {i} is {name!r} in the file and '
                        f'{variable.name!r} in the model.')
+    if encoding == 'mask' and i in pairs.values():
+      # A mask's value comes from its kernel's entry, in the model's mask
+      # dtype: files of the float32-mask layout load into bool masks.
+      dtype = own[2]
     if (shape, dtype) != own[1:]:
       raise ValueError(f'{where}: weight {i} ({name!r}) has shape {shape} and '
                        f'dtype {dtype} in the file, {own[1]} and {own[2]} in '

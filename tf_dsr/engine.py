@@ -25,6 +25,7 @@ from tf_dsr import binding as binding_lib
 from tf_dsr import gradients as gradients_lib
 from tf_dsr import kerases
 from tf_dsr import layout as layout_lib
+from tf_dsr import masks as masks_lib
 from tf_dsr import reallocation
 from tf_dsr import rules as rules_lib
 from tf_dsr import state as state_lib
@@ -426,8 +427,8 @@ class Reallocator:
         layout = self.layout
         weights = layout.flatten([tf.cast(tf.convert_to_tensor(k), tf.float32)
                                   for _, k, _ in tensors])
-        masks = layout.flatten([tf.convert_to_tensor(m) > 0.5
-                                for _, _, m in tensors], padding=False)
+        masks = layout.flatten([masks_lib.active(m) for _, _, m in tensors],
+                               padding=False)
         return [tf.cast(v, dtype) for v in layout.unflatten(initializer(
             weights, masks, tf.constant([self.seed, 0], tf.int64)))]
 
@@ -484,7 +485,8 @@ class Reallocator:
         dense_gradients = tf.where(tf.math.is_finite(dense_gradients),
                                    dense_gradients, 0.0)
       weights = layout.flatten([tf.cast(k, tf.float32) for k in kernels])
-      old = layout.flatten([m > 0.5 for m in masks], padding=False)
+      old = layout.flatten([masks_lib.active(m) for m in masks],
+                           padding=False)
       auxiliary = {kind: layout.flatten(group)
                    for kind, group in auxiliary.items()}
       active, nonfinite = layout.count(old, ~tf.math.is_finite(weights),

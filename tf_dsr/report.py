@@ -6,6 +6,7 @@ from typing import List
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
 from tf_dsr import _tfmot
 from tf_dsr import compact
@@ -72,6 +73,12 @@ class SparsityReport:
       calls (subclassed), with unknown spatial sizes, or of Keras 3 (whose
       FLOPs are not counted yet).
     stored_bytes: dense and compact bytes of the kernels and the model.
+    training_bytes_per_sparse_weight: bytes of training state per entry of
+      the masked kernels with SGD momentum: the kernel, its momentum slot
+      (one more copy of the kernel) and its mask. 9 for float32 kernels with
+      tf_dsr's bool masks, 12 with float32 masks (tfmot's); dense training
+      holds 8 (`dense_training_bytes_per_weight`).
+    dense_training_bytes_per_weight: the same without masks.
   """
   tensors: List[TensorCount]
   sparse_active: int
@@ -80,6 +87,8 @@ class SparsityReport:
   model_total: int
   flops: Optional[flops_lib.FlopsReport] = None
   stored_bytes: Optional[StoredBytes] = None
+  training_bytes_per_sparse_weight: Optional[float] = None
+  dense_training_bytes_per_weight: Optional[float] = None
 
   def __str__(self):
     width = max([len(t.name) for t in self.tensors] + [len('total sparse')])
@@ -106,6 +115,12 @@ class SparsityReport:
     if self.flops is not None:
       lines.append(f'{"inference FLOPs":<{width}} {self.flops.sparse:>12,} '
                    f'{self.flops.dense:>12,} {self.flops.fraction:>8.4f}')
+    if self.training_bytes_per_sparse_weight is not None:
+      lines.append(
+          'training state with SGD momentum: '
+          f'{self.training_bytes_per_sparse_weight:g} bytes per sparse weight '
+          f'(kernel, momentum, mask; dense: '
+          f'{self.dense_training_bytes_per_weight:g})')
     return '\n'.join(lines)
 
 
@@ -144,6 +159,7 @@ def sparsity_report(model):
     raise ValueError(f'`model` must be a {flavour.label} model, got the layer '
                      f'{type(model).__name__}.')
   tensors, inactive, packed, masks_seen = [], 0, {}, set()
+  training, dense_training = 0, 0
   for wrapper in _wrappers(model):
     masks = strip._masks_by_kernel(wrapper)  # pylint: disable=protected-access
     names = {}
@@ -161,6 +177,11 @@ def sparsity_report(model):
           f'{wrapper.name}/{kernel.name.split("/")[-1].split(":")[0]}')
       tensors.append(TensorCount(name, active, total))
       masks_seen.add(id(mask))
+      # `tf.as_dtype`: Keras 3 variables name their dtype as a string.
+      kernel_bytes = tf.as_dtype(
+          getattr(kernel, 'true_dtype', kernel.dtype)).size * total
+      dense_training += 2 * kernel_bytes
+      training += 2 * kernel_bytes + tf.as_dtype(mask.dtype).size * total
       packed[name] = (compact.sparse_bytes(total, active)
                       if isinstance(wrapper, DynamicSparseWrapper) else
                       8 * total)
@@ -185,6 +206,10 @@ def sparsity_report(model):
       flops = flops_lib.flops_report(model)
     except ValueError:  # Unknown spatial sizes: no FLOPs, the counts stand.
       flops = None
+  per_weight = lambda n: n / sparse_total if sparse_total else None
   return SparsityReport(tensors, sparse_active, sparse_total,
                         model_total - inactive, model_total, flops=flops,
-                        stored_bytes=stored)
+                        stored_bytes=stored,
+                        training_bytes_per_sparse_weight=per_weight(training),
+                        dense_training_bytes_per_weight=per_weight(
+                            dense_training))

@@ -4,6 +4,7 @@ import math
 
 from tf_dsr import distributions
 from tf_dsr import kerases
+from tf_dsr import masks
 from tf_dsr import validation
 from tf_dsr.wrapper import DynamicSparseWrapper
 from tf_dsr.wrapper import validate_init_scale
@@ -72,7 +73,8 @@ def _layer_sparsities(layers, sparsity, distribution, erk_power_scale,
 
 
 def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
-             distribution='uniform', erk_power_scale=1.0, init_scale='dense'):
+             distribution='uniform', erk_power_scale=1.0, init_scale='dense',
+             mask_dtype='bool'):
   """Wraps every prunable layer in a `DynamicSparseWrapper`, like tfmot's API.
 
   Mirrors `tfmot.sparsity.keras.prune_low_magnitude`: a Sequential or
@@ -117,6 +119,8 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
     init_scale: 'dense' (the paper's: the layers' initialisers unchanged) or
       'sparse_fan_in' (each kernel's initial values times 1 / sqrt(its
       density)); see `DynamicSparseWrapper`.
+    mask_dtype: 'bool' (1 byte per weight) or 'float32' (the masks of
+      earlier versions); see `tf_dsr.masks`.
 
   Returns:
     The model, layer or list with `DynamicSparseWrapper`s.
@@ -133,6 +137,7 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
   seed = validation.check_int('seed', seed)
   distributions.validate(distribution, erk_power_scale)
   validate_init_scale(init_scale)
+  masks.validate_dtype(mask_dtype)
   if exclude is None:
     excluded = lambda layer: False
   elif callable(exclude):
@@ -154,7 +159,8 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
 
   def wrap(layer):
     return DynamicSparseWrapper(layer, sparsity=sparsities[id(layer)],
-                                seed=seed, init_scale=init_scale)
+                                seed=seed, init_scale=init_scale,
+                                mask_dtype=mask_dtype)
 
   def wants_wrapper(layer):
     keras = flavour.keras

@@ -11,6 +11,7 @@ from tf_dsr import _keras3
 from tf_dsr import _tfmot
 from tf_dsr import distributions
 from tf_dsr import binding as binding_lib
+from tf_dsr import masks as masks_lib
 from tf_dsr import state as state_lib
 from tf_dsr import validation
 
@@ -62,14 +63,14 @@ def initial_scale(mask):
   of tf_dsr regrow at 0, so none does yet).
 
   Args:
-    mask: a 0/1 tensor.
+    mask: a 0/1 tensor of any dtype.
 
   Returns:
-    A scalar tensor of the mask's dtype.
+    A float32 scalar tensor.
   """
   size = float(mask.shape.num_elements())
   active = tf.reduce_sum(tf.cast(mask, tf.float32))
-  return tf.cast(tf.math.rsqrt(active / size), mask.dtype)
+  return tf.math.rsqrt(active / size)
 
 
 def _find_attribute(layer, variable):
@@ -123,6 +124,30 @@ def _check_auxiliary(auxiliary):
   return checked
 
 
+# Attributes of the wrapper that list what it tracks elsewhere.
+_DERIVED_ATTRIBUTES = ('_sparse_weights', '_substitution_targets')
+
+
+def check_kernels(wrapper, kernels):
+  """Returns `kernels` (the built layer's sparse kernels) or raises.
+
+  Raises:
+    ValueError: when there is none, or `wrapper.sparsity` lists another
+      number of values.
+  """
+  layer = wrapper.layer
+  if not kernels:
+    raise ValueError(
+        f'Layer {layer.name!r} ({type(layer).__name__}) has no prunable '
+        'weight once built; there is nothing to make sparse.')
+  if isinstance(wrapper.sparsity, list) and len(wrapper.sparsity) != len(
+      kernels):
+    raise ValueError(
+        f'`sparsity` of {wrapper.name!r} lists {len(wrapper.sparsity)} values, '
+        f'but layer {layer.name!r} has {len(kernels)} prunable kernel(s).')
+  return kernels
+
+
 @keras.utils.register_keras_serializable(package='tf_dsr')
 class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
   """Keeps a layer's prunable kernels sparse under a binary mask that can move.
@@ -130,7 +155,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
   Used by Dynamic Sparse Reparameterization (Mostafa & Wang, ICML 2019,
   https://arxiv.org/abs/1902.05967): the forward pass uses `kernel * mask`, so a
   masked weight gets no gradient and stays exactly 0; a `Reallocator` (or the
-  `ReallocationCallback`) moves the mask during training.
+  `ReallocationCallback`) moves the mask during training. Each mask is a
+  non-trainable bool variable, one byte per weight (`tf_dsr.masks`).
 
   The kernels are found as tfmot finds them: a `PrunableLayer` (or a layer with
   `get_prunable_weights`) names its own, and built-in layers are looked up in
@@ -166,6 +192,9 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
     init_scale: 'dense' (the default, the paper's: the layer's initialiser
       as it is) or 'sparse_fan_in' (scale each kernel by 1 / sqrt(density)
       when built).
+    mask_dtype: 'bool' (the default, 1 byte per weight) or 'float32' (4
+      bytes, the layout of earlier versions, which models loaded from their
+      saved configs keep); see `tf_dsr.masks`.
     auxiliary: the per-weight variables of a reallocation rule this layer
       carries, `{kind: {'dtype': name, 'sum_on_read': bool}}` (DeepR's
       `sign`, SNFS's `dense_momentum`): one variable of each kind per sparse
@@ -185,7 +214,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
     return super().__new__(cls, *args, **kwargs)
 
   def __init__(self, layer, sparsity, seed=0, init_scale='dense',
-               auxiliary=None, **kwargs):
+               mask_dtype=masks_lib.DTYPE.name, auxiliary=None, **kwargs):
     if not _tfmot.is_tf_keras_object(layer):
       raise ValueError(_tfmot.foreign_keras_message(layer, 'layer'))
     if isinstance(layer, (DynamicSparseWrapper, _tfmot.PruneLowMagnitude)):
@@ -218,13 +247,19 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
       validate_sparsity(sparsity)
     seed = validation.check_int('seed', seed)
     validate_init_scale(init_scale)
+    masks_lib.validate_dtype(mask_dtype)
     auxiliary = _check_auxiliary(auxiliary)
     kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
+    # Mask name -> its `masks.CheckpointValue` (None until the variable
+    # exists), what TensorFlow checkpoints save and restore for it. Set
+    # first: Keras' tracking consults it from `super().__init__` on.
+    object.__setattr__(self, '_checkpoint_values', {})
     super().__init__(layer, **kwargs)
     self.sparsity = ([float(v) for v in sparsity]
                      if isinstance(sparsity, (list, tuple)) else float(sparsity))
     self.seed = seed
     self.init_scale = init_scale
+    self.mask_dtype = mask_dtype
     self.auxiliary = auxiliary
     self._auxiliary_weights = {}
     self._sparse_weights = []
@@ -247,15 +282,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
 
   def build(self, input_shape):
     super().build(input_shape)
-    kernels = _tfmot.prunable_weights(self.layer)
-    if not kernels:
-      raise ValueError(
-          f'Layer {self.layer.name!r} ({type(self.layer).__name__}) has no prunable '
-          'weight once built; there is nothing to make sparse.')
-    if isinstance(self.sparsity, list) and len(self.sparsity) != len(kernels):
-      raise ValueError(
-          f'`sparsity` of {self.name!r} lists {len(self.sparsity)} values, but '
-          f'layer {self.layer.name!r} has {len(kernels)} prunable kernel(s).')
+    kernels = check_kernels(self, _tfmot.prunable_weights(self.layer))
     self._state_variables = state_lib.add_variables(self)
     layer_key = zlib.crc32(self.layer.name.encode('utf-8')) & 0x7FFFFFFF
     for index, kernel in enumerate(kernels):
@@ -264,10 +291,13 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
       attribute = _find_attribute(self.layer, kernel)
       sparsity = (self.sparsity[index] if isinstance(self.sparsity, list)
                   else self.sparsity)
+      name = f'{attribute[1].lstrip("_")}_mask'
+      if tf.as_dtype(self.mask_dtype) != masks_lib.CHECKPOINT_DTYPE:
+        self._checkpoint_values.setdefault(name, None)
       mask = self.add_weight(
-          name=f'{attribute[1].lstrip("_")}_mask',
+          name=name,
           shape=kernel.shape,
-          dtype=dtype,
+          dtype=self.mask_dtype,
           initializer=lambda shape, dtype=None, seed=seed, s=sparsity: tf.cast(
               initial_mask(shape, s, seed), dtype),
           trainable=False,
@@ -277,9 +307,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
         # policy Keras builds layers inside its autocast scope, where reading
         # `kernel` as a tensor gives its float16/bfloat16 cast, which would
         # round every initial weight to 16 bits.
-        value = tf.convert_to_tensor(kernel.numpy(), dtype) * mask
+        value = tf.convert_to_tensor(kernel.numpy(), dtype) * tf.cast(
+            mask, dtype)
         if self.init_scale == 'sparse_fan_in':
-          value *= initial_scale(mask)
+          value *= tf.cast(initial_scale(mask), dtype)
         kernel.assign(value)
       self._sparse_weights.append((kernel, mask))
       self._substitution_targets.append(attribute)
@@ -422,6 +453,46 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
           'whole model needs nothing.')
     super().load_own_variables(store)
 
+  # TensorFlow checkpoints: each bool mask is saved and restored through
+  # its `masks.CheckpointValue` (float32 in the file, as earlier versions
+  # wrote). The hooks below put it where tracking would put the mask
+  # variable: among the children that checkpoints save and look up by name,
+  # and in a restore deferred until the wrapper is built.
+  def _checkpoint_value(self, name, variable):
+    value = self._checkpoint_values.get(name)
+    if value is None:
+      value = masks_lib.CheckpointValue(variable)
+      self._checkpoint_values[name] = value
+    return value
+
+  def _trackable_children(self, save_type='checkpoint', **kwargs):
+    children = super()._trackable_children(save_type, **kwargs)
+    # A SavedModel stores the mask variables as they are, and loading one
+    # restores them through these children too.
+    if (not self._checkpoint_values or save_type != 'checkpoint' or
+        masks_lib.in_saved_model_load()):
+      return children
+    # These lists repeat variables and layers saved under their own names; a
+    # mask must be saved only through its `masks.CheckpointValue`.
+    for name in _DERIVED_ATTRIBUTES:
+      children.pop(name, None)
+    for name in self._checkpoint_values:
+      if name in children:
+        children[name] = self._checkpoint_value(name, children[name])
+    return children
+
+  def _preload_simple_restoration(self, name):
+    # No restore-on-create for a mask: the checkpoint's float32 value cannot
+    # initialise the variable. It is restored once tracked (below).
+    if name in self._checkpoint_values:
+      return None
+    return super()._preload_simple_restoration(name)
+
+  def _handle_deferred_dependencies(self, name, trackable):
+    if name in self._checkpoint_values:
+      trackable = self._checkpoint_value(name, trackable)
+    super()._handle_deferred_dependencies(name, trackable)
+
   def _attach_gradient_recorder(self, recorder, variables):
     """Records this layer's dense kernel gradients (see `tf_dsr.gradients`)."""
     object.__setattr__(self, '_gradient_recorder', (recorder, list(variables)))
@@ -432,7 +503,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
   def get_config(self):
     config = super().get_config()
     config.update({'sparsity': self.sparsity, 'seed': self.seed,
-                   'init_scale': self.init_scale})
+                   'init_scale': self.init_scale,
+                   'mask_dtype': self.mask_dtype})
     if self.auxiliary:
       config['auxiliary'] = {kind: dict(spec)
                              for kind, spec in self.auxiliary.items()}
@@ -441,6 +513,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
   @classmethod
   def from_config(cls, config, custom_objects=None):
     config = dict(config)
+    # Configs saved before `mask_dtype` existed come with float32 masks.
+    config.setdefault('mask_dtype', masks_lib.CHECKPOINT_DTYPE.name)
     layer = keras.layers.deserialize(
         config.pop('layer'), custom_objects=custom_objects)
     return cls(layer, **config)

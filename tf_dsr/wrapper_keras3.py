@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tf_dsr import _keras3
 from tf_dsr import binding as binding_lib
+from tf_dsr import masks as masks_lib
 from tf_dsr import state as state_lib
 from tf_dsr import validation
 from tf_dsr import wrapper as wrapper_lib
@@ -56,13 +57,15 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       one such fraction per sparse kernel.
     seed: integer seed of the initial masks.
     init_scale: 'dense' or 'sparse_fan_in'.
+    mask_dtype: 'bool' (the default, 1 byte per weight) or 'float32' (the
+      kernel's dtype); see `tf_dsr.masks`.
     auxiliary: must be None or empty (rule variables are not yet supported
       on Keras 3).
     **kwargs: passed to `keras.layers.Wrapper` (for example `name`).
   """
 
   def __init__(self, layer, sparsity, seed=0, init_scale='dense',
-               auxiliary=None, **kwargs):
+               mask_dtype=masks_lib.DTYPE.name, auxiliary=None, **kwargs):
     if not _keras3.is_keras3_object(layer):
       raise ValueError(
           f'`layer` must be a Keras 3 layer, got {type(layer).__module__}.'
@@ -85,11 +88,13 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     sparsity = _check_sparsity(sparsity)
     seed = validation.check_int('seed', seed)
     wrapper_lib.validate_init_scale(init_scale)
+    masks_lib.validate_dtype(mask_dtype)
     kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
     super().__init__(layer, **kwargs)
     self.sparsity = sparsity
     self.seed = seed
     self.init_scale = init_scale
+    self.mask_dtype = mask_dtype
     self._sparse_weights = []
     self._substitution_targets = []
     self._state_variables = None
@@ -102,15 +107,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
 
   def build(self, input_shape=None):
     super().build(input_shape)
-    kernels = _keras3.prunable_weights(self.layer)
-    if not kernels:
-      raise ValueError(
-          f'Layer {self.layer.name!r} ({type(self.layer).__name__}) has no '
-          'prunable weight once built; there is nothing to make sparse.')
-    if isinstance(self.sparsity, list) and len(self.sparsity) != len(kernels):
-      raise ValueError(
-          f'`sparsity` of {self.name!r} lists {len(self.sparsity)} values, but '
-          f'layer {self.layer.name!r} has {len(kernels)} prunable kernel(s).')
+    kernels = wrapper_lib.check_kernels(
+        self, _keras3.prunable_weights(self.layer))
     self._state_variables = {
         name: self.add_weight(
             name=f'dsr_{name}', shape=(), dtype=tf.as_dtype(dtype).name,
@@ -126,7 +124,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       mask = self.add_weight(
           name=f'{attribute.lstrip("_")}_mask',
           shape=tuple(kernel.shape),
-          dtype=kernel.dtype,
+          dtype=('bool' if self.mask_dtype == 'bool' else kernel.dtype),
           initializer=lambda shape, dtype=None, seed=seed, s=sparsity: tf.cast(
               wrapper_lib.initial_mask(shape, s, seed), dtype),
           trainable=False,
@@ -188,7 +186,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   def get_config(self):
     config = super().get_config()
     config.update({'sparsity': self.sparsity, 'seed': self.seed,
-                   'init_scale': self.init_scale})
+                   'init_scale': self.init_scale,
+                   'mask_dtype': self.mask_dtype})
     return config
 
 
