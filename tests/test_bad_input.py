@@ -155,3 +155,30 @@ def test_target_pruned_above_the_sparse_weights_names_both_numbers():
   with pytest.raises(ValueError, match=r'`target_pruned` \(2000\).*1,312'):
     model.fit(x, y, epochs=1, verbose=0, callbacks=[
         tf_dsr.ReallocationCallback(target_pruned=2000)])
+
+
+@pytest.mark.parametrize('auxiliary, message', [
+    ('sign', r"`auxiliary` must be None or a dict .*got 'sign'"),
+    ({'sign': 'float32'}, r"`auxiliary` entry 'sign': 'float32' must map"),
+    ({'sign': {'dtype': 'float32'}}, r"`auxiliary` entry 'sign'"),
+    ({'sign': {'dtype': 'nope', 'sum_on_read': False}},
+     r"`auxiliary` entry 'sign': dtype 'nope' is not a TensorFlow dtype"),
+])
+def test_wrapper_auxiliary_is_checked(auxiliary, message):
+  with pytest.raises(ValueError, match=message):
+    tf_dsr.DynamicSparseWrapper(keras.layers.Dense(2), 0.5,
+                                auxiliary=auxiliary)
+
+
+def test_add_auxiliary_refuses_another_dtype_and_leaves_the_layer_as_it_was():
+  wrapper = tf_dsr.DynamicSparseWrapper(keras.layers.Dense(2), 0.5)
+  wrapper.build((None, 4))
+  (sign,) = wrapper.add_auxiliary('sign', 'float32')
+  count = len(wrapper.weights)
+  with pytest.raises(ValueError, match=r"already holds rule variables 'sign'"):
+    wrapper.add_auxiliary('sign', 'float32', sum_on_read=True)
+  assert len(wrapper.weights) == count
+  assert wrapper.auxiliary_weights['sign'] == [sign]
+  unbuilt = tf_dsr.DynamicSparseWrapper(keras.layers.Dense(2), 0.5)
+  with pytest.raises(ValueError, match='not built yet'):
+    unbuilt.add_auxiliary('sign')
