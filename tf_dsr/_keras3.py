@@ -125,6 +125,38 @@ def is_graph_network(model):
       type(model).__name__ == 'Functional')
 
 
+def _graph(model):
+  """The functional graph of a Keras 3 model, or None (a Sequential model
+  without an input shape, a subclassed model)."""
+  if isinstance(model, keras.Sequential):
+    return getattr(model, '_functional', None)
+  return model if is_graph_network(model) else None
+
+
+def has_layer_graph(model):
+  """True when `model` records its layer calls (see `layer_calls`)."""
+  return _graph(model) is not None
+
+
+def layer_calls(model):
+  """`(layer, input shapes, output shapes)` of each call in a graph model.
+
+  As `tf_dsr._tfmot.layer_calls` gives them for tf_keras: only the calls of
+  `model`'s own graph, from the inputs to the outputs, a nested model as one
+  call; a call on one tensor gives its shape, on several a list of shapes.
+  """
+  graph = _graph(model)
+  if graph is None:
+    return
+  shapes = lambda tensors: (tuple(tensors[0].shape) if len(tensors) == 1 else
+                            [tuple(t.shape) for t in tensors])
+  for depth in sorted(graph._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
+    for node in graph._nodes_by_depth[depth]:  # pylint: disable=protected-access
+      if not node.is_input:
+        yield (node.operation, shapes(node.input_tensors),
+               shapes(node.outputs))
+
+
 # ------------------------------------------------------ optimizer state
 def slot_variables(optimizer, variable):
   """The per-entry state a Keras 3 optimizer keeps for `variable`.

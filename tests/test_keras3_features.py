@@ -1,0 +1,80 @@
+"""More of tf_dsr on Keras 3 (the `keras` package, TensorFlow backend).
+
+- FLOPs: `tf_dsr.flops_report` and `sparsity_report(...).flops` of a Keras 3
+  model equal those of the same tf_keras model (hand-worked numbers too).
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import tf_dsr
+from tf_dsr import keras as tf_keras
+
+KERASES = {'keras3': keras, 'tf_keras': tf_keras}
+
+
+# ------------------------------------------------------------------- FLOPs
+def _conv_dense(keras_module, sparsity=0.75):
+  """(6, 6, 2) -> conv 3x3 -> 1x1 conv stride 2 (kept dense) -> fc."""
+  layers = keras_module.layers
+  inputs = keras_module.Input((6, 6, 2))
+  x = layers.Conv2D(4, 3, name='conv')(inputs)       # -> (4, 4, 4)
+  x = layers.Conv2D(3, 1, strides=2, name='proj')(x)  # -> (2, 2, 3)
+  x = layers.Flatten(name='flat')(x)                  # -> 12
+  outputs = layers.Dense(5, name='fc')(x)
+  return tf_dsr.sparsify(keras_module.Model(inputs, outputs), sparsity,
+                         seed=1, exclude=['proj'])
+
+
+def test_keras3_flops_equal_the_tf_keras_flops_and_the_hand_count():
+  reports = {name: tf_dsr.flops_report(_conv_dense(module))
+             for name, module in KERASES.items()}
+  # conv: 3*3*2*4 = 72 entries at 4*4 = 16 positions: 2304 FLOPs dense, 18
+  # active (sparsity 0.75): 576. proj (kept dense): 12 entries at 2*2
+  # positions: 96. fc: 60 entries once: 120, 15 active: 30.
+  assert [(l.name, l.dense, l.sparse, l.masked)
+          for l in reports['keras3'].layers] == [
+              ('conv', 2304, 576, True), ('proj', 96, 96, False),
+              ('fc', 120, 30, True)]
+  assert reports['keras3'] == reports['tf_keras']
+  report = tf_dsr.sparsity_report(_conv_dense(keras))
+  assert (report.flops.dense, report.flops.sparse) == (2520, 702)
+  assert 'inference FLOPs' in str(report)
+
+
+def _other_kinds(keras_module):
+  layers = keras_module.layers
+  image = keras_module.Input((6, 6, 2))
+  a = layers.DepthwiseConv2D(3, depth_multiplier=2, padding='same',
+                             name='depthwise')(image)
+  b = layers.SeparableConv2D(4, 3, name='separable')(image)
+  c = layers.MaxPooling2D(2)(b)
+  c = layers.Conv2DTranspose(3, 2, strides=2, name='transposed')(c)
+  sequence = keras_module.Input((5, 4))
+  shared = layers.Dense(4, name='shared')
+  d = shared(shared(sequence))
+  tokens = keras_module.Input((3,))
+  e = layers.Embedding(10, 2, name='embedding')(tokens)
+  model = keras_module.Model([image, sequence, tokens], [a, c, d, e])
+  return tf_dsr.sparsify(model, 0.5, seed=2)
+
+
+def test_keras3_flops_of_other_layer_kinds_equal_the_tf_keras_ones():
+  # As tf_dsr/flops_test.py works them out for tf_keras (dense FLOPs):
+  # depthwise 2592, separable 832, transposed 384, the shared Dense called
+  # twice 320; the embedding costs nothing.
+  reports = {name: tf_dsr.flops_report(_other_kinds(module))
+             for name, module in KERASES.items()}
+  assert {l.name: l.dense for l in reports['keras3'].layers} == {
+      'depthwise': 2592, 'separable': 832, 'transposed': 384, 'shared': 320}
+  assert reports['keras3'] == reports['tf_keras']
+  assert reports['keras3'].sparse < reports['keras3'].dense
+
+
+def test_keras3_flops_need_a_layer_graph():
+  with pytest.raises(ValueError, match="`model` 'plain'.*no graph"):
+    tf_dsr.flops_report(keras.Sequential([keras.layers.Dense(2)],
+                                         name='plain'))
+  with pytest.raises(ValueError, match='`model` must be a Keras 3 model'):
+    tf_dsr.flops_report(keras.layers.Dense(2))
