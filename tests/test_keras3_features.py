@@ -4,6 +4,9 @@
   model equal those of the same tf_keras model (hand-worked numbers too).
 - `to_tflite` strips a Keras 3 model and stores its kernels sparse; the
   TFLite interpreter gives Keras's outputs.
+- `save_sparse` / `load_sparse` of a Keras 3 model restore masks, weights and
+  the DSR state bit-identically (or rebuild the model from its config), and
+  refuse another model leaving it unchanged.
 """
 
 import keras
@@ -116,3 +119,96 @@ def test_keras3_to_tflite_strips_and_stores_the_weights_sparse():
   assert tf_dsr.collect_wrappers(model)  # The model keeps its wrappers.
   with pytest.raises(ValueError, match='`model` must be a keras3 model'):
     tf_dsr.to_tflite(keras.layers.Dense(3))
+
+
+# ------------------------------------------------------- compact checkpoints
+def _cnn(seed=1, width=3):
+  layers = keras.layers
+  inputs = keras.Input((6, 6, 1))
+  x = layers.Conv2D(4, 3, name='conv')(inputs)
+  x = layers.BatchNormalization(name='bn')(x)
+  x = layers.Flatten(name='flat')(x)
+  outputs = layers.Dense(width, name='fc')(x)
+  return tf_dsr.sparsify(keras.Model(inputs, outputs), 0.7, seed=seed)
+
+
+def _data(n=40, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.normal(size=(n, 6, 6, 1)).astype('float32'),
+          rng.integers(0, 3, n))
+
+
+def _trained_cnn():
+  """A sparse Keras 3 CNN after reallocations (masks moved, H adapted)."""
+  keras.utils.set_random_seed(0)
+  model = _cnn()
+  model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  before = [m.numpy().copy() for w in tf_dsr.collect_wrappers(model)
+            for _, m in w.sparse_weights]
+  x, y = _data()
+  callback = tf_dsr.ReallocationCallback(period=3, target_pruned=6, seed=0,
+                                         initial_threshold=0.05)
+  model.fit(x, y, batch_size=10, epochs=2, verbose=0, callbacks=[callback])
+  after = [m.numpy() for w in tf_dsr.collect_wrappers(model)
+           for _, m in w.sparse_weights]
+  assert any((a != b).any() for a, b in zip(before, after))
+  return model
+
+
+def _weights(model):
+  """The model's weights without the DSR state (compared on its own)."""
+  state = {id(v) for w in tf_dsr.collect_wrappers(model)
+           for v in w.state_variables.values()}
+  return [v for v in model.weights if id(v) not in state]
+
+
+def _state(model):
+  variables = tf_dsr.collect_wrappers(model)[0].state_variables
+  return {name: variables[name].numpy() for name in ('threshold',
+                                                      'reallocations')}
+
+
+def test_keras3_compact_checkpoint_restores_everything_bit_identically(
+    tmp_path):
+  model = _trained_cnn()
+  path = str(tmp_path / 'model.npz')
+  size = tf_dsr.save_sparse(model, path)
+  assert size == (tmp_path / 'model.npz').stat().st_size
+  fresh = _cnn(seed=7)  # Other masks and kernels.
+  loaded = tf_dsr.load_sparse(path, model=fresh)
+  assert loaded is fresh
+  ours, theirs = _weights(fresh), _weights(model)
+  assert len(ours) == len(theirs) == 10  # 2 kernels, 2 masks, 2 biases, bn 4.
+  # Masks, kernels, biases, batch-norm statistics: bit-identical.
+  for a, b in zip(ours, theirs):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert _state(fresh) == _state(model)
+  assert int(_state(model)['reallocations']) == 2
+  # No step count in the file: the next reallocation falls due by the new
+  # optimizer's steps.
+  assert int(tf_dsr.collect_wrappers(fresh)[0].state_variables[
+      'last_step'].numpy()) == -1
+  rebuilt = tf_dsr.load_sparse(path)  # Rebuilt from the stored config.
+  assert isinstance(rebuilt, keras.Model)
+  assert [w.name for w in tf_dsr.collect_wrappers(rebuilt)] == [
+      'dynamic_sparse_conv', 'dynamic_sparse_fc']
+  x, _ = _data(8, seed=3)
+  np.testing.assert_array_equal(rebuilt.predict(x, verbose=0),
+                                model.predict(x, verbose=0))
+
+
+def test_keras3_compact_checkpoint_refuses_another_model_leaving_it(
+    tmp_path):
+  path = str(tmp_path / 'model.npz')
+  tf_dsr.save_sparse(_trained_cnn(), path)
+  other = _cnn(width=5)  # fc is 64 x 5, not 64 x 3.
+  before = [v.numpy().copy() for v in other.weights]
+  with pytest.raises(ValueError, match=r"`path` .* does not match `model`.*"
+                     r"shape \(64, 3\).*\(64, 5\)"):
+    tf_dsr.load_sparse(path, model=other)
+  for a, b in zip(before, other.weights):
+    np.testing.assert_array_equal(a, b.numpy())
+  with pytest.raises(ValueError, match='`model` must be a keras3 model'):
+    tf_dsr.save_sparse(keras.layers.Dense(3), path)
