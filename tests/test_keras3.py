@@ -173,9 +173,6 @@ def test_keras3_layer_without_known_kernels_is_refused_with_what_to_do():
                      r"get_prunable_weights.*exclude=\['bn'\]"):
     tf_dsr.DynamicSparseWrapper(keras.layers.BatchNormalization(name='bn'),
                                 sparsity=0.5)
-  with pytest.raises(ValueError, match='MultiHeadAttention'):
-    tf_dsr.DynamicSparseWrapper(
-        keras.layers.MultiHeadAttention(2, 4, name='mha'), sparsity=0.5)
 
 
 class _Scaled(keras.layers.Layer):

@@ -7,7 +7,12 @@
 - `save_sparse` / `load_sparse` of a Keras 3 model restore masks, weights and
   the DSR state bit-identically (or rebuild the model from its config), and
   refuse another model leaving it unchanged.
+- MultiHeadAttention: its query, key, value (gate) and output projections
+  are sparse, each under its own name, masked in the forward pass; the
+  engine reallocates them in `fit` and a `.keras` file keeps their masks.
 """
+
+import zlib
 
 import keras
 import numpy as np
@@ -16,6 +21,7 @@ import tensorflow as tf
 
 import tf_dsr
 from tf_dsr import keras as tf_keras
+from tf_dsr import wrapper as wrapper_lib
 
 KERASES = {'keras3': keras, 'tf_keras': tf_keras}
 
@@ -212,3 +218,87 @@ def test_keras3_compact_checkpoint_refuses_another_model_leaving_it(
     np.testing.assert_array_equal(a, b.numpy())
   with pytest.raises(ValueError, match='`model` must be a keras3 model'):
     tf_dsr.save_sparse(keras.layers.Dense(3), path)
+
+
+# ------------------------------------------------------ MultiHeadAttention
+ATTENTION_NAMES = ['dynamic_sparse_mha/query/kernel',
+                   'dynamic_sparse_mha/key/kernel',
+                   'dynamic_sparse_mha/value/kernel',
+                   'dynamic_sparse_mha/attention_output/kernel']
+
+
+@pytest.mark.parametrize('use_gate', [False, True])
+def test_keras3_attention_projections_are_sparse_and_masked(use_gate):
+  layer = keras.layers.MultiHeadAttention(2, 4, use_gate=use_gate, name='mha')
+  wrapper = tf_dsr.DynamicSparseWrapper(layer, sparsity=0.5, seed=3)
+  assert isinstance(wrapper, tf_dsr.DynamicSparseWrapper)
+  rng = np.random.default_rng(0)
+  query = rng.normal(size=(2, 5, 8)).astype('float32')
+  value = rng.normal(size=(2, 3, 6)).astype('float32')
+  expected = wrapper(query, value).numpy()  # Builds query, key, value, ...
+  names = list(ATTENTION_NAMES)
+  shapes = [(8, 2, 4), (6, 2, 4), (6, 2, 4), (2, 4, 8)]
+  if use_gate:
+    names.insert(3, 'dynamic_sparse_mha/gate/kernel')
+    shapes.insert(3, (8, 2, 4))
+  assert wrapper.sparse_names == names
+  assert [tuple(k.shape) for k, _ in wrapper.sparse_weights] == shapes
+  # Each mask as every wrapper draws it: from the seed, the layer's name and
+  # the kernel's position; half of each kernel active.
+  key = zlib.crc32(b'mha') & 0x7FFFFFFF
+  for index, (kernel, mask) in enumerate(wrapper.sparse_weights):
+    drawn = wrapper_lib.initial_mask(
+        tuple(kernel.shape), 0.5, tf.constant([3, key + index], tf.int64))
+    np.testing.assert_array_equal(mask.numpy(), drawn.numpy() > 0.5)
+    assert mask.numpy().sum() == mask.numpy().size // 2
+  # Put weight back where the masks are 0: the output must not see it.
+  for kernel, mask in wrapper.sparse_weights:
+    kernel.assign(kernel.numpy() + (1 - mask.numpy()))
+  np.testing.assert_allclose(wrapper(query, value).numpy(), expected,
+                             rtol=1e-5, atol=1e-6)
+  # The inner layer alone sees the weight put back.
+  assert not np.allclose(wrapper.layer(query, value).numpy(), expected)
+
+
+def _attention_model():
+  inputs = keras.Input((5, 8))
+  x = keras.layers.MultiHeadAttention(2, 4, name='mha')(inputs, inputs)
+  x = keras.layers.Flatten(name='flat')(x)
+  outputs = keras.layers.Dense(3, name='fc')(x)
+  return tf_dsr.sparsify(keras.Model(inputs, outputs), 0.5, seed=1)
+
+
+def _masks(model):
+  return [m.numpy() for w in tf_dsr.collect_wrappers(model)
+          for _, m in w.sparse_weights]
+
+
+def test_keras3_attention_model_reallocates_and_round_trips(tmp_path):
+  keras.utils.set_random_seed(0)
+  model = _attention_model()
+  assert [w.name for w in tf_dsr.collect_wrappers(model)] == [
+      'dynamic_sparse_mha', 'dynamic_sparse_fc']
+  model.compile(keras.optimizers.SGD(0.05, momentum=0.9),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(40, 5, 8)).astype('float32')
+  y = rng.integers(0, 3, 40)
+  before = _masks(model)
+  callback = tf_dsr.ReallocationCallback(period=2, target_pruned=10, seed=0,
+                                         initial_threshold=0.05)
+  model.fit(x, y, batch_size=10, epochs=1, verbose=0, callbacks=[callback])
+  assert len(callback.history) == 2
+  assert list(callback.history[-1].active) == ATTENTION_NAMES + [
+      'dynamic_sparse_fc/kernel']
+  after = _masks(model)
+  assert any((a != b).any() for a, b in zip(before[:4], after[:4]))
+  assert sum(m.sum() for m in after) == sum(m.sum() for m in before)
+  for (kernel, mask) in tf_dsr.collect_wrappers(model)[0].sparse_weights:
+    assert (kernel.numpy()[~mask.numpy()] == 0).all()
+  path = str(tmp_path / 'attention.keras')
+  model.save(path)
+  loaded = keras.models.load_model(path)
+  for a, b in zip(_masks(loaded), after):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(loaded.predict(x, verbose=0),
+                                model.predict(x, verbose=0))

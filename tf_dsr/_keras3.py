@@ -7,12 +7,14 @@ process-wide setting: TensorFlow itself imports it, and `tf.keras` resolves
 as the user's `TF_USE_LEGACY_KERAS` says.
 
 Which kernels are sparse: the built-in layers of `SPARSE_KERNELS` (the same
-kernels as the tf_keras path, where tfmot's registry lists them), and any
-layer with a `get_prunable_weights()` method returning the variables to make
-sparse (the method of tfmot's `PrunableLayer` protocol, so one custom layer
-works on both paths). Each variable must be held by an attribute of the
-layer or of one of its sublayers that its `call` reads (`self.kernel`, or
-`self._kernel` behind a `kernel` property, as Keras 3's own layers do).
+kernels as the tf_keras path, where tfmot's registry lists them, and the
+projections of MultiHeadAttention), and any layer that names its own
+through tf_dsr's protocol, a `get_prunable_weights()` method returning the
+variables to make sparse (the method tfmot's `PrunableLayer` declares, so one
+custom layer works on both paths and with tfmot). Each variable must be held
+by an attribute of the layer or of one of its sublayers that its `call`
+reads (`self.kernel`, or `self._kernel` behind a `kernel` property, as Keras
+3's own layers do).
 """
 
 import sys
@@ -43,7 +45,19 @@ SPARSE_KERNELS = {
     _layers.LSTM: ('cell.kernel', 'cell.recurrent_kernel'),
     _layers.GRU: ('cell.kernel', 'cell.recurrent_kernel'),
     _layers.SimpleRNN: ('cell.kernel', 'cell.recurrent_kernel'),
+    # The EinsumDense projections, created by `build(query_shape,
+    # value_shape, key_shape)`; the gate (`use_gate=True`) only if present.
+    _layers.MultiHeadAttention: ('_query_dense.kernel', '_key_dense.kernel',
+                                 '_value_dense.kernel', '_gate_dense?.kernel',
+                                 '_output_dense.kernel'),
 }
+
+# Layers whose call takes several tensors (query, value, key) and whose
+# build takes one shape each: their wrapper has the same call and build
+# signatures (`tf_dsr.wrapper_keras3.DynamicSparseAttentionWrapper`), so
+# that Keras builds it, and rebuilds it from a saved config, with every
+# shape.
+ATTENTION_LAYERS = (_layers.MultiHeadAttention,)
 
 PROTOCOL_METHOD = 'get_prunable_weights'
 
@@ -103,8 +117,14 @@ def prunable_weights(layer):
   for path in SPARSE_KERNELS[type(layer)]:
     value = layer
     for part in path.split('.'):
-      value = getattr(value, part)
-    found.append(value)
+      if part.endswith('?'):  # A sublayer the layer may not have.
+        value = getattr(value, part[:-1], None)
+        if value is None:
+          break
+      else:
+        value = getattr(value, part)
+    else:
+      found.append(value)
   return found
 
 
