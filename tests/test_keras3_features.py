@@ -302,3 +302,52 @@ def test_keras3_attention_model_reallocates_and_round_trips(tmp_path):
     np.testing.assert_array_equal(a, b)
   np.testing.assert_array_equal(loaded.predict(x, verbose=0),
                                 model.predict(x, verbose=0))
+
+
+# ------------------------------------------- tf_dsr's protocol: custom layers
+class _Mixer(keras.layers.Layer):
+  """A custom layer naming its two sparse kernels by tf_dsr's protocol: one
+  of its own and one of a sublayer."""
+
+  def __init__(self, **kwargs):
+    super().__init__(**kwargs)
+    self.proj = keras.layers.Dense(4, name='proj')
+
+  def build(self, input_shape):
+    self.mix = self.add_weight(shape=(input_shape[-1], 6), name='mix')
+    self.proj.build((None, 6))
+
+  def call(self, inputs):
+    return self.proj(keras.ops.relu(inputs @ self.mix))
+
+  def get_prunable_weights(self):
+    return [self.mix, self.proj.kernel]
+
+
+def test_keras3_custom_layer_with_the_protocol_trains_with_moving_masks():
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((5,))
+  x = tf_dsr.DynamicSparseWrapper(_Mixer(name='mixer'), sparsity=[0.5, 0.75],
+                                  seed=2)(inputs)
+  model = keras.Model(inputs, keras.layers.Dense(2, name='head')(x))
+  wrapper, = tf_dsr.collect_wrappers(model)
+  assert wrapper.sparse_names == ['dynamic_sparse_mixer/mix',
+                                  'dynamic_sparse_mixer/kernel']
+  # Sparsity per kernel, in the protocol's order: 15 of 30, 6 of 24 active.
+  before = [m.numpy().copy() for _, m in wrapper.sparse_weights]
+  assert [int(m.sum()) for m in before] == [15, 6]
+  model.compile(keras.optimizers.SGD(0.1, momentum=0.9),
+                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  rng = np.random.default_rng(0)
+  x_train = rng.normal(size=(40, 5)).astype('float32')
+  y_train = (x_train[:, 0] > 0).astype('int32')
+  callback = tf_dsr.ReallocationCallback(period=2, target_pruned=4, seed=0,
+                                         initial_threshold=0.1)
+  model.fit(x_train, y_train, batch_size=10, epochs=2, verbose=0,
+            callbacks=[callback])
+  assert len(callback.history) == 4
+  after = [m.numpy() for _, m in wrapper.sparse_weights]
+  assert any((a != b).any() for a, b in zip(before, after))
+  assert sum(int(m.sum()) for m in after) == 21
+  for kernel, mask in wrapper.sparse_weights:
+    assert (kernel.numpy()[~mask.numpy()] == 0).all()
