@@ -51,8 +51,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   See `tf_dsr.wrapper.DynamicSparseWrapper` for the method (Mostafa & Wang,
   ICML 2019, https://arxiv.org/abs/1902.05967) and the arguments, which are
   the same. The sparse kernels are those of `tf_dsr._keras3.SPARSE_KERNELS`
-  for Keras's built-in layers, or what a layer's `get_prunable_weights()`
-  returns.
+  for Keras's built-in layers, or, for any layer that implements tf_dsr's
+  protocol, what its `get_prunable_weights()` returns once built (variables
+  held by attributes its `call` reads; see `tf_dsr.DynamicSparseWrapper`).
+  A MultiHeadAttention layer gets `DynamicSparseAttentionWrapper`.
 
   Args:
     layer: the Keras 3 layer to wrap.
