@@ -260,6 +260,28 @@ def test_keras3_attention_projections_are_sparse_and_masked(use_gate):
   assert not np.allclose(wrapper.layer(query, value).numpy(), expected)
 
 
+def _padded_attention(wrap):
+  keras.utils.set_random_seed(0)
+  inputs = keras.Input((5,), dtype='int32')
+  embedded = keras.layers.Embedding(10, 8, mask_zero=True, name='emb')(inputs)
+  attention = keras.layers.MultiHeadAttention(2, 4, name='mha')
+  if wrap:  # Sparsity 0: every mask full, so only the Keras masks differ.
+    attention = tf_dsr.DynamicSparseWrapper(attention, sparsity=0.0)
+  return keras.Model(inputs, attention(embedded, embedded))
+
+
+def test_keras3_attention_wrapper_passes_the_padding_masks_on():
+  plain, wrapped = _padded_attention(False), _padded_attention(True)
+  inner = wrapped.get_layer('dynamic_sparse_mha').layer
+  for source, target in zip(plain.get_layer('mha').weights + plain.get_layer(
+      'emb').weights, inner.weights + wrapped.get_layer('emb').weights):
+    target.assign(source)
+  # Token 0 is padding: attention must skip it as the plain layer does.
+  tokens = np.array([[3, 4, 0, 0, 0], [5, 6, 7, 0, 0]])
+  np.testing.assert_allclose(wrapped(tokens).numpy(), plain(tokens).numpy(),
+                             rtol=1e-6, atol=1e-6)
+
+
 def _attention_model():
   inputs = keras.Input((5, 8))
   x = keras.layers.MultiHeadAttention(2, 4, name='mha')(inputs, inputs)

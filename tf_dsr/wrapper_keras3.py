@@ -232,8 +232,14 @@ class DynamicSparseAttentionWrapper(DynamicSparseWrapper):
       self.layer.build(query_shape, value_shape, key_shape)
     self._add_masks()
 
-  def call(self, query, value, key=None, training=None, **kwargs):  # pylint: disable=arguments-differ
-    return self._masked_call((query, value), training, dict(kwargs, key=key))
+  # The `*_mask` arguments are named as the layer names them, so that Keras
+  # passes the Keras masks of `query`, `value` and `key` (from an Embedding
+  # with `mask_zero=True`, say) as it does to the layer itself.
+  def call(self, query, value, key=None, query_mask=None, value_mask=None,  # pylint: disable=arguments-differ
+           key_mask=None, training=None, **kwargs):
+    kwargs.update(key=key, query_mask=query_mask, value_mask=value_mask,
+                  key_mask=key_mask)
+    return self._masked_call((query, value), training, kwargs)
 
 
 wrapper_lib.DynamicSparseWrapper.register(DynamicSparseWrapper)
