@@ -267,7 +267,10 @@ def _padded_attention(wrap):
   attention = keras.layers.MultiHeadAttention(2, 4, name='mha')
   if wrap:  # Sparsity 0: every mask full, so only the Keras masks differ.
     attention = tf_dsr.DynamicSparseWrapper(attention, sparsity=0.0)
-  return keras.Model(inputs, attention(embedded, embedded))
+  attended = attention(embedded, embedded)
+  # Averages over the unpadded positions only if the mask reaches it.
+  pooled = keras.layers.GlobalAveragePooling1D(name='pool')(attended)
+  return keras.Model(inputs, [attended, pooled])
 
 
 def test_keras3_attention_wrapper_passes_the_padding_masks_on():
@@ -278,8 +281,15 @@ def test_keras3_attention_wrapper_passes_the_padding_masks_on():
     target.assign(source)
   # Token 0 is padding: attention must skip it as the plain layer does.
   tokens = np.array([[3, 4, 0, 0, 0], [5, 6, 7, 0, 0]])
-  np.testing.assert_allclose(wrapped(tokens).numpy(), plain(tokens).numpy(),
-                             rtol=1e-6, atol=1e-6)
+  (ours, our_pool), (theirs, their_pool) = wrapped(tokens), plain(tokens)
+  np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6,
+                             atol=1e-6)
+  # The output keeps the query's mask for the layers after it: the pooling
+  # averages the first 2 and 3 positions.
+  np.testing.assert_allclose(our_pool.numpy(), their_pool.numpy(), rtol=1e-6,
+                             atol=1e-6)
+  np.testing.assert_allclose(our_pool.numpy()[1], ours.numpy()[1, :3].mean(0),
+                             rtol=1e-5, atol=1e-6)
 
 
 def _attention_model():

@@ -227,6 +227,11 @@ class DynamicSparseAttentionWrapper(DynamicSparseWrapper):
   saved file is built the same way from the shapes it recorded.
   """
 
+  def __init__(self, layer, sparsity, **kwargs):
+    super().__init__(layer, sparsity, **kwargs)
+    # As the layer: the output keeps the query's Keras mask.
+    self.supports_masking = layer.supports_masking
+
   def build(self, query_shape, value_shape, key_shape=None):  # pylint: disable=arguments-differ
     if not self.layer.built:
       self.layer.build(query_shape, value_shape, key_shape)
