@@ -12,6 +12,7 @@
   engine reallocates them in `fit` and a `.keras` file keeps their masks.
 """
 
+import json
 import zlib
 
 import keras
@@ -218,6 +219,17 @@ def test_keras3_compact_checkpoint_refuses_another_model_leaving_it(
     np.testing.assert_array_equal(a, b.numpy())
   with pytest.raises(ValueError, match='`model` must be a keras3 model'):
     tf_dsr.save_sparse(keras.layers.Dense(3), path)
+  # The manifest names the Keras that rebuilds the model; an unknown one is
+  # refused by name.
+  with np.load(path) as archive:
+    arrays = {name: archive[name] for name in archive.files}
+  manifest = json.loads(arrays['manifest'].tobytes())
+  assert manifest['keras'] == 'keras3'
+  manifest['keras'] = 'jax'
+  arrays['manifest'] = np.frombuffer(json.dumps(manifest).encode(), np.uint8)
+  np.savez(path, **arrays)
+  with pytest.raises(ValueError, match="unknown Keras, 'jax'"):
+    tf_dsr.load_sparse(path)
 
 
 # ------------------------------------------------------ MultiHeadAttention
