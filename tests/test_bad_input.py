@@ -105,7 +105,8 @@ def test_functions_not_yet_on_keras3_say_so():
   import keras as keras3  # pylint: disable=g-import-not-at-top
   model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
   with pytest.raises(ValueError, match='Keras 3.*not this function'):
-    tf_dsr.flops_report(model)
+    tf_dsr.snip(model, 0.5, np.ones((2, 4), 'float32'), np.zeros(2),
+                'mse')
 
 
 @pytest.mark.parametrize('period,pattern', [

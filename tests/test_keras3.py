@@ -173,9 +173,6 @@ def test_keras3_layer_without_known_kernels_is_refused_with_what_to_do():
                      r"get_prunable_weights.*exclude=\['bn'\]"):
     tf_dsr.DynamicSparseWrapper(keras.layers.BatchNormalization(name='bn'),
                                 sparsity=0.5)
-  with pytest.raises(ValueError, match='MultiHeadAttention'):
-    tf_dsr.DynamicSparseWrapper(
-        keras.layers.MultiHeadAttention(2, 4, name='mha'), sparsity=0.5)
 
 
 class _Scaled(keras.layers.Layer):
@@ -438,7 +435,7 @@ def test_keras3_report_equals_the_tf_keras_report():
           ours.model_total) == (theirs.sparse_active, theirs.sparse_total,
                                 theirs.model_active, theirs.model_total)
   assert ours.stored_bytes == theirs.stored_bytes
-  assert ours.flops is None and theirs.flops is not None
+  assert theirs.flops is not None and ours.flops == theirs.flops
   assert 'dynamic_sparse_conv/kernel' in str(ours)
 
 

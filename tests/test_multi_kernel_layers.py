@@ -118,3 +118,15 @@ def test_separable_conv_sparsifies_the_pointwise_kernel():
       keras.layers.SeparableConv2D(4, 3, name='sep'), sparsity=0.5)
   wrapper.build((None, 8, 8, 2))
   assert wrapper.sparse_names == ['dynamic_sparse_sep/pointwise_kernel']
+
+
+def test_a_sparsity_per_kernel_reaches_the_reallocation_layout():
+  # An LSTM with sparsity 0.5 for its kernel and 0.75 for its recurrent
+  # kernel (as ER/ERK give): the engine reads one number per kernel.
+  inputs = keras.Input((4, 2))
+  x = tf_dsr.DynamicSparseWrapper(keras.layers.LSTM(3, name='lstm'),
+                                  sparsity=[0.5, 0.75], seed=1)(inputs)
+  reallocator = tf_dsr.Reallocator(keras.Model(inputs, x), target_pruned=2,
+                                   optimizer=False)
+  reallocator.reallocate(1)
+  assert reallocator.layout.sparsities == (0.5, 0.75)

@@ -7,12 +7,14 @@ process-wide setting: TensorFlow itself imports it, and `tf.keras` resolves
 as the user's `TF_USE_LEGACY_KERAS` says.
 
 Which kernels are sparse: the built-in layers of `SPARSE_KERNELS` (the same
-kernels as the tf_keras path, where tfmot's registry lists them), and any
-layer with a `get_prunable_weights()` method returning the variables to make
-sparse (the method of tfmot's `PrunableLayer` protocol, so one custom layer
-works on both paths). Each variable must be held by an attribute of the
-layer or of one of its sublayers that its `call` reads (`self.kernel`, or
-`self._kernel` behind a `kernel` property, as Keras 3's own layers do).
+kernels as the tf_keras path, where tfmot's registry lists them, and the
+projections of MultiHeadAttention), and any layer that names its own
+through tf_dsr's protocol, a `get_prunable_weights()` method returning the
+variables to make sparse (the method tfmot's `PrunableLayer` declares, so one
+custom layer works on both paths and with tfmot). Each variable must be held
+by an attribute of the layer or of one of its sublayers that its `call`
+reads (`self.kernel`, or `self._kernel` behind a `kernel` property, as Keras
+3's own layers do).
 """
 
 import sys
@@ -43,7 +45,19 @@ SPARSE_KERNELS = {
     _layers.LSTM: ('cell.kernel', 'cell.recurrent_kernel'),
     _layers.GRU: ('cell.kernel', 'cell.recurrent_kernel'),
     _layers.SimpleRNN: ('cell.kernel', 'cell.recurrent_kernel'),
+    # The EinsumDense projections, created by `build(query_shape,
+    # value_shape, key_shape)`; the gate (`use_gate=True`) only if present.
+    _layers.MultiHeadAttention: ('_query_dense.kernel', '_key_dense.kernel',
+                                 '_value_dense.kernel', '_gate_dense?.kernel',
+                                 '_output_dense.kernel'),
 }
+
+# Layers whose call takes several tensors (query, value, key) and whose
+# build takes one shape each: their wrapper has the same call and build
+# signatures (`tf_dsr.wrapper_keras3.DynamicSparseAttentionWrapper`), so
+# that Keras builds it, and rebuilds it from a saved config, with every
+# shape.
+ATTENTION_LAYERS = (_layers.MultiHeadAttention,)
 
 PROTOCOL_METHOD = 'get_prunable_weights'
 
@@ -103,8 +117,14 @@ def prunable_weights(layer):
   for path in SPARSE_KERNELS[type(layer)]:
     value = layer
     for part in path.split('.'):
-      value = getattr(value, part)
-    found.append(value)
+      if part.endswith('?'):  # A sublayer the layer may not have.
+        value = getattr(value, part[:-1], None)
+        if value is None:
+          break
+      else:
+        value = getattr(value, part)
+    else:
+      found.append(value)
   return found
 
 
@@ -123,6 +143,38 @@ def is_graph_network(model):
   return isinstance(model, keras.Sequential) or (
       isinstance(model, keras.Model) and
       type(model).__name__ == 'Functional')
+
+
+def _graph(model):
+  """The functional graph of a Keras 3 model, or None (a Sequential model
+  without an input shape, a subclassed model)."""
+  if isinstance(model, keras.Sequential):
+    return getattr(model, '_functional', None)
+  return model if is_graph_network(model) else None
+
+
+def has_layer_graph(model):
+  """True when `model` records its layer calls (see `layer_calls`)."""
+  return _graph(model) is not None
+
+
+def layer_calls(model):
+  """`(layer, input shapes, output shapes)` of each call in a graph model.
+
+  As `tf_dsr._tfmot.layer_calls` gives them for tf_keras: only the calls of
+  `model`'s own graph, from the inputs to the outputs, a nested model as one
+  call; a call on one tensor gives its shape, on several a list of shapes.
+  """
+  graph = _graph(model)
+  if graph is None:
+    return
+  shapes = lambda tensors: (tuple(tensors[0].shape) if len(tensors) == 1 else
+                            [tuple(t.shape) for t in tensors])
+  for depth in sorted(graph._nodes_by_depth, reverse=True):  # pylint: disable=protected-access
+    for node in graph._nodes_by_depth[depth]:  # pylint: disable=protected-access
+      if not node.is_input:
+        yield (node.operation, shapes(node.input_tensors),
+               shapes(node.outputs))
 
 
 # ------------------------------------------------------ optimizer state

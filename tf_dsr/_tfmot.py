@@ -107,8 +107,9 @@ def foreign_keras_message(obj, argument):
   if module.startswith('keras'):
     hint = (' It comes from the `keras` package (Keras 3): tf_dsr\'s Keras 3 '
             'path covers `DynamicSparseWrapper`, `sparsify`, `Reallocator`, '
-            '`ReallocationCallback`, `strip_dynamic_sparsity` and '
-            '`sparsity_report` so far, not this function.')
+            '`ReallocationCallback`, `strip_dynamic_sparsity`, '
+            '`sparsity_report`, `flops_report`, `save_sparse`, '
+            '`load_sparse` and `to_tflite` so far, not this function.')
   return (
       f'`{argument}` must be a tf_keras (Keras 2) layer or model, got '
       f'{type(obj).__module__}.{type(obj).__name__}.{hint} Build the model with '
@@ -120,8 +121,9 @@ def foreign_keras_message(obj, argument):
 def prunable_weights(layer):
   """The weights of `layer` that tfmot would prune, found the way tfmot does.
 
-  A layer that implements the `PrunableLayer` protocol (or has a
-  `get_prunable_weights` method) names its own; a built-in layer is looked up
+  A layer that implements tf_dsr's protocol (a `get_prunable_weights`
+  method, which tfmot's `PrunableLayer` declares) names its own; a built-in
+  layer is looked up
   in tfmot's registry, extended by `EXTRA_PRUNABLE_WEIGHTS`. The layer must be
   built.
 

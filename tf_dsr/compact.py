@@ -11,8 +11,9 @@ File format, version 1: one NumPy `.npz` archive (a zip file, deflated; every
 member carries a CRC-32, so a damaged file is detected on read) holding
 
     manifest        uint8: UTF-8 JSON {"format", "version", "model_name",
-                    "model_config" (model.to_json(), or null), "weights",
-                    "state"}
+                    "keras" ("tf_keras" or "keras3"; absent in files of
+                    earlier versions, which are tf_keras's), "model_config"
+                    (model.to_json(), or null), "weights", "state"}
     w<i>            weight i stored as is                  (encoding "dense")
     w<i>.values     the active values of sparse kernel i   (encoding "bits"
     w<i>.bits       np.packbits of its flat mask                or "indices")
@@ -44,16 +45,18 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from tf_dsr import _tfmot
 from tf_dsr import gradients as gradients_lib
+from tf_dsr import kerases
 from tf_dsr import state as state_lib
 from tf_dsr.engine import collect_wrappers
-
-keras = _tfmot.keras
 
 FORMAT = 'tf_dsr.sparse_checkpoint'
 VERSION = 1
 _VALUES_DTYPES = ('float32', 'float16', 'bfloat16')
+# The Keras a file's model was written from ("keras" in the manifest; files
+# without it come from tf_keras), which rebuilds it from its config.
+_FLAVOURS = {flavour.name: flavour
+             for flavour in (kerases.TF_KERAS, kerases.KERAS3)}
 # Scalar state variables stored; `last_step` is not (see `load_sparse`).
 _STATE_SCALARS = ('threshold', 'reallocations')
 
@@ -96,6 +99,11 @@ def _dtype_name(variable):
 
 def _short(variable):
   return variable.name.split('/')[-1].split(':')[0]
+
+
+def _name(variable):
+  """The full name of a variable: Keras 3 keeps it as `path`."""
+  return getattr(variable, 'path', None) or variable.name
 
 
 def _model_weights(model):
@@ -141,16 +149,17 @@ def _state_variables(model):
 
 
 def _check_model(model, argument='model'):
-  if not _tfmot.is_tf_keras_object(model):
-    raise ValueError(_tfmot.foreign_keras_message(model, argument))
-  if not isinstance(model, keras.Model):
-    raise ValueError(f'`{argument}` must be a tf_keras model, got the layer '
-                     f'{model.name!r}.')
+  """The model's `kerases.Flavour`, or ValueError."""
+  flavour = kerases.of(model, argument)
+  if not isinstance(model, flavour.model_type):
+    raise ValueError(f'`{argument}` must be a {flavour.name} model, got the '
+                     f'layer {model.name!r}.')
   unbuilt = [layer.name for layer in collect_wrappers(model) if not layer.built]
   if not model.built or unbuilt:
     raise ValueError(
         f'`{argument}` {model.name!r} is not built (layers {unbuilt}); build it '
         '(call it on data or give it an input shape) first.')
+  return flavour
 
 
 def _check_path(path):
@@ -186,7 +195,8 @@ def save_sparse(model, path, values_dtype=None):
     ```
 
   Args:
-    model: a built tf_keras model (with or without wrappers).
+    model: a built model (with or without wrappers) of tf_keras or of
+      Keras 3 on the TensorFlow backend.
     path: the file to write (`.npz` by convention); its directory must exist.
     values_dtype: None to store every weight in its own dtype (lossless), or
       'float16' / 'bfloat16' to store every floating-point weight, the active
@@ -200,7 +210,7 @@ def save_sparse(model, path, values_dtype=None):
     ValueError: on a bad argument, a model that is not built, or a value
       that does not fit `values_dtype` (nothing is written).
   """
-  _check_model(model)
+  flavour = _check_model(model)
   path = _check_path(path)
   if values_dtype is not None:
     try:
@@ -221,7 +231,7 @@ def save_sparse(model, path, values_dtype=None):
   arrays, entries = {}, []
   for i, variable in enumerate(weights):
     dtype = _dtype_name(variable)
-    entry = {'name': variable.name, 'short': _short(variable),
+    entry = {'name': _name(variable), 'short': _short(variable),
              'shape': list(variable.shape), 'dtype': dtype}
     stored = values_dtype if (values_dtype and
                               tf.as_dtype(dtype).is_floating) else dtype
@@ -255,8 +265,8 @@ def save_sparse(model, path, values_dtype=None):
   except (NotImplementedError, TypeError, ValueError):
     config = None  # A subclassed model: load_sparse needs `model=`.
   manifest = {'format': FORMAT, 'version': VERSION, 'model_name': model.name,
-              'model_config': config, 'weights': entries,
-              'state': state_entries}
+              'keras': flavour.name, 'model_config': config,
+              'weights': entries, 'state': state_entries}
   arrays['manifest'] = np.frombuffer(
       json.dumps(manifest).encode('utf-8'), np.uint8)
   buffer = io.BytesIO()
@@ -316,8 +326,9 @@ def load_sparse(path, model=None):
 
   Args:
     path: a file written by `save_sparse`.
-    model: the tf_keras model to load into (built, same architecture), or
-      None to rebuild the saved one.
+    model: the model to load into (built, same architecture, of either
+      Keras), or None to rebuild the saved one with the Keras it was
+      written from.
 
   Returns:
     The model the weights were loaded into.
@@ -337,7 +348,13 @@ def load_sparse(path, model=None):
           f'`path` {path!r} holds no Keras config (the model '
           f'{manifest.get("model_name")!r} was subclassed); pass the model to '
           'load into: `tf_dsr.load_sparse(path, model=model)`.')
-    model = keras.models.model_from_json(config)
+    written_by = manifest.get('keras', kerases.TF_KERAS.name)
+    flavour = (_FLAVOURS.get(written_by) if isinstance(written_by, str)
+               else None)
+    if flavour is None:
+      raise ValueError(f'`path` {path!r} was written from a model of an '
+                       f'unknown Keras, {manifest.get("keras")!r}.')
+    model = flavour.keras.models.model_from_json(config)
     _check_model(model)
   values = _decode_weights(path, manifest, arrays, model)
   state = _decode_state(path, manifest, arrays, model)
@@ -401,10 +418,10 @@ def _decode_weights(path, manifest, arrays, model):
     except (KeyError, TypeError):
       raise ValueError(f'`path` {path!r}: manifest entry {i} is malformed: '
                        f'{entry!r}') from None
-    own = (variable.name, tuple(variable.shape), _dtype_name(variable))
+    own = (_name(variable), tuple(variable.shape), _dtype_name(variable))
     if short != _short(variable):
       raise ValueError(f'{where}: weight {i} is {name!r} in the file and '
-                       f'{variable.name!r} in the model.')
+                       f'{own[0]!r} in the model.')
     if encoding == 'mask' and i in pairs.values():
       # A mask's value comes from its kernel's entry, in the model's mask
       # dtype: files of the float32-mask layout load into bool masks.
@@ -412,7 +429,7 @@ def _decode_weights(path, manifest, arrays, model):
     if (shape, dtype) != own[1:]:
       raise ValueError(f'{where}: weight {i} ({name!r}) has shape {shape} and '
                        f'dtype {dtype} in the file, {own[1]} and {own[2]} in '
-                       f'the model ({variable.name!r}).')
+                       f'the model ({own[0]!r}).')
     sparse_in_model = 'mask' if i in pairs.values() else (
         'sparse' if i in pairs else 'dense')
     sparse_in_file = {'mask': 'mask', 'dense': 'dense'}.get(encoding, 'sparse')

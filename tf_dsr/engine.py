@@ -374,8 +374,13 @@ class Reallocator:
     """The `Layout` of the model's sparse tensors (once they are built)."""
     if self._layout is None:
       tensors = self.sparse_tensors()
-      sparsities = [wrapper.sparsity for wrapper in self._wrappers
-                    for _ in wrapper.sparse_weights]
+      # A wrapper's sparsity is one number, or one per kernel (a list;
+      # Keras 3 tracks it as a `list` subclass).
+      sparsities = [
+          float(wrapper.sparsity[index]) if isinstance(wrapper.sparsity, list)
+          else wrapper.sparsity
+          for wrapper in self._wrappers
+          for index in range(len(wrapper.sparse_weights))]
       self._layout = layout_lib.Layout(
           names=tuple(name for name, _, _ in tensors),
           shapes=tuple(tuple(k.shape.as_list()) for _, k, _ in tensors),

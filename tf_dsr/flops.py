@@ -28,10 +28,8 @@ import dataclasses
 import math
 from typing import List
 
-from tf_dsr import _tfmot
+from tf_dsr import kerases
 from tf_dsr import strip
-
-keras = _tfmot.keras
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,42 +103,71 @@ class FlopsReport:
     return '\n'.join(lines)
 
 
-# Kernel attributes of the layer kinds whose FLOPs are counted.
-_DEPTHWISE = tuple(getattr(keras.layers, name) for name in
-                   ('DepthwiseConv1D', 'DepthwiseConv2D')
-                   if hasattr(keras.layers, name))
-_SEPARABLE = (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-_TRANSPOSED = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-               keras.layers.Conv3DTranspose)
-_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+@dataclasses.dataclass(frozen=True)
+class _Kinds:
+  """The layer classes of one Keras whose FLOPs are counted.
+
+  Attributes:
+    kernels: `(classes, kernel attributes)` pairs, the first match wins
+      (a separable conv before a depthwise one before a plain conv).
+    transposed: the transposed convs (a kernel entry is used once per input
+      position).
+    dense: the `Dense` class (used once per position of the leading axes).
+  """
+  kernels: tuple
+  transposed: tuple
+  dense: type
 
 
-def _kernel_names(layer):
+def _kinds(keras_module, depthwise_kernel):
+  layers = keras_module.layers
+  present = lambda *names: tuple(getattr(layers, name) for name in names
+                                 if hasattr(layers, name))
+  transposed = present('Conv1DTranspose', 'Conv2DTranspose',
+                       'Conv3DTranspose')
+  return _Kinds(
+      kernels=(
+          (present('SeparableConv1D', 'SeparableConv2D'),
+           ('depthwise_kernel', 'pointwise_kernel')),
+          (present('DepthwiseConv1D', 'DepthwiseConv2D'), (depthwise_kernel,)),
+          (present('Conv1D', 'Conv2D', 'Conv3D', 'Dense') + transposed,
+           ('kernel',)),
+      ),
+      transposed=transposed,
+      dense=layers.Dense)
+
+
+# Per Keras: tf_keras names a depthwise conv's kernel `depthwise_kernel`,
+# Keras 3 `kernel`.
+_KINDS = {
+    kerases.TF_KERAS.name: _kinds(kerases.TF_KERAS.keras, 'depthwise_kernel'),
+    kerases.KERAS3.name: _kinds(kerases.KERAS3.keras, 'kernel'),
+}
+
+
+def _kernel_names(layer, kinds):
   """The kernel attributes of a counted layer kind, or None if not counted."""
-  if isinstance(layer, _SEPARABLE):
-    return ('depthwise_kernel', 'pointwise_kernel')
-  if isinstance(layer, _DEPTHWISE):
-    return ('depthwise_kernel',)
-  if isinstance(layer, (_CONV, keras.layers.Dense)):
-    return ('kernel',)
+  for classes, names in kinds.kernels:
+    if isinstance(layer, classes):
+      return names
   return None
 
 
-def _positions(layer, input_shape, output_shape):
+def _positions(layer, input_shape, output_shape, kinds):
   """How many times each kernel entry is used for one example."""
-  if isinstance(layer, keras.layers.Dense):
+  if isinstance(layer, kinds.dense):
     return math.prod(output_shape[1:-1])
-  shape = input_shape if isinstance(layer, _TRANSPOSED) else output_shape
+  shape = input_shape if isinstance(layer, kinds.transposed) else output_shape
   if getattr(layer, 'data_format', 'channels_last') == 'channels_first':
     return math.prod(shape[2:])
   return math.prod(shape[1:-1])
 
 
-def _calls(model):
+def _calls(model, flavour):
   """`(layer, input shape, output shape)` of every call in the model's graph."""
-  for layer, input_shape, output_shape in _tfmot.layer_calls(model):
-    if isinstance(layer, keras.Model):
-      yield from _calls(layer)
+  for layer, input_shape, output_shape in flavour.layer_calls(model):
+    if isinstance(layer, flavour.model_type):
+      yield from _calls(layer, flavour)
     else:
       yield layer, input_shape, output_shape
 
@@ -149,10 +176,11 @@ def flops_report(model):
   """Counts the inference FLOPs per example of `model`, sparse and dense.
 
   Uses the shapes the model was built with (its layers' calls in the model's
-  graph), so the model must be a Sequential or functional tf_keras model with
-  known input shapes. Masks of tf_dsr's and tfmot's wrappers are read as they
-  are now. The convention is RigL's (see the module docstring): kernels only,
-  a multiply-add is 2 FLOPs.
+  graph), so the model must be a Sequential or functional model with known
+  input shapes, of tf_keras or of Keras 3 (TensorFlow backend); the same
+  architecture gives the same numbers in both. Masks of tf_dsr's and
+  tfmot's wrappers are read as they are now. The convention is RigL's (see
+  the module docstring): kernels only, a multiply-add is 2 FLOPs.
 
   Example:
     ```python
@@ -163,7 +191,7 @@ def flops_report(model):
     ```
 
   Args:
-    model: a built Sequential or functional tf_keras model.
+    model: a built Sequential or functional model of either Keras.
 
   Returns:
     A `FlopsReport`.
@@ -172,23 +200,27 @@ def flops_report(model):
     ValueError: when `model` is not such a model, or a counted layer's
       shapes are not fully known.
   """
-  if not _tfmot.is_tf_keras_object(model) or not isinstance(model, keras.Model):
-    raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
-  if not _tfmot.is_graph_network(model):
+  flavour = kerases.of(model, 'model')
+  if not isinstance(model, flavour.model_type):
+    raise ValueError(f'`model` must be a {flavour.label} model, got the layer '
+                     f'{model.name!r}.')
+  if not flavour.has_layer_graph(model):
     raise ValueError(
         f'`model` {model.name!r} has no graph of layer calls (a subclassed '
         'model, or a Sequential model without an input shape), so the FLOPs '
         'of its layers cannot be counted; build it on a `keras.Input`.')
+  kinds = _KINDS[flavour.name]
+  embedding = flavour.keras.layers.Embedding
   counted, uncounted = {}, []
-  for outer, input_shape, output_shape in _calls(model):
+  for outer, input_shape, output_shape in _calls(model, flavour):
     masks, layer = {}, outer
     if isinstance(outer, strip._WRAPPERS):  # pylint: disable=protected-access
       masks = strip._masks_by_kernel(outer)  # pylint: disable=protected-access
       layer = outer.layer
-    names = _kernel_names(layer)
+    names = _kernel_names(layer, kinds)
     if names is None:
-      if (_tfmot.may_have_prunable_weights(layer) and
-          not isinstance(layer, keras.layers.Embedding) and
+      if (flavour.may_have_prunable_weights(layer) and
+          not isinstance(layer, embedding) and
           layer.name not in uncounted):
         uncounted.append(layer.name)
       continue
@@ -198,11 +230,11 @@ def flops_report(model):
           f'`model` {model.name!r}: layer {layer.name!r} has the unknown shape '
           f'{input_shape} -> {output_shape}; FLOPs need static shapes (give '
           'the model an input shape).')
-    positions = _positions(layer, input_shape, output_shape)
+    positions = _positions(layer, input_shape, output_shape, kinds)
     dense = sparse = 0
     for name in names:
       kernel = getattr(layer, name)
-      size = kernel.shape.num_elements()
+      size = math.prod(tuple(kernel.shape))
       mask = masks.get(id(kernel))
       active = size if mask is None else int((mask.numpy() > 0.5).sum())
       dense += 2 * size * positions

@@ -41,6 +41,11 @@ class Flavour:
     in_train_function: True while Keras's own train step (`fit`,
       `train_on_batch`) runs or is traced.
     forget_train_function: drops Keras's cached train step of a model.
+    has_layer_graph: `model -> bool`, whether the model records its layer
+      calls (a functional model, a Sequential one built on an input shape).
+    layer_calls: `model -> iterator of (layer, input shape, output shape)`,
+      each call of the model's own graph from inputs to outputs (a nested
+      model is one call; a call on several tensors lists their shapes).
   """
   name: str
   label: str
@@ -55,6 +60,8 @@ class Flavour:
   slot_variables: Callable[[Any, Any], list]
   in_train_function: Callable[[], bool]
   forget_train_function: Callable[[Any], None]
+  has_layer_graph: Callable[[Any], bool]
+  layer_calls: Callable[[Any], Any]
 
 
 _keras = _tfmot.keras
@@ -75,7 +82,9 @@ TF_KERAS = Flavour(
     tf_variable=lambda variable: variable,
     slot_variables=optimizer_state.slot_variables,
     in_train_function=_tfmot.in_keras_train_function,
-    forget_train_function=_tfmot.forget_train_function)
+    forget_train_function=_tfmot.forget_train_function,
+    has_layer_graph=_tfmot.is_graph_network,
+    layer_calls=_tfmot.layer_calls)
 
 KERAS3 = Flavour(
     name='keras3',
@@ -90,7 +99,9 @@ KERAS3 = Flavour(
     tf_variable=_keras3.tf_variable,
     slot_variables=_keras3.slot_variables,
     in_train_function=_keras3.in_keras_train_function,
-    forget_train_function=_keras3.forget_train_function)
+    forget_train_function=_keras3.forget_train_function,
+    has_layer_graph=_keras3.has_layer_graph,
+    layer_calls=_keras3.layer_calls)
 
 # Models of either Keras, for walking nested models.
 MODEL_TYPES = (TF_KERAS.model_type, KERAS3.model_type)

@@ -8,7 +8,6 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from tf_dsr import _tfmot
 from tf_dsr import compact
 from tf_dsr import flops as flops_lib
 from tf_dsr import kerases
@@ -70,8 +69,7 @@ class SparsityReport:
     model_total: trainable parameters of the whole model.
     flops: the model's inference FLOPs, sparse and dense
       (`tf_dsr.flops_report`); None for a model without a graph of layer
-      calls (subclassed), with unknown spatial sizes, or of Keras 3 (whose
-      FLOPs are not counted yet).
+      calls (subclassed) or with unknown spatial sizes.
     stored_bytes: dense and compact bytes of the kernels and the model.
     training_bytes_per_sparse_weight: bytes of training state per entry of
       the masked kernels with SGD momentum: the kernel, its momentum slot
@@ -148,8 +146,8 @@ def sparsity_report(model):
     A `SparsityReport`; `print(report)` shows a table, with the bytes of
     each kernel stored dense and in `save_sparse`'s compact format. Its
     `flops` holds the inference FLOPs per example (sparse, dense and their
-    ratio; `tf_dsr.flops_report`) for a Sequential or functional tf_keras
-    model.
+    ratio; `tf_dsr.flops_report`) for a Sequential or functional model of
+    either Keras.
 
   Raises:
     ValueError: if `model` is not a model of either Keras.
@@ -201,7 +199,7 @@ def sparsity_report(model):
       dense, packed, model_dense,
       model_dense - sum(dense.values()) + sum(packed.values()))
   flops = None
-  if flavour is kerases.TF_KERAS and _tfmot.is_graph_network(model):
+  if flavour.has_layer_graph(model):
     try:
       flops = flops_lib.flops_report(model)
     except ValueError:  # Unknown spatial sizes: no FLOPs, the counts stand.

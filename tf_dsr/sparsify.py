@@ -101,9 +101,11 @@ def sparsify(to_sparsify, sparsity, exclude=None, seed=0,
     ```
 
   The path follows the object: tf_keras objects get tf_keras wrappers (on
-  tfmot's registry and `PrunableLayer` protocol), Keras 3 objects (on the
+  tfmot's registry), Keras 3 objects (on the
   TensorFlow backend) get Keras 3 wrappers (`tf_dsr._keras3` lists their
-  layers); a list must not mix them.
+  layers); on both, a layer with tf_dsr's protocol (`get_prunable_weights`,
+  see `DynamicSparseWrapper`) names its own kernels. A list must not mix
+  the Kerases.
 
   Args:
     to_sparsify: a Sequential or functional model, a layer, or a list of

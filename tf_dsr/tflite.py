@@ -2,17 +2,15 @@
 
 import tensorflow as tf
 
-from tf_dsr import _tfmot
+from tf_dsr import kerases
 from tf_dsr import strip
-
-keras = _tfmot.keras
 
 
 def _has_wrappers(model):
   for layer in model.layers:
     if isinstance(layer, strip._WRAPPERS):  # pylint: disable=protected-access
       return True
-    if isinstance(layer, keras.Model) and _has_wrappers(layer):
+    if isinstance(layer, kerases.MODEL_TYPES) and _has_wrappers(layer):
       return True
   return False
 
@@ -52,8 +50,10 @@ def to_tflite(model, sparse=True, quantize=False):
     ```
 
   Args:
-    model: a tf_keras Sequential or functional model, with tf_dsr or tfmot
-      wrappers or without.
+    model: a Sequential or functional model of tf_keras (with tf_dsr or
+      tfmot wrappers or without) or of Keras 3 on the TensorFlow backend
+      (with tf_dsr wrappers or without; the converter exports it, as
+      `TFLiteConverter.from_keras_model` does for Keras 3 models).
     sparse: store mostly-zero weights in TFLite's sparse format.
     quantize: quantize the weights to int8 (dynamic range).
 
@@ -61,16 +61,15 @@ def to_tflite(model, sparse=True, quantize=False):
     The TFLite flatbuffer as `bytes`.
 
   Raises:
-    ValueError: if `model` is not a tf_keras Sequential or functional model,
-      or `sparse` / `quantize` is not a bool.
+    ValueError: if `model` is not a model of either Keras, or `sparse` /
+      `quantize` is not a bool.
   """
   for name, value in (('sparse', sparse), ('quantize', quantize)):
     if not isinstance(value, bool):
       raise ValueError(f'`{name}` must be True or False, got {value!r}.')
-  if not _tfmot.is_tf_keras_object(model):
-    raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
-  if not isinstance(model, keras.Model):
-    raise ValueError(f'`model` must be a tf_keras model, got the layer '
+  flavour = kerases.of(model, 'model')
+  if not isinstance(model, flavour.model_type):
+    raise ValueError(f'`model` must be a {flavour.name} model, got the layer '
                      f'{model.name!r}.')
   if _has_wrappers(model):
     model = strip.strip_dynamic_sparsity(model)

@@ -158,10 +158,17 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
   `ReallocationCallback`) moves the mask during training. Each mask is a
   non-trainable bool variable, one byte per weight (`tf_dsr.masks`).
 
-  The kernels are found as tfmot finds them: a `PrunableLayer` (or a layer with
-  `get_prunable_weights`) names its own, and built-in layers are looked up in
-  tfmot's prune registry (plus DepthwiseConv2D's depthwise kernel, which tfmot
-  does not list). Each kernel starts with exactly `round((1 - sparsity) * n)`
+  Which kernels: a layer that implements tf_dsr's protocol names its own,
+  on either Keras: a `get_prunable_weights()` method that, on the built
+  layer, returns the variables to make sparse in a fixed order, each held by
+  an attribute of the layer or of a sublayer that its `call` reads (the
+  wrapper puts `kernel * mask` there during the call). The method is the one
+  tfmot's `PrunableLayer` declares, so such a layer also works with tfmot;
+  no base class is needed. Built-in tf_keras layers are looked up in tfmot's
+  prune registry (plus DepthwiseConv2D's depthwise kernel, which tfmot does
+  not list); built-in Keras 3 layers in `tf_dsr._keras3.SPARSE_KERNELS`
+  (the same kernels, and MultiHeadAttention's projections). Each kernel
+  starts with exactly `round((1 - sparsity) * n)`
   active entries (at least one), placed uniformly at random from `seed` and
   the layer's name; masked entries of the kernel are set to 0 when built.
 

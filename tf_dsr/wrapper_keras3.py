@@ -8,6 +8,9 @@ Users need not name it: `tf_dsr.DynamicSparseWrapper(layer, ...)` builds
 this class for a Keras 3 layer, and `isinstance(w,
 tf_dsr.DynamicSparseWrapper)` holds for the wrappers of both Kerases. It is
 registered with Keras 3's serialization as `tf_dsr>DynamicSparseWrapper`.
+A MultiHeadAttention layer, whose call and build take several tensors, gets
+the subclass `DynamicSparseAttentionWrapper` (registered as
+`tf_dsr>DynamicSparseAttentionWrapper`) from the same constructor.
 
 Not yet on Keras 3: the per-weight variables of rules (`auxiliary`: DeepR's
 signs, SNFS's momentum) and the dense-gradient hook (RigL, SNFS); the engine
@@ -48,8 +51,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   See `tf_dsr.wrapper.DynamicSparseWrapper` for the method (Mostafa & Wang,
   ICML 2019, https://arxiv.org/abs/1902.05967) and the arguments, which are
   the same. The sparse kernels are those of `tf_dsr._keras3.SPARSE_KERNELS`
-  for Keras's built-in layers, or what a layer's `get_prunable_weights()`
-  returns.
+  for Keras's built-in layers, or, for any layer that implements tf_dsr's
+  protocol, what its `get_prunable_weights()` returns once built (variables
+  held by attributes its `call` reads; see `tf_dsr.DynamicSparseWrapper`).
+  A MultiHeadAttention layer gets `DynamicSparseAttentionWrapper`.
 
   Args:
     layer: the Keras 3 layer to wrap.
@@ -63,6 +68,13 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       on Keras 3).
     **kwargs: passed to `keras.layers.Wrapper` (for example `name`).
   """
+
+  def __new__(cls, *args, **kwargs):
+    layer = args[0] if args else kwargs.get('layer')
+    if cls is DynamicSparseWrapper and isinstance(layer,
+                                                  _keras3.ATTENTION_LAYERS):
+      cls = DynamicSparseAttentionWrapper
+    return super().__new__(cls, *args, **kwargs)
 
   def __init__(self, layer, sparsity, seed=0, init_scale='dense',
                mask_dtype=masks_lib.DTYPE.name, auxiliary=None, **kwargs):
@@ -107,6 +119,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
 
   def build(self, input_shape=None):
     super().build(input_shape)
+    self._add_masks()
+
+  def _add_masks(self):
+    """Creates the state and mask variables of the built inner layer."""
     kernels = wrapper_lib.check_kernels(
         self, _keras3.prunable_weights(self.layer))
     self._state_variables = {
@@ -166,6 +182,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
         "'dsr', 'set' or 'static' with a Keras 3 model.")
 
   def call(self, inputs, training=None, **kwargs):
+    return self._masked_call((inputs,), training, kwargs)
+
+  def _masked_call(self, inputs, training, kwargs):
+    """The inner layer's call on `*inputs, **kwargs` with masked kernels."""
     if training is True:
       # Raises unless a callback (in `fit`) or a Reallocator (in a custom
       # loop) moves this model's masks.
@@ -181,7 +201,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     if self._call_takes_training:
       kwargs['training'] = training
     with wrapper_lib._substituted(substitutions):  # pylint: disable=protected-access
-      return self.layer.call(inputs, **kwargs)
+      return self.layer.call(*inputs, **kwargs)
 
   def get_config(self):
     config = super().get_config()
@@ -189,6 +209,42 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
                    'init_scale': self.init_scale,
                    'mask_dtype': self.mask_dtype})
     return config
+
+
+@keras.saving.register_keras_serializable(package='tf_dsr')
+class DynamicSparseAttentionWrapper(DynamicSparseWrapper):
+  """The wrapper of a Keras 3 MultiHeadAttention layer.
+
+  `DynamicSparseWrapper(keras.layers.MultiHeadAttention(...), ...)` returns
+  this class; users need not name it. Its kernels are the EinsumDense
+  projections (query, key, value, the gate if any, and the output), named
+  `<wrapper>/query/kernel`, ..., `<wrapper>/attention_output/kernel`.
+
+  Its call and build take what the attention layer's do (`wrapper(query,
+  value, key=None, attention_mask=..., ...)`, `build(query_shape,
+  value_shape, key_shape=None)`), so Keras builds the projections with
+  every input's shape before the masks are made, and a model loaded from a
+  saved file is built the same way from the shapes it recorded.
+  """
+
+  def __init__(self, layer, sparsity, **kwargs):
+    super().__init__(layer, sparsity, **kwargs)
+    # As the layer: the output keeps the query's Keras mask.
+    self.supports_masking = layer.supports_masking
+
+  def build(self, query_shape, value_shape, key_shape=None):  # pylint: disable=arguments-differ
+    if not self.layer.built:
+      self.layer.build(query_shape, value_shape, key_shape)
+    self._add_masks()
+
+  # The `*_mask` arguments are named as the layer names them, so that Keras
+  # passes the Keras masks of `query`, `value` and `key` (from an Embedding
+  # with `mask_zero=True`, say) as it does to the layer itself.
+  def call(self, query, value, key=None, query_mask=None, value_mask=None,  # pylint: disable=arguments-differ
+           key_mask=None, training=None, **kwargs):
+    kwargs.update(key=key, query_mask=query_mask, value_mask=value_mask,
+                  key_mask=key_mask)
+    return self._masked_call((query, value), training, kwargs)
 
 
 wrapper_lib.DynamicSparseWrapper.register(DynamicSparseWrapper)
