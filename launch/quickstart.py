@@ -35,7 +35,6 @@ from launch import runner
 from launch.errors import LaunchError
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One row of the table: config `lenet_digits_{method}` with `overrides`."""
