@@ -74,6 +74,11 @@ OWN_LABELS = {'dense': 'dense', 'prune': 'compressed sparse',
 # The rule the launcher builds itself (frozen masks, or `masks_from`).
 STATIC = 'static'
 INITIAL_VALUES = ('random', 'saved')
+# The Kerases a run can build its model with, and the methods each runs.
+# Keras 3 (`import keras`, TensorFlow backend) has the rules tf_dsr supports
+# there; tfmot's pruning and the thin model's FLOPs matching are tf_keras's.
+KERASES = ('tf_keras', 'keras3')
+KERAS3_METHODS = ('dense', 'dsr', 'set', STATIC)
 # Archs whose builder has a `weight_decay` argument / a width multiplier.
 _DECAY_ARCHS = ('mobilenet_v1', 'resnet50', 'wide_resnet')
 _WIDTH_ARCHS = ('lenet_300_100', 'mobilenet_v1', 'resnet50', 'small_cnn',
@@ -229,6 +234,9 @@ class ExperimentConfig:
     tpu_steps_per_execution: training steps per TPU execution; must divide
       every reallocation period so that no reallocation is late.
     seed: seed of weights, masks, data order, augmentation and the rule.
+    keras: the Keras the model is built and trained with: 'tf_keras' (Keras
+      2, tfmot's; every method) or 'keras3' (`import keras` on the
+      TensorFlow backend; the methods of `KERAS3_METHODS`).
   """
   name: str
   arch: str
@@ -264,6 +272,7 @@ class ExperimentConfig:
   validation_freq: int = 1
   tpu_steps_per_execution: int = 100
   seed: int = 0
+  keras: str = 'tf_keras'
 
   def __post_init__(self):
     _validate(self)
@@ -499,6 +508,11 @@ def _validate(c):
   _check_int(c, 'validation_freq', 0)
   _check_int(c, 'tpu_steps_per_execution', 1)
   _check_int(c, 'seed', 0)
+  if c.keras not in KERASES:
+    _fail('keras', c.keras, f'one of {list(KERASES)}')
+  if c.keras == 'keras3' and c.method not in KERAS3_METHODS:
+    _fail('keras', c.keras, f"'tf_keras' for method {c.method!r}: Keras 3 "
+          f'runs only the methods {list(KERAS3_METHODS)}')
 
 
 # ------------------------------------------------------------------ the registry

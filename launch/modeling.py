@@ -10,6 +10,10 @@ gives `Dense`, `Thin`, `Prune` and `Static` for the launcher's own methods and
 a `DynamicSparse` for any other registered rule. `attach` must run before a
 checkpoint is restored, since it creates the state the checkpoint holds.
 
+The model is built with the Keras `config.keras` names (`keras_module`):
+tf_keras, or Keras 3 for the methods it runs (`configs.KERAS3_METHODS`);
+`models` builds either, and `tf_dsr` picks its path from the model.
+
 The controls of the follow-up study (docs/algorithm.md section 7) are `static` runs
 with `masks_from`: the masks a run exported at its end, with a fresh
 initialisation or (`initial_values='saved'`) that run's values at step 0.
@@ -21,6 +25,7 @@ import math
 import os
 from typing import Optional
 
+import keras as keras3
 import numpy as np
 import tensorflow as tf
 import tensorflow_model_optimization as tfmot
@@ -35,35 +40,41 @@ THIN_TOLERANCE = 0.02  # Relative gap allowed between thin and sparse counts.
 _GRID = 10_000  # Width multipliers are searched in steps of 1 / _GRID.
 
 
+def keras_module(config):
+  """The Keras module of `config.keras`: tf_keras or Keras 3."""
+  return keras3 if config.keras == 'keras3' else keras
+
+
 def _wide_resnet(config, input_shape, num_classes, width_multiplier):
   return models.wide_resnet(
       depth=config.depth, width=config.width, num_classes=num_classes,
       input_shape=input_shape, weight_decay=config.weight_decay,
-      width_multiplier=width_multiplier)
+      width_multiplier=width_multiplier, keras=keras_module(config))
 
 
 def _resnet50(config, input_shape, num_classes, width_multiplier):
   return models.resnet50(
       num_classes=num_classes, width_multiplier=width_multiplier,
-      input_shape=input_shape, weight_decay=config.weight_decay)
+      input_shape=input_shape, weight_decay=config.weight_decay,
+      keras=keras_module(config))
 
 
 def _mobilenet_v1(config, input_shape, num_classes, width_multiplier):
   return models.mobilenet_v1(
       num_classes=num_classes, alpha=width_multiplier, input_shape=input_shape,
-      weight_decay=config.weight_decay)
+      weight_decay=config.weight_decay, keras=keras_module(config))
 
 
 def _lenet_300_100(config, input_shape, num_classes, width_multiplier):
-  del config
   return models.lenet_300_100(input_shape=input_shape, num_classes=num_classes,
-                              width_multiplier=width_multiplier)
+                              width_multiplier=width_multiplier,
+                              keras=keras_module(config))
 
 
 def _small_cnn(config, input_shape, num_classes, width_multiplier):
-  del config
   return models.small_cnn(input_shape=input_shape, num_classes=num_classes,
-                          width_multiplier=width_multiplier)
+                          width_multiplier=width_multiplier,
+                          keras=keras_module(config))
 
 
 _ARCHS = {
@@ -75,19 +86,31 @@ _ARCHS = {
 }
 
 
+def _size(variable):
+  """Number of entries of a variable of either Keras."""
+  return int(np.prod(variable.shape))
+
+
+def variable_name(variable):
+  """A variable's unique name: its path in Keras 3 (whose `name` is only
+  the last part, `kernel`), its name in tf_keras."""
+  return getattr(variable, 'path', None) or variable.name
+
+
 def trainable_count(model):
   """Number of trainable parameters of `model`."""
-  return sum(w.shape.num_elements() for w in model.trainable_weights)
+  return sum(_size(w) for w in model.trainable_weights)
 
 
 def build_dense(config, input_shape, num_classes, width_multiplier=1.0):
   """The plain model of `config.arch` (logits in float32 under mixed precision)."""
   model = _ARCHS[config.arch](config, tuple(input_shape), num_classes,
                               width_multiplier)
-  if keras.mixed_precision.global_policy().compute_dtype != 'float32':
-    logits = keras.layers.Activation('linear', dtype='float32',
-                                     name='logits_float32')(model.output)
-    model = keras.Model(model.input, logits, name=model.name)
+  k = keras_module(config)
+  if k.mixed_precision.global_policy().compute_dtype != 'float32':
+    logits = k.layers.Activation('linear', dtype='float32',
+                                 name='logits_float32')(model.output)
+    model = k.Model(model.input, logits, name=model.name)
   return model
 
 
@@ -99,7 +122,7 @@ def sparse_active_count(model, arch, sparsity):
   """
   active = trainable_count(model)
   for name in models.sparse_kernel_layers(model, arch):
-    size = model.get_layer(name).kernel.shape.num_elements()
+    size = _size(model.get_layer(name).kernel)
     active -= size - tf_dsr.distributions.uniform_count(size, sparsity)
   return active
 
@@ -191,12 +214,12 @@ FINAL_MASKS = 'final_masks.npz'
 
 def weights_by_name(model):
   """`{variable name: value}` of every weight of `model` (masks included)."""
-  return {v.name: v.numpy() for v in model.weights}
+  return {variable_name(v): v.numpy() for v in model.weights}
 
 
 def masks_by_name(model):
   """`{mask variable name: value}` of every DynamicSparseWrapper mask."""
-  return {mask.name: mask.numpy()
+  return {variable_name(mask): mask.numpy()
           for wrapper in tf_dsr.collect_wrappers(model)
           for _, mask in wrapper.sparse_weights}
 
@@ -212,7 +235,7 @@ def load_arrays(path):
 
 
 def _assign_by_name(variables, values, what):
-  by_name = {v.name: v for v in variables}
+  by_name = {variable_name(v): v for v in variables}
   missing = sorted(set(by_name) - set(values))
   if missing:
     raise LaunchError(f'{what} has no value for {missing[:3]}...: it comes from '
@@ -244,7 +267,7 @@ def apply_exported_structure(model, config, fresh_kernels):
       if config.initial_values == 'saved':
         value = kernel.numpy()
       else:  # Fresh values, scaled for the loaded mask as at build.
-        value = fresh_kernels[kernel.name]
+        value = fresh_kernels[variable_name(kernel)]
         if config.init_scale == 'sparse_fan_in':
           value = value * tf_dsr.wrapper.initial_scale(mask).numpy()
       kernel.assign(value * mask.numpy())
@@ -325,7 +348,7 @@ class Static(Dense):
     with scope():
       model = build_dense(config, input_shape, num_classes)
       sparse = set(models.sparse_kernel_layers(model, config.arch))
-      fresh = {model.get_layer(name).kernel.name:
+      fresh = {variable_name(model.get_layer(name).kernel):
                model.get_layer(name).kernel.numpy() for name in sparse}
       model = tf_dsr.sparsify(
           model, config.sparsity, exclude=lambda layer: layer.name not in sparse,
@@ -504,13 +527,12 @@ def method(name):
                     f'{list(configs.methods())}.')
 
 
-def loss():
-  """The training loss of every config: cross-entropy on logits."""
-  return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+def loss(k=keras):
+  """The training loss of every config: cross-entropy on logits (of Keras `k`)."""
+  return k.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-@keras.utils.register_keras_serializable(package='launch')
-class PiecewiseByEpoch(keras.optimizers.schedules.LearningRateSchedule):
+class _PiecewiseByEpoch:
   """A learning rate that is constant within pieces that start at given epochs.
 
   Args:
@@ -536,16 +558,32 @@ class PiecewiseByEpoch(keras.optimizers.schedules.LearningRateSchedule):
             'steps_per_epoch': self.steps_per_epoch}
 
 
+# The schedule as each Keras's LearningRateSchedule.
+@keras.utils.register_keras_serializable(package='launch')
+class PiecewiseByEpoch(_PiecewiseByEpoch,
+                       keras.optimizers.schedules.LearningRateSchedule):
+  __doc__ = _PiecewiseByEpoch.__doc__
+
+
+@keras3.saving.register_keras_serializable(package='launch')
+class PiecewiseByEpochKeras3(_PiecewiseByEpoch,
+                             keras3.optimizers.schedules.LearningRateSchedule):
+  __doc__ = _PiecewiseByEpoch.__doc__
+
+
 def compile_model(model, config, steps_per_epoch, steps_per_execution=1):
   """Compiles with the paper's SGD, the by-epoch learning rate and top-1/top-5."""
-  optimizer = keras.optimizers.SGD(
-      learning_rate=PiecewiseByEpoch(config.learning_rate, steps_per_epoch),
-      momentum=config.momentum, nesterov=config.nesterov)
+  k = keras_module(config)
+  schedule = (PiecewiseByEpochKeras3 if k is keras3 else PiecewiseByEpoch)(
+      config.learning_rate, steps_per_epoch)
+  optimizer = k.optimizers.SGD(learning_rate=schedule,
+                               momentum=config.momentum,
+                               nesterov=config.nesterov)
   model.compile(
       optimizer=optimizer,
-      loss=loss(),
-      metrics=[keras.metrics.SparseCategoricalAccuracy(name='top1'),
-               keras.metrics.SparseTopKCategoricalAccuracy(k=5, name='top5')],
+      loss=loss(k),
+      metrics=[k.metrics.SparseCategoricalAccuracy(name='top1'),
+               k.metrics.SparseTopKCategoricalAccuracy(k=5, name='top5')],
       steps_per_execution=steps_per_execution)
   optimizer.build(model.trainable_variables)  # Slots exist before a restore.
 
@@ -560,8 +598,11 @@ def flops_results(config, built, steps, reallocations, steps_per_epoch):
   Returns:
     A dict: `inference` (f_S of the final model), `dense_inference` (f_D),
     `inference_fraction` (f_S / f_D) and `training_multiplier` (the mean
-    training step's FLOPs over dense training's, 3 f_D).
+    training step's FLOPs over dense training's, 3 f_D). None for a
+    Keras 3 model.
   """
+  if config.keras == 'keras3':
+    return None  # `tf_dsr.flops_report` does not take Keras 3 models yet.
   report = tf_dsr.flops_report(built.model)
   reference = built.reference_flops or report.dense
   training = method(config.method).training_flops(
@@ -601,13 +642,13 @@ def parameter_counts(model):
     if not total:
       continue
     pairs = _pruned_kernels(layer)
-    inactive = sum(int((m.numpy() <= 0.5).sum()) for _, m in pairs)
+    inactive = sum(int((np.asarray(m.numpy()) <= 0.5).sum()) for _, m in pairs)
     per_layer.append({
         'name': layer.layer.name if pairs else layer.name,
         'active': total - inactive,
         'total': total,
         'sparse': bool(pairs),
-        'sparse_total': sum(k.shape.num_elements() for k, _ in pairs),
+        'sparse_total': sum(_size(k) for k, _ in pairs),
     })
   sparse_total = sum(l.pop('sparse_total') for l in per_layer)
   total = sum(l['total'] for l in per_layer)

@@ -81,8 +81,10 @@ def _results(config, overrides, model, built, final, data, strategy, steps,
     results['dsr'] = {'reallocations': reallocations,
                       'threshold': float(state.threshold.numpy()),
                       'last_step': int(state.last_step.numpy())}
-  results['flops'] = modeling.flops_results(
-      config, built, steps, reallocations, data.steps_per_epoch)
+  flops = modeling.flops_results(config, built, steps, reallocations,
+                                 data.steps_per_epoch)
+  if flops is not None:
+    results['flops'] = flops
   return results
 
 
@@ -180,6 +182,12 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
   if backup_steps and not model_dir:
     raise LaunchError(f'backup_steps={backup_steps} needs --model_dir (the '
                       'backups are written there).')
+  if config.keras == 'keras3' and (model_dir or digest_dir):
+    raise LaunchError(
+        f'config field `keras` is {config.keras!r}: a Keras 3 run trains and '
+        'evaluates without --model_dir and --digest_dir (its checkpoints, '
+        'compact checkpoint, export and digests are tf_keras only for now), '
+        f'got model_dir={model_dir!r}, digest_dir={digest_dir!r}.')
   settings = json.loads(json.dumps(config.to_dict()))
   run_dir = outputs.RunDir(model_dir) if model_dir else None
   if run_dir:
@@ -193,14 +201,15 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
 
   strategy = strategy_lib.create(strategy, tpu)
   on_tpu = strategy_lib.is_tpu(strategy)
+  model_keras = modeling.keras_module(config)
   if on_tpu:
-    keras.mixed_precision.set_global_policy('mixed_bfloat16')
+    model_keras.mixed_precision.set_global_policy('mixed_bfloat16')
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
     raise LaunchError(f'batch_size {config.batch_size} is not divisible by the '
                       f'{replicas} replicas of {type(strategy).__name__}.')
   steps_per_execution = _steps_per_execution(config, on_tpu)
-  keras.utils.set_random_seed(config.seed)
+  model_keras.utils.set_random_seed(config.seed)
   data = data_lib.load(config, data_dir, begin.epoch, drop_remainder=on_tpu,
                        initial_step=begin.step)
   initial_epoch = data.initial_epoch
@@ -254,7 +263,8 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
                   steps_per_epoch=data.steps_per_epoch,
                   validation_data=data.eval if config.validation_freq else None,
                   validation_freq=config.validation_freq or 1,
-                  callbacks=callbacks, verbose=verbose)
+                  callbacks=callbacks, verbose=verbose,
+                  shuffle=False)  # `data.train` is shuffled already.
         if (run_dir and is_chief and tf.io.gfile.isdir(run_dir.backup) and
             not tf.io.gfile.listdir(run_dir.backup)):
           tf.io.gfile.rmtree(run_dir.backup)  # Keras leaves it empty.

@@ -1,4 +1,7 @@
-"""Plain Keras (tf_keras) models used in the DSR experiments; they know nothing of sparsity.
+"""Plain Keras models used in the DSR experiments; they know nothing of sparsity.
+
+Every builder takes `keras=`, the Keras module to build with: None for tf_keras
+(`from tf_dsr import keras`) or Keras 3 (`import keras`).
 
 Builders return functional models that output logits and give every layer a
 stable name, so that `sparse_kernel_layers(model, arch)` can list the kernels

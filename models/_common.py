@@ -1,13 +1,37 @@
-"""Shared helpers for the model builders: the Keras handle, argument checks, layers."""
+"""Shared helpers for the model builders: the Keras module, argument checks, layers.
+
+Every layer helper takes the Keras module to build with as its first
+argument (`keras_module`), so a builder makes tf_keras or Keras 3 layers alike.
+"""
 
 import math
 
-from tensorflow_model_optimization.python.core.keras.compat import keras
+from tensorflow_model_optimization.python.core.keras.compat import keras as tf_keras
 
 # PyTorch-style batch-norm statistics (momentum 0.1 there is 0.9 here), as in the
 # reference implementations the DSR paper trained with.
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+
+
+def keras_module(keras):
+  """The Keras module a builder builds with: tf_keras for None, else `keras`.
+
+  Args:
+    keras: None (tf_keras, the Keras of tfmot: `from tf_dsr import keras`) or
+      a Keras module with `layers`, `Input` and `Model` (Keras 3: `import
+      keras`).
+
+  Raises:
+    ValueError: when `keras` is not such a module; the message echoes it.
+  """
+  if keras is None:
+    return tf_keras
+  if not all(hasattr(keras, name) for name in ('layers', 'Input', 'Model',
+                                                'regularizers')):
+    raise ValueError('keras must be None (tf_keras) or a Keras module such as '
+                     f'`import keras`, got {keras!r}')
+  return keras
 
 
 def check_int(name, value, minimum=1):
@@ -30,7 +54,7 @@ def check_shape(name, value, rank=None):
   return shape
 
 
-def regularizer(weight_decay):
+def regularizer(keras, weight_decay):
   """L2 kernel regularizer for an SGD-style decay coefficient (None when 0).
 
   Keras' `l2(c)` adds `c * sum(w**2)` to the loss, whose gradient is `2 * c * w`;
@@ -42,7 +66,7 @@ def regularizer(weight_decay):
   return keras.regularizers.l2(weight_decay / 2) if weight_decay > 0 else None
 
 
-def conv(x, filters, kernel_size, stride, name, reg):
+def conv(keras, x, filters, kernel_size, stride, name, reg):
   """Bias-free he_normal Conv2D with PyTorch-style symmetric padding.
 
   Stride-1 convs use 'same'; strided ones are zero-padded by `kernel_size // 2`
@@ -58,13 +82,13 @@ def conv(x, filters, kernel_size, stride, name, reg):
       kernel_initializer='he_normal', kernel_regularizer=reg, name=name)(x)
 
 
-def batch_norm(x, name):
+def batch_norm(keras, x, name):
   """BatchNormalization over the channel axis with the shared statistics settings."""
   return keras.layers.BatchNormalization(
       momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
 
 
-def classifier(x, num_classes, reg):
+def classifier(keras, x, num_classes, reg):
   """Global average pool followed by the logits Dense layer `fc` (no softmax)."""
   x = keras.layers.GlobalAveragePooling2D(name='avg_pool')(x)
   return keras.layers.Dense(num_classes, kernel_initializer='he_normal',

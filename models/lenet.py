@@ -1,6 +1,6 @@
 """Small networks: LeNet-300-100 (LeCun et al. 1998) and a tiny CNN for quick tests."""
 
-from models._common import check_int, check_shape, keras
+from models._common import check_int, check_shape, keras_module
 
 
 def _scaled(channels, width_multiplier):
@@ -17,7 +17,7 @@ def _check_multiplier(width_multiplier):
 
 
 def lenet_300_100(input_shape=(784,), num_classes=10, name=None,
-                  width_multiplier=1.0):
+                  width_multiplier=1.0, keras=None):
   """Builds LeNet-300-100, the fully connected MNIST network.
 
   From LeCun, Bottou, Bengio & Haffner, "Gradient-Based Learning Applied to
@@ -34,6 +34,8 @@ def lenet_300_100(input_shape=(784,), num_classes=10, name=None,
     name: Model name; defaults to `lenet_300_100`.
     width_multiplier: Positive factor on the hidden widths (300 and 100),
       for thin dense baselines.
+    keras: The Keras module to build with: None for tf_keras (`from tf_dsr
+      import keras`, the Keras of tfmot) or Keras 3 (`import keras`).
 
   Returns:
     A functional `keras.Model` producing logits (no softmax).
@@ -41,6 +43,7 @@ def lenet_300_100(input_shape=(784,), num_classes=10, name=None,
   Raises:
     ValueError: If an argument is invalid; the message names it.
   """
+  keras = keras_module(keras)
   input_shape = check_shape('input_shape', input_shape)
   check_int('num_classes', num_classes)
   _check_multiplier(width_multiplier)
@@ -55,7 +58,7 @@ def lenet_300_100(input_shape=(784,), num_classes=10, name=None,
 
 
 def small_cnn(input_shape=(8, 8, 1), num_classes=10, name=None,
-              width_multiplier=1.0):
+              width_multiplier=1.0, keras=None):
   """Builds a tiny conv net for unit tests and 8x8 digit images.
 
   conv3x3 16 + ReLU, conv3x3 32 stride 2 + ReLU, global average pool, Dense.
@@ -70,6 +73,8 @@ def small_cnn(input_shape=(8, 8, 1), num_classes=10, name=None,
     name: Model name; defaults to `small_cnn`.
     width_multiplier: Positive factor on both convs' channel counts (16, 32),
       for thin dense baselines.
+    keras: The Keras module to build with: None for tf_keras (`from tf_dsr
+      import keras`, the Keras of tfmot) or Keras 3 (`import keras`).
 
   Returns:
     A functional `keras.Model` producing logits (no softmax).
@@ -77,6 +82,7 @@ def small_cnn(input_shape=(8, 8, 1), num_classes=10, name=None,
   Raises:
     ValueError: If an argument is invalid; the message names it.
   """
+  keras = keras_module(keras)
   input_shape = check_shape('input_shape', input_shape, rank=3)
   check_int('num_classes', num_classes)
   _check_multiplier(width_multiplier)

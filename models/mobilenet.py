@@ -3,7 +3,7 @@
 import math
 
 from models._common import (batch_norm, check_int, check_shape, classifier, conv,
-                            keras, regularizer)
+                            keras_module, regularizer)
 
 # (pointwise filters, depthwise stride) of the 13 depthwise-separable blocks.
 _BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
@@ -11,11 +11,11 @@ _BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
            (1024, 1))
 
 
-def _relu6(x, name):
+def _relu6(keras, x, name):
   return keras.layers.ReLU(6.0, name=name)(x)
 
 
-def _depthwise(x, stride, name):
+def _depthwise(keras, x, stride, name):
   """Bias-free 3x3 depthwise conv, symmetrically padded like `_common.conv`."""
   padding = 'same'
   if stride > 1:
@@ -27,7 +27,7 @@ def _depthwise(x, stride, name):
 
 
 def mobilenet_v1(num_classes=1000, alpha=1.0, input_shape=(224, 224, 3),
-                 weight_decay=0.0, name=None):
+                 weight_decay=0.0, name=None, keras=None):
   """Builds MobileNet v1, the ImageNet network of RigL's MobileNet results.
 
   Howard et al., "MobileNets: Efficient Convolutional Neural Networks for
@@ -60,6 +60,8 @@ def mobilenet_v1(num_classes=1000, alpha=1.0, input_shape=(224, 224, 3),
       disables it.
     name: Model name; defaults to `mobilenet_v1` (`mobilenet_v1_w{alpha}` if
       `alpha != 1`).
+    keras: The Keras module to build with: None for tf_keras (`from tf_dsr
+      import keras`, the Keras of tfmot) or Keras 3 (`import keras`).
 
   Returns:
     A functional `keras.Model` mapping images to logits (no softmax).
@@ -67,23 +69,24 @@ def mobilenet_v1(num_classes=1000, alpha=1.0, input_shape=(224, 224, 3),
   Raises:
     ValueError: If an argument is invalid; the message names it.
   """
+  keras = keras_module(keras)
   check_int('num_classes', num_classes)
   if (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
       or not math.isfinite(alpha) or alpha <= 0):
     raise ValueError(f'alpha must be a finite number > 0, got {alpha!r}')
   input_shape = check_shape('input_shape', input_shape, rank=3)
-  reg = regularizer(weight_decay)
+  reg = regularizer(keras, weight_decay)
   scale = lambda c: max(1, int(c * alpha))
 
   inputs = keras.Input(input_shape, name='image')
-  x = batch_norm(conv(inputs, scale(32), 3, 2, 'conv1', reg), 'conv1_bn')
-  x = _relu6(x, 'conv1_relu')
+  x = batch_norm(keras, conv(keras, inputs, scale(32), 3, 2, 'conv1', reg), 'conv1_bn')
+  x = _relu6(keras, x, 'conv1_relu')
   for i, (filters, stride) in enumerate(_BLOCKS, start=1):
-    x = batch_norm(_depthwise(x, stride, f'block{i}_dw'), f'block{i}_dw_bn')
-    x = _relu6(x, f'block{i}_dw_relu')
-    x = batch_norm(conv(x, scale(filters), 1, 1, f'block{i}_pw', reg),
+    x = batch_norm(keras, _depthwise(keras, x, stride, f'block{i}_dw'), f'block{i}_dw_bn')
+    x = _relu6(keras, x, f'block{i}_dw_relu')
+    x = batch_norm(keras, conv(keras, x, scale(filters), 1, 1, f'block{i}_pw', reg),
                    f'block{i}_pw_bn')
-    x = _relu6(x, f'block{i}_pw_relu')
-  outputs = classifier(x, num_classes, reg)
+    x = _relu6(keras, x, f'block{i}_pw_relu')
+  outputs = classifier(keras, x, num_classes, reg)
   default = 'mobilenet_v1' if alpha == 1 else f'mobilenet_v1_w{alpha:g}'
   return keras.Model(inputs, outputs, name=name or default)

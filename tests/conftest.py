@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+import keras as keras3  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -11,9 +12,13 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tf_dsr  # pylint: disable=g-import-not-at-top
 from tf_dsr import keras  # pylint: disable=g-import-not-at-top
 
+# The Kerases tf_dsr runs on, for tests parametrised over `flavour`.
+FLAVOURS = {'tf_keras': keras, 'keras3': keras3}
 
-def tiny_cnn(name='tiny'):
-  """8x8x1 -> conv 8 -> conv 16 -> pool -> dense 10 (sparse: conv2, fc)."""
+
+def tiny_cnn(name='tiny', keras=keras):  # pylint: disable=redefined-outer-name
+  """8x8x1 -> conv 8 -> conv 16 -> pool -> dense 10 (sparse: conv2, fc), in
+  the Keras module `keras`."""
   inputs = keras.Input((8, 8, 1))
   x = keras.layers.Conv2D(8, 3, padding='same', activation='relu',
                           name='conv1')(inputs)
@@ -31,12 +36,16 @@ def tiny_data(n=64, seed=0):
   return x, y
 
 
-def sparse_tiny_cnn(sparsity=0.8, seed=0, optimizer=None):
-  keras.utils.set_random_seed(seed)
-  model = tf_dsr.sparsify(tiny_cnn(), sparsity, exclude=['conv1'], seed=seed)
+def sparse_tiny_cnn(sparsity=0.8, seed=0, optimizer=None, flavour='tf_keras'):
+  """`tiny_cnn` of the Keras `flavour` ('tf_keras' or 'keras3'), sparsified
+  and compiled (SGD with momentum unless `optimizer` is given)."""
+  k = FLAVOURS[flavour]
+  k.utils.set_random_seed(seed)
+  model = tf_dsr.sparsify(tiny_cnn(keras=k), sparsity, exclude=['conv1'],
+                          seed=seed)
   model.compile(
-      optimizer or keras.optimizers.SGD(0.05, momentum=0.9),
-      keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+      optimizer or k.optimizers.SGD(0.05, momentum=0.9),
+      k.losses.SparseCategoricalCrossentropy(from_logits=True))
   return model
 
 

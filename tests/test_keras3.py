@@ -7,9 +7,9 @@
 - The engine on a Keras 3 model gives the same masks, H and stats as on the
   same tf_keras model, resets SGD momentum and Adam moments where weights
   move, and `fit` with the callback reallocates on schedule with one trace.
-- A `.keras` file (loaded in this process or a fresh one) and a
-  `.weights.h5` file keep masks and state, and a resumed run ends
-  bit-identical to an uninterrupted one.
+- A `.keras` file loads in a fresh process with masks and state (that a
+  `.keras` or `.weights.h5` file resumes a run bit-identically is tested
+  on both Kerases in tests/test_save_paths.py).
 - `strip_dynamic_sparsity` gives a plain Keras 3 model with the masked
   kernels, and `sparsity_report` the tf_keras report's numbers.
 - An XLA-compiled train step gives the same masks as an uncompiled one;
@@ -20,7 +20,6 @@
 
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -53,7 +52,6 @@ def _python(code, **env):
 _IMPORT = '''
 import json
 import os
-import re
 before = os.environ.get('TF_USE_LEGACY_KERAS')
 import tf_dsr
 import tensorflow as tf
@@ -338,29 +336,6 @@ def test_keras3_fit_needs_the_callback_and_then_reallocates_on_schedule():
   assert int(state['step'].numpy()) == 8
 
 
-def _all_weights(model):
-  return [v.numpy() for v in model.weights] + [
-      v.numpy() for v in model.optimizer.variables]
-
-
-def test_keras3_resumes_from_a_keras_file_bit_identically(tmp_path):
-  x, y = _data()
-  fit = dict(batch_size=10, verbose=0, shuffle=False)
-  straight = _compiled()
-  straight.fit(x, y, epochs=4, callbacks=[_callback()], **fit)
-  first = _compiled()
-  first.fit(x, y, epochs=2, callbacks=[_callback()], **fit)
-  path = str(tmp_path / 'run.keras')
-  first.save(path)
-  resumed = keras.models.load_model(path)
-  assert isinstance(resumed.layers[1], tf_dsr.DynamicSparseWrapper)
-  for ours, theirs in zip(_all_weights(resumed), _all_weights(first)):
-    np.testing.assert_array_equal(ours, theirs)
-  resumed.fit(x, y, epochs=4, initial_epoch=2, callbacks=[_callback()], **fit)
-  for ours, theirs in zip(_all_weights(resumed), _all_weights(straight)):
-    np.testing.assert_array_equal(ours, theirs)
-
-
 def test_keras3_keras_file_loads_in_a_fresh_process(tmp_path):
   x, y = _data()
   model = _compiled()
@@ -382,19 +357,6 @@ def test_keras3_keras_file_loads_in_a_fresh_process(tmp_path):
       wrappers = tf_dsr.collect_wrappers(model)
       print(len(wrappers), int(wrappers[0].state_variables['last_step']))
       ''') == '2 3'
-
-
-def test_keras3_weights_file_keeps_masks_and_state(tmp_path):
-  x, y = _data()
-  model = _compiled()
-  model.fit(x, y, batch_size=10, epochs=1, verbose=0,
-            callbacks=[_callback()])
-  path = str(tmp_path / 'run.weights.h5')
-  model.save_weights(path)
-  fresh = _cnn(keras)
-  fresh.load_weights(path)
-  for ours, theirs in zip(fresh.weights, model.weights):
-    np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
 
 
 # ------------------------------------------------------- strip and report
@@ -522,23 +484,3 @@ def test_keras3_mixed_float16_trains_with_the_callback():
       assert len(slots) == 1 and id(slots[0]) in inner
       # Reset where weights moved; no gradient reaches an inactive entry.
       assert not slots[0].numpy()[mask == 0].any()
-
-
-# ------------------------------------------------------------------ README
-def test_the_readme_keras3_example_runs_as_written():
-  text = open(os.path.join(REPO, 'README.md')).read()
-  section = text[text.index('### Keras 3'):]
-  code = re.search(r'```python\n(.*?)```', section, re.S).group(1)
-  namespace = {}
-  exec(compile(code, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
-  model, plain = namespace['model'], namespace['plain']
-  # 1000 examples / 50 per batch * 4 epochs = 80 steps, every 10th reallocates.
-  assert [s.step for s in namespace['callback'].history] == list(
-      range(10, 81, 10))
-  assert isinstance(plain, keras.Model)
-  assert not tf_dsr.collect_wrappers(plain)
-  # Dense 20x64 and 64x2 at sparsity 0.9: round(0.1 * 1280) + round(0.1 * 128).
-  assert tf_dsr.sparsity_report(model).sparse_active == 128 + 13
-  x = namespace['x'][:8]
-  np.testing.assert_allclose(plain.predict(x, verbose=0),
-                             model.predict(x, verbose=0), rtol=1e-6)

@@ -6,6 +6,8 @@
   the stripped SavedModel and results.json; a run stopped after epoch 1 and
   resumed ends with the same masks, weights, optimizer and DSR state.
 - Bad input: clear messages, exit status 2, nothing written.
+- Configs with keras=keras3 (dense, static, DSR, SET) train end to end and
+  match their tf_keras twins; a Keras 3 run refuses a model_dir.
 - The quick start prints a progress line per run, then its table.
 """
 
@@ -89,6 +91,41 @@ def test_one_training_step(name, extra):
   if '_thin' in name:
     thin = results['thin']
     assert abs(thin['params'] - thin['target_params']) <= 0.02 * thin['target_params']
+
+
+# ------------------------------------------------------------------ Keras 3
+# small_cnn on digits: 2 epochs of 5 steps, a reallocation every 3 steps.
+KERAS3_TINY = ['epochs=2', 'steps_per_epoch=5', 'eval_steps=2',
+               'batch_size=16', 'validation_freq=0']
+
+
+@pytest.mark.parametrize('method', ['dense', 'static', 'dsr', 'set'])
+def test_keras3_config_trains_like_its_tf_keras_twin(method):
+  """A config with keras=keras3 trains end to end; with the same seed the
+  tf_keras run starts from the same weights and masks and ends the same."""
+  extra = ['period=3'] if method in ('dsr', 'set') else []
+  results = {}
+  for flavour in ('tf_keras', 'keras3'):
+    keras.backend.clear_session()
+    config = runner.resolve(f'small_cnn_digits_{method}',
+                            KERAS3_TINY + extra + [f'keras={flavour}'])
+    results[flavour] = runner.run(config, verbose=0)
+  twin, ours = results['tf_keras'], results['keras3']
+  assert ours['steps'] == 10 and 'flops' not in ours and 'flops' in twin
+  assert ours['params'] == twin['params']
+  if method in ('dsr', 'set'):
+    assert ours['dsr']['reallocations'] == 3  # After steps 3, 6 and 9.
+    assert ours['dsr'] == twin['dsr']
+  assert ours['eval_loss'] == pytest.approx(twin['eval_loss'], rel=1e-3)
+
+
+def test_keras3_run_refuses_a_model_dir_and_writes_nothing(tmp_path):
+  config = runner.resolve('small_cnn_digits_dsr', ['keras=keras3'])
+  model_dir = tmp_path / 'run'
+  with pytest.raises(LaunchError, match=r"config field `keras` is 'keras3': .*"
+                     r"without --model_dir.*got model_dir='.*run'"):
+    runner.run(config, model_dir=str(model_dir), verbose=0)
+  assert not model_dir.exists()
 
 
 # ------------------------------------------------------------- 2-epoch run
@@ -289,14 +326,16 @@ def test_quickstart_prints_its_table():
       [sys.executable, '-m', 'launch.quickstart', '--seeds=2', '--override',
        'epochs=5'], capture_output=True, text=True, cwd=REPO, env=_env())
   assert done.returncode == 0, done.stderr
-  rows = re.findall(r'^(dense|static sparse|DSR) +([\d,]+) / ([\d,]+) +(\d+) +'
-                    r'([\d.]+) \+- ([\d.]+) +(\d+)$', done.stdout, re.MULTILINE)
-  assert [r[0] for r in rows] == ['dense', 'static sparse', 'DSR'], done.stdout
+  labels = ['dense', 'static sparse', 'DSR', 'DSR (Keras 3)']
+  rows = re.findall(r'^(dense|static sparse|DSR|DSR \(Keras 3\)) +([\d,]+) / '
+                    r'([\d,]+) +(\d+) +([\d.]+) \+- ([\d.]+) +(\d+)$',
+                    done.stdout, re.MULTILINE)
+  assert [r[0] for r in rows] == labels, done.stdout
   # LeNet-300-100 on 64 inputs: 50,610 parameters; at sparsity 0.9 the
-  # kernels keep 1,920 + 3,000 + 100 and the 410 biases stay: 5,430.
-  assert [(r[1], r[2]) for r in rows] == [('50,610', '50,610'),
-                                          ('5,430', '50,610'),
-                                          ('5,430', '50,610')]
+  # kernels keep 1,920 + 3,000 + 100 and the 410 biases stay: 5,430 (the
+  # same in Keras 3).
+  assert [(r[1], r[2]) for r in rows] == [('50,610', '50,610')] + [
+      ('5,430', '50,610')] * 3
   for row in rows:
     assert row[3] == '210' and row[6] == '2'  # 5 epochs of 42 steps, 2 seeds.
     assert 0 <= float(row[5]) < 0.3
@@ -304,17 +343,17 @@ def test_quickstart_prints_its_table():
   # near its final accuracy; the sparse ones, at 1/10 of the fan-in, are
   # still climbing (about 0.65 here, 0.96 after 30 epochs).
   assert float(rows[0][4]) > 0.9
-  assert float(rows[1][4]) > 0.3 and float(rows[2][4]) > 0.3
+  assert all(float(row[4]) > 0.3 for row in rows[1:])
   # One progress line per run, in order, with the time so far and left.
-  progress = re.findall(r'^\[quickstart\] run (\d) of 6: (dense|static sparse|DSR), '
-                        r'seed (\d): test accuracy [\d.]+ in \d+ s; elapsed '
-                        r'[\w ]+, about [\w ]+ left$', done.stdout, re.MULTILINE)
-  assert progress == [(str(i + 1), method, str(seed))
-                      for i, (method, seed) in enumerate(
-                          (m, s) for m in ('dense', 'static sparse', 'DSR')
-                          for s in (0, 1))], done.stdout
-  assert done.stdout.startswith('[quickstart] 6 runs: dense, static sparse, '
-                                'DSR x 2 seeds\n'), done.stdout
+  progress = re.findall(r'^\[quickstart\] run (\d) of 8: (dense|static sparse|'
+                        r'DSR|DSR \(Keras 3\)), seed (\d): test accuracy '
+                        r'[\d.]+ in \d+ s; elapsed [\w ]+, about [\w ]+ left$',
+                        done.stdout, re.MULTILINE)
+  assert progress == [(str(i + 1), label, str(seed))
+                      for i, (label, seed) in enumerate(
+                          (m, s) for m in labels for s in (0, 1))], done.stdout
+  assert done.stdout.startswith('[quickstart] 8 runs: dense, static sparse, '
+                                'DSR, DSR (Keras 3) x 2 seeds\n'), done.stdout
 
 
 def _unwritable_dir(tmp_path):

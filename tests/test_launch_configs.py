@@ -265,7 +265,7 @@ def test_overrides_of_rule_options():
                             'initial_threshold': 1e-3}
   with pytest.raises(LaunchError, match=r"unknown key 'tolerance' \(an option "
                      r"of 'dsr', not of method 'set'\); valid keys are: arch, "
-                     r".*, seed, drop_fraction, target_pruned\."):
+                     r".*, seed, keras, drop_fraction, target_pruned\."):
     overrides.apply(configs.get('lenet_digits_set'), ['tolerance=0.2'])
   with pytest.raises(LaunchError, match="option tolerance of method 'dsr' "
                      "must be a number"):
@@ -460,9 +460,29 @@ def test_search_width_on_a_known_curve():
     modeling.search_width(count, 245_010, tolerance=0.001)
 
 
-def test_learning_rate_schedule_by_epoch():
-  schedule = modeling.PiecewiseByEpoch({0: 0.1, 2: 0.01, 5: 0.001}, 10)
+@pytest.mark.parametrize('schedule_type', [modeling.PiecewiseByEpoch,
+                                           modeling.PiecewiseByEpochKeras3])
+def test_learning_rate_schedule_by_epoch(schedule_type):
+  schedule = schedule_type({0: 0.1, 2: 0.01, 5: 0.001}, 10)
   rates = [float(schedule(tf.constant(step))) for step in (0, 19, 20, 49, 50, 999)]
   assert rates == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
-  restored = modeling.PiecewiseByEpoch.from_config(schedule.get_config())
+  restored = schedule_type.from_config(schedule.get_config())
   assert float(restored(tf.constant(20))) == pytest.approx(0.01)
+
+
+def test_keras_field_picks_the_keras_and_refuses_what_keras3_lacks():
+  assert configs.get('lenet_digits_dsr').keras == 'tf_keras'
+  for method in configs.KERAS3_METHODS:
+    assert overrides.apply(configs.get(f'small_cnn_digits_{method}'),
+                           ['keras=keras3']).keras == 'keras3'
+  with pytest.raises(LaunchError, match=r"config field `keras` must be one of "
+                     r"\['tf_keras', 'keras3'\], got 'keras2'"):
+    overrides.apply(configs.get('lenet_digits_dsr'), ['keras=keras2'])
+  for name in ('small_cnn_digits_rigl', 'small_cnn_digits_prune',
+               'wrn28_2_cifar10_thin_s0.9'):
+    method = configs.get(name).method
+    with pytest.raises(LaunchError, match=(
+        rf"config field `keras` must be 'tf_keras' for method '{method}': "
+        r"Keras 3 runs only the methods \['dense', 'dsr', 'set', 'static'\], "
+        r"got 'keras3'")):
+      overrides.apply(configs.get(name), ['keras=keras3'])

@@ -4,12 +4,13 @@ Keras' `count_params()` includes the BN moving mean/variance (non-trainable), so
 each BN layer over C channels counts 4C in total and 2C trainable.
 """
 
+import keras as keras3
 import numpy as np
 import pytest
 
 from models import (lenet_300_100, mobilenet_v1, resnet50, small_cnn,
                     sparse_kernel_layers, wide_resnet)
-from models._common import keras
+from models._common import tf_keras as keras
 
 
 def _kernel_layers(model):
@@ -230,6 +231,29 @@ def test_small_cnn():
   assert model(np.zeros((5, 8, 8, 1), np.float32)).shape == (5, 10)
 
 
+# ------------------------------------------------------------------ Keras 3
+@pytest.mark.parametrize('build, arch, kwargs', [
+    (wide_resnet, 'wide_resnet', dict(depth=10, width=1, weight_decay=5e-4)),
+    (resnet50, 'resnet50', dict(input_shape=(32, 32, 3), num_classes=10,
+                                width_multiplier=0.25)),
+    (mobilenet_v1, 'mobilenet_v1', dict(input_shape=(32, 32, 3), alpha=0.25,
+                                        num_classes=10)),
+    (lenet_300_100, 'lenet_300_100', dict(input_shape=(64,))),
+    (small_cnn, 'small_cnn', {}),
+])
+def test_keras3_builds_the_same_network(build, arch, kwargs):
+  """`keras=keras` builds the tf_keras network's layers and weights in Keras 3."""
+  plain = build(**kwargs)
+  other = build(keras=keras3, **kwargs)
+  assert isinstance(other, keras3.Model) and not isinstance(other, keras.Model)
+  assert [l.name for l in other.layers] == [l.name for l in plain.layers]
+  assert [tuple(w.shape) for w in other.weights] == [
+      tuple(w.shape) for w in plain.weights]
+  assert other.count_params() == plain.count_params()
+  assert sparse_kernel_layers(other, arch) == sparse_kernel_layers(plain, arch)
+  assert len(other.losses) == len(plain.losses)  # The same weight decay terms.
+
+
 # ----------------------------------------------------------------- arguments
 @pytest.mark.parametrize('build, arg, value', [
     (wide_resnet, 'depth', 27),
@@ -252,6 +276,8 @@ def test_small_cnn():
     (mobilenet_v1, 'alpha', float('inf')),
     (mobilenet_v1, 'num_classes', 1.5),
     (mobilenet_v1, 'input_shape', (32, 32)),
+    (lenet_300_100, 'keras', 'keras3'),
+    (small_cnn, 'keras', 3),
 ])
 def test_bad_arguments(build, arg, value):
   with pytest.raises(ValueError, match=arg) as info:

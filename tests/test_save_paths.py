@@ -3,7 +3,9 @@ epochs, loaded into a fresh model and continued for 2 more ends bit-identical
 to an uninterrupted 4-epoch run in masks, H, reallocation steps and weights.
 
 8 steps per epoch, a reallocation every 3 steps: steps 3, 6, ..., 30 (10
-reallocations), 5 before the save and 5 after it.
+reallocations), 5 before the save and 5 after it. The `.keras` file and the
+`.weights.h5` file, which both Kerases write, are tested on tf_keras and
+Keras 3; the other formats are tf_keras's.
 """
 
 import json
@@ -17,6 +19,7 @@ import tensorflow as tf
 
 import tf_dsr
 from tf_dsr import keras
+from tests.conftest import FLAVOURS
 from tests.conftest import masks_of
 from tests.conftest import Preempted
 from tests.conftest import PreemptAt
@@ -29,10 +32,11 @@ SAVED_AFTER = 2
 EXPECTED_STEPS = [3, 6, 9, 12, 15, 18, 21, 24, 27, 30]
 
 
-def _model(momentum):
-  optimizer = (keras.optimizers.SGD(0.05, momentum=0.9) if momentum
-               else keras.optimizers.SGD(0.05))
-  return sparse_tiny_cnn(seed=4, optimizer=optimizer)
+def _model(momentum, flavour='tf_keras'):
+  k = FLAVOURS[flavour]
+  optimizer = (k.optimizers.SGD(0.05, momentum=0.9) if momentum
+               else k.optimizers.SGD(0.05))
+  return sparse_tiny_cnn(seed=4, optimizer=optimizer, flavour=flavour)
 
 
 def _callback():
@@ -60,13 +64,14 @@ def _outcome(model, steps):
 _UNINTERRUPTED = {}
 
 
-def _uninterrupted(momentum):
-  if momentum not in _UNINTERRUPTED:
+def _uninterrupted(momentum, flavour='tf_keras'):
+  if (momentum, flavour) not in _UNINTERRUPTED:
     tf.config.experimental.enable_op_determinism()
-    model, cb = _model(momentum), _callback()
+    model, cb = _model(momentum, flavour), _callback()
     _fit(model, [cb], 0, EPOCHS)
-    _UNINTERRUPTED[momentum] = _outcome(model, [s.step for s in cb.history])
-  return _UNINTERRUPTED[momentum]
+    _UNINTERRUPTED[momentum, flavour] = _outcome(
+        model, [s.step for s in cb.history])
+  return _UNINTERRUPTED[momentum, flavour]
 
 
 def _assert_same(outcome, expected):
@@ -82,18 +87,18 @@ def _assert_same(outcome, expected):
 
 
 def _load_model(path):
-  return lambda momentum: keras.models.load_model(path)
+  return lambda momentum, flavour: FLAVOURS[flavour].models.load_model(path)
 
 
 def _load_weights(path):
-  def load(momentum):
-    fresh = _model(momentum)
+  def load(momentum, flavour):
+    fresh = _model(momentum, flavour)
     fresh.load_weights(path)
     return fresh
   return load
 
 
-# name -> (save(model, directory) -> load(momentum) -> model, whether the
+# name -> (save(model, directory) -> load(momentum, flavour) -> model, whether the
 # format keeps the optimizer's own state). Formats that drop the optimizer
 # (Keras restores a SavedModel directory with a new optimizer; `.h5` and
 # `.weights.h5` weights files hold layer weights only) are run with plain SGD, which has none: the DSR
@@ -132,8 +137,8 @@ def _save_checkpoint(model, d):
   path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).save(
       os.path.join(d, 'ckpt'))
 
-  def load(momentum):
-    fresh = _model(momentum)
+  def load(momentum, flavour):
+    fresh = _model(momentum, flavour)
     fresh.optimizer.build(fresh.trainable_variables)
     tf.train.Checkpoint(model=fresh, optimizer=fresh.optimizer).restore(
         path).assert_existing_objects_matched()
@@ -152,15 +157,21 @@ SAVERS = {
 }
 
 
-@pytest.mark.parametrize('name', sorted(SAVERS))
-def test_save_load_continue_equals_uninterrupted(tmp_path, name):
+# What Keras 3 writes: it keeps the optimizer's state only in `.keras` files.
+BOTH_KERASES = ('model.save .keras', 'save_weights .weights.h5')
+
+
+@pytest.mark.parametrize('flavour, name', [
+    ('tf_keras', name) for name in sorted(SAVERS)] + [
+        ('keras3', name) for name in BOTH_KERASES])
+def test_save_load_continue_equals_uninterrupted(tmp_path, flavour, name):
   save, keeps_optimizer = SAVERS[name]
-  expected = _uninterrupted(keeps_optimizer)
-  model, first = _model(keeps_optimizer), _callback()
+  expected = _uninterrupted(keeps_optimizer, flavour)
+  model, first = _model(keeps_optimizer, flavour), _callback()
   _fit(model, [first], 0, SAVED_AFTER)
   load = save(model, str(tmp_path))
   del model
-  fresh, second = load(keeps_optimizer), _callback()
+  fresh, second = load(keeps_optimizer, flavour), _callback()
   _fit(fresh, [second], SAVED_AFTER, EPOCHS)
   _assert_same(_outcome(fresh, [s.step for s in first.history + second.history]),
                expected)
@@ -183,7 +194,7 @@ def test_model_checkpoint_callback(tmp_path, filepath, weights_only,
                                                save_weights_only=weights_only)
   _fit(model, [checkpoint, first], 0, SAVED_AFTER)
   load = (_load_weights(path) if weights_only else _load_model(path))
-  fresh, second = load(keeps_optimizer), _callback()
+  fresh, second = load(keeps_optimizer, 'tf_keras'), _callback()
   _fit(fresh, [second], SAVED_AFTER, EPOCHS)
   _assert_same(_outcome(fresh, [s.step for s in first.history + second.history]),
                expected)

@@ -1,5 +1,9 @@
 """Training with DSR: masks hold under every optimizer, invariants over many
-reallocations, optimizer state reset, determinism, schedules, resume."""
+reallocations, optimizer state reset, determinism, schedules, resume.
+
+The behaviours both Kerases share (one hand-worked reallocation, the
+invariants over many and the schedules of `fit`) run on tf_keras
+and Keras 3 (`flavour`)."""
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ from tf_dsr import keras
 from tests.conftest import assert_masked_weights_zero
 from tests.conftest import assert_reset_where_moved
 from tests.conftest import custom_train_step
+from tests.conftest import FLAVOURS
 from tests.conftest import masks_of
 from tests.conftest import Preempted
 from tests.conftest import PreemptAt
@@ -85,12 +90,40 @@ def test_optimizer_state_is_reset_where_weights_moved(name):
   assert assert_reset_where_moved(pairs, slots, before) == stats.pruned
 
 
-def test_invariants_over_many_reallocations_while_training():
-  model = sparse_tiny_cnn(sparsity=0.7)
+def _dense_1x8(flavour):
+  """One Dense layer from 1 input to 8 units, no bias, at sparsity 0.5."""
+  k = FLAVOURS[flavour]
+  return tf_dsr.sparsify(
+      k.Sequential([k.Input((1,)), k.layers.Dense(8, use_bias=False,
+                                                  name='fc')]), 0.5, seed=0)
+
+
+@pytest.mark.parametrize('flavour', FLAVOURS)
+def test_one_reallocation_worked_by_hand(flavour):
+  model = _dense_1x8(flavour)
+  (kernel, mask), = sparse_pairs(model)
+  mask.assign(np.array([[1, 1, 1, 1, 0, 0, 0, 0]]).astype(mask.numpy().dtype))
+  kernel.assign([[0.5, 1e-4, -2e-4, -0.3, 0, 0, 0, 0]])
+  realloc = tf_dsr.Reallocator(model, target_pruned=2, tolerance=0.1,
+                               initial_threshold=1e-3, optimizer=False, seed=0)
+  stats = realloc.reallocate(1)
+  # |w| < H = 1e-3 prunes entries 1 and 2 (K = 2); the two regrown go to 2
+  # of the positions inactive before (4..7), at value 0; K = N_p, so H stays.
+  new_mask = np.asarray(mask.numpy()).astype(int)[0]
+  assert stats.pruned == 2 and stats.total_active == 4
+  assert list(new_mask[:4]) == [1, 0, 0, 1] and new_mask[4:].sum() == 2
+  np.testing.assert_array_equal(
+      kernel.numpy()[0], np.float32([0.5, 0, 0, -0.3, 0, 0, 0, 0]))
+  assert float(realloc.state.threshold.numpy()) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize('flavour', FLAVOURS)
+def test_invariants_over_many_reallocations_while_training(flavour):
+  model = sparse_tiny_cnn(sparsity=0.7, flavour=flavour)
   x, y = tiny_data(n=96)
   realloc = tf_dsr.Reallocator(model, target_pruned=40, seed=5)
   pairs = sparse_pairs(model)
-  sizes = [m.shape.num_elements() for _, m in pairs]
+  sizes = [int(np.prod(m.shape)) for _, m in pairs]
   total_active = sum(int(m.numpy().sum()) for _, m in pairs)
   # Exact initial counts: round((1 - 0.7) * n).
   assert [int(m.numpy().sum()) for _, m in pairs] == [
@@ -119,8 +152,8 @@ def test_invariants_over_many_reallocations_while_training():
   assert len(set(thresholds)) > 1, 'H should adapt'
 
 
-def _train_run(seed, epochs=2, period=3, spe=1, **kwargs):
-  model = sparse_tiny_cnn(seed=seed)
+def _train_run(seed, epochs=2, period=3, spe=1, flavour='tf_keras', **kwargs):
+  model = sparse_tiny_cnn(seed=seed, flavour=flavour)
   model.compile(model.optimizer, model.loss, steps_per_execution=spe)
   x, y = tiny_data()
   cb = tf_dsr.ReallocationCallback(target_pruned=20, period=period, seed=seed,
@@ -141,23 +174,29 @@ def test_same_seed_gives_bit_identical_masks():
   assert any((a != b).any() for a, b in zip(masks_of(first), masks_of(third)))
 
 
-def test_steps_per_execution_rounds_reallocations_to_the_execution_end():
+@pytest.mark.parametrize('flavour', FLAVOURS)
+def test_steps_per_execution_rounds_reallocations_to_the_execution_end(
+    flavour):
   # P = 3 with 2 steps per execution: due at 3, 6, 9, 12, 15 -> run at the
   # end of the execution containing each: steps 4, 6, 10, 12, 16.
-  _, cb = _train_run(seed=0, period=3, spe=2)
+  _, cb = _train_run(seed=0, period=3, spe=2, flavour=flavour)
   assert [s.step for s in cb.history] == [4, 6, 10, 12, 16]
 
 
-def test_period_by_epoch_and_stop_epoch():
+@pytest.mark.parametrize('flavour', FLAVOURS)
+def test_period_by_epoch_and_stop_epoch(flavour):
   # 8 steps per epoch. Epoch 0: P=4 -> steps 4, 8; epoch 1: P=8 -> step 16;
   # epoch 2 and later: stopped.
-  _, cb = _train_run(seed=0, epochs=4, period={0: 4, 1: 8}, stop_epoch=2)
+  _, cb = _train_run(seed=0, epochs=4, period={0: 4, 1: 8}, stop_epoch=2,
+                     flavour=flavour)
   assert [s.step for s in cb.history] == [4, 8, 16]
 
 
-def test_period_by_step_and_stop_step():
+@pytest.mark.parametrize('flavour', FLAVOURS)
+def test_period_by_step_and_stop_step(flavour):
   schedule = tf_dsr.PeriodSchedule({0: 5, 10: 2}, unit='step')
-  _, cb = _train_run(seed=0, epochs=2, period=schedule, stop_step=15)
+  _, cb = _train_run(seed=0, epochs=2, period=schedule, stop_step=15,
+                     flavour=flavour)
   # Steps 5 and 10 under P=5 (10 is also the start of P=2), then 12, 14.
   assert [s.step for s in cb.history] == [5, 10, 12, 14]
 
