@@ -16,6 +16,7 @@ keyed by (seed, reallocation index), so any process computes the same masks
 from the same weights.
 """
 
+import collections
 import dataclasses
 from typing import Dict
 
@@ -185,6 +186,124 @@ def _check_step(step):
           f'{step!r}.')
     step = int(step.numpy() if hasattr(step, 'numpy') else step)
   return validation.check_int('step', step, low=-1)
+
+
+# Programs by (rule, layout, draws, jit_compile). A program holds no model or
+# variable (they are its arguments), so Reallocators of models with the same
+# sparse tensors and rule share one, and only the first of them traces and
+# compiles it: a model rebuilt or reloaded in the same process, a new
+# callback per `fit`, or many runs of one configuration.
+_PROGRAMS = collections.OrderedDict()
+_MAX_PROGRAMS = 16
+
+
+def _program(rule, layout, draws, jit_compile):
+  """The cached reallocation program for `rule` on `layout` (see `_make_program`)."""
+  key = (rule, layout, tuple(draws), bool(jit_compile))
+  try:
+    hash(key)
+  except TypeError:  # A user's rule with unhashable options: not shared.
+    return _make_program(rule, layout, draws, jit_compile)
+  if key not in _PROGRAMS:
+    _PROGRAMS[key] = _make_program(rule, layout, draws, jit_compile)
+    while len(_PROGRAMS) > _MAX_PROGRAMS:
+      _PROGRAMS.popitem(last=False)
+  _PROGRAMS.move_to_end(key)
+  return _PROGRAMS[key]
+
+
+def _make_program(rule, layout, draws, jit_compile):
+  """The reallocation program: a flat core inside a per-tensor read and write.
+
+  The core works on the flat index space only, so its size (and XLA's
+  compile time) does not depend on the number of tensors; it is always
+  compiled with XLA, where its many element-wise passes fuse into few. The
+  part around it reads each variable into the flat space and writes each
+  result back: one pass per variable, compiled with the core when
+  `jit_compile` is True (as TPUs need) and left to TensorFlow's kernels
+  otherwise, which costs no compile time per tensor. Everything that differs
+  between models of the same layout (variables, seed, H, step) is an
+  argument.
+  """
+
+  def core(seed_base, step, kernels, masks, auxiliary, values, gradients,
+         threshold, count):
+    seed = reallocation.fold_in(seed_base, count)
+    row_segments = layout.row_segments()
+    dense_gradients = None
+    if gradients:
+      dense_gradients = layout.flatten(gradients)
+      # An overflowed step (mixed precision) must not steer the growth.
+      dense_gradients = tf.where(tf.math.is_finite(dense_gradients),
+                                 dense_gradients, 0.0)
+    weights = layout.flatten([tf.cast(k, tf.float32) for k in kernels])
+    old = layout.flatten([masks_lib.active(m) for m in masks],
+                         padding=False)
+    auxiliary = {kind: layout.flatten(group)
+                 for kind, group in auxiliary.items()}
+    active, nonfinite = layout.count(old, ~tf.math.is_finite(weights),
+                                     row_segments=row_segments)
+    # A non-finite weight anywhere leaves everything as it was.
+    ok = tf.reduce_all(nonfinite == 0)
+    decision = rule.drop(rules_lib.RuleInputs(
+        layout=layout, weights=weights, masks=old, active=active,
+        threshold=threshold, step=step, seed=seed, auxiliary=auxiliary,
+        values=values, row_segments=row_segments,
+        gradients=dense_gradients))
+    result = reallocation.drop_and_grow(
+        layout, old, decision.pruned, decision.num_pruned, active,
+        rule.budget, seed, draws, row_segments, decision.grow_keys,
+        decision.regrow)
+    # What moves: nothing if the call is refused.
+    dropped = result.pruned_masks & ok
+    grown = result.grown_masks & ok
+    kept = (old & ~dropped) | ~ok
+    new_masks = (old & ~dropped) | grown
+    new_weights = None
+    if decision.weights is not None:
+      new_weights = tf.where(ok, decision.weights, weights)
+    new_auxiliary = {
+        kind: tf.where(ok, tf.cast(decision.auxiliary[kind], value.dtype),
+                       value)
+        for kind, value in auxiliary.items()
+        if decision.auxiliary and kind in decision.auxiliary}
+    zero = tf.constant(0, tf.int64)
+    stats = (tf.where(ok, result.pruned, zero),
+             tf.where(ok, result.candidates, zero), threshold,
+             tf.where(ok, rule.next_threshold(threshold, result.candidates),
+                      threshold),
+             tf.where(ok, result.active, active),
+             tf.where(ok, result.regrown, tf.zeros_like(result.regrown)),
+             result.skipped & ok, nonfinite, ok)
+    return kept, new_masks, new_weights, new_auxiliary, stats
+
+  core = tf.function(core, jit_compile=True, autograph=False)
+
+  def program(seed_base, step, kernels, masks, slots, auxiliary, values,
+              gradients, threshold_var, count_var, step_var):
+    originals = [tf.convert_to_tensor(k) for k in kernels]
+    kept, new_masks, new_weights, new_auxiliary, stats = core(
+        seed_base, step, originals, [tf.convert_to_tensor(m) for m in masks],
+        {kind: [tf.convert_to_tensor(v) for v in group]
+         for kind, group in auxiliary.items()}, values, gradients,
+        tf.convert_to_tensor(threshold_var),
+        tf.convert_to_tensor(count_var))
+    if new_weights is not None:
+      for kernel, value in zip(kernels, layout.unflatten(new_weights)):
+        kernel.assign(tf.cast(value, kernel.dtype))
+    for i, (kept_i, new_mask_i) in enumerate(
+        zip(layout.unflatten(kept), layout.unflatten(new_masks))):
+      _write(kernels[i], masks[i], slots[i], kept_i, new_mask_i)
+    for kind, value in new_auxiliary.items():
+      for variable, part in zip(auxiliary[kind], layout.unflatten(value)):
+        variable.assign(tf.cast(part, variable.dtype))
+    ok = stats[-1]
+    threshold_var.assign(stats[3])
+    count_var.assign_add(tf.cast(ok, tf.int64))
+    step_var.assign(tf.where(ok, step, step_var))
+    return stats[:-1]
+
+  return tf.function(program, jit_compile=jit_compile, autograph=False)
 
 
 class Reallocator:
@@ -473,99 +592,6 @@ class Reallocator:
     return found
 
   # ------------------------------------------------------------ the program
-  def _build_function(self, layout, draws):
-    """The reallocation program: a flat core inside a per-tensor read and write.
-
-    The core works on the flat index space only, so its size (and XLA's
-    compile time) does not depend on the number of tensors; it is always
-    compiled with XLA, where its many element-wise passes fuse into few. The
-    part around it reads each variable into the flat space and writes each
-    result back: one pass per variable, compiled with the core when
-    `jit_compile` is True (as TPUs need) and left to TensorFlow's kernels
-    otherwise, which costs no compile time per tensor.
-    """
-    rule = self.rule
-    seed_base = tf.constant([self.seed, 0], tf.int64)
-
-    def core(step, kernels, masks, auxiliary, values, gradients, threshold,
-             count):
-      seed = reallocation.fold_in(seed_base, count)
-      row_segments = layout.row_segments()
-      dense_gradients = None
-      if gradients:
-        dense_gradients = layout.flatten(gradients)
-        # An overflowed step (mixed precision) must not steer the growth.
-        dense_gradients = tf.where(tf.math.is_finite(dense_gradients),
-                                   dense_gradients, 0.0)
-      weights = layout.flatten([tf.cast(k, tf.float32) for k in kernels])
-      old = layout.flatten([masks_lib.active(m) for m in masks],
-                           padding=False)
-      auxiliary = {kind: layout.flatten(group)
-                   for kind, group in auxiliary.items()}
-      active, nonfinite = layout.count(old, ~tf.math.is_finite(weights),
-                                       row_segments=row_segments)
-      # A non-finite weight anywhere leaves everything as it was.
-      ok = tf.reduce_all(nonfinite == 0)
-      decision = rule.drop(rules_lib.RuleInputs(
-          layout=layout, weights=weights, masks=old, active=active,
-          threshold=threshold, step=step, seed=seed, auxiliary=auxiliary,
-          values=values, row_segments=row_segments,
-          gradients=dense_gradients))
-      result = reallocation.drop_and_grow(
-          layout, old, decision.pruned, decision.num_pruned, active,
-          rule.budget, seed, draws, row_segments, decision.grow_keys,
-          decision.regrow)
-      # What moves: nothing if the call is refused.
-      dropped = result.pruned_masks & ok
-      grown = result.grown_masks & ok
-      kept = (old & ~dropped) | ~ok
-      new_masks = (old & ~dropped) | grown
-      new_weights = None
-      if decision.weights is not None:
-        new_weights = tf.where(ok, decision.weights, weights)
-      new_auxiliary = {
-          kind: tf.where(ok, tf.cast(decision.auxiliary[kind], value.dtype),
-                         value)
-          for kind, value in auxiliary.items()
-          if decision.auxiliary and kind in decision.auxiliary}
-      zero = tf.constant(0, tf.int64)
-      stats = (tf.where(ok, result.pruned, zero),
-               tf.where(ok, result.candidates, zero), threshold,
-               tf.where(ok, rule.next_threshold(threshold, result.candidates),
-                        threshold),
-               tf.where(ok, result.active, active),
-               tf.where(ok, result.regrown, tf.zeros_like(result.regrown)),
-               result.skipped & ok, nonfinite, ok)
-      return kept, new_masks, new_weights, new_auxiliary, stats
-
-    core = tf.function(core, jit_compile=True, autograph=False)
-
-    def program(step, kernels, masks, slots, auxiliary, values, gradients,
-                threshold_var, count_var, step_var):
-      originals = [tf.convert_to_tensor(k) for k in kernels]
-      kept, new_masks, new_weights, new_auxiliary, stats = core(
-          step, originals, [tf.convert_to_tensor(m) for m in masks],
-          {kind: [tf.convert_to_tensor(v) for v in group]
-           for kind, group in auxiliary.items()}, values, gradients,
-          tf.convert_to_tensor(threshold_var),
-          tf.convert_to_tensor(count_var))
-      if new_weights is not None:
-        for kernel, value in zip(kernels, layout.unflatten(new_weights)):
-          kernel.assign(tf.cast(value, kernel.dtype))
-      for i, (kept_i, new_mask_i) in enumerate(
-          zip(layout.unflatten(kept), layout.unflatten(new_masks))):
-        _write(kernels[i], masks[i], slots[i], kept_i, new_mask_i)
-      for kind, value in new_auxiliary.items():
-        for variable, part in zip(auxiliary[kind], layout.unflatten(value)):
-          variable.assign(tf.cast(part, variable.dtype))
-      ok = stats[-1]
-      threshold_var.assign(stats[3])
-      count_var.assign_add(tf.cast(ok, tf.int64))
-      step_var.assign(tf.where(ok, step, step_var))
-      return stats[:-1]
-
-    return tf.function(program, jit_compile=self.jit_compile, autograph=False)
-
   def _run_on_every_replica(self, step, tensors, slots, auxiliary, values,
                             gradients):
     """Runs the program once per local copy of the variables.
@@ -590,7 +616,7 @@ class Reallocator:
     for r in range(len(state_copies[0])):
       with tf.device(state_copies[0][r].device):
         result = self._function(
-            tf.constant(step, tf.int64), [k[r] for k in kernels],
+            tf.constant([self.seed, 0], tf.int64), tf.constant(step, tf.int64), [k[r] for k in kernels],
             [m[r] for m in masks],
             [[s[r] for s in group] for group in slot_copies],
             {kind: [v[r] for v in group]
@@ -641,7 +667,8 @@ class Reallocator:
     # Read outside the replicas: summed over them (the all-reduced gradient).
     gradients = recorder.read() if recorder is not None else []
     if self._function is None:
-      self._function = self._build_function(self.layout, self.draws())
+      self._function = _program(self.rule, self.layout, self.draws(),
+                                self.jit_compile)
     (pruned, candidates, threshold_used, threshold, active, regrown, skipped,
      nonfinite) = self._run_on_every_replica(step, tensors, slots, auxiliary,
                                              values, gradients)
