@@ -366,12 +366,12 @@ def test_keras3_snfs_mirrored_replicas_stay_identical():
              if k != 'TF_USE_LEGACY_KERAS'}
   environ.update(PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3')
   done = subprocess.run(
-      [sys.executable, '-m', 'tests.keras3_mirrored_run', 'plain', 'snfs'],
+      [sys.executable, '-m', 'tests.keras3_mirrored_run', 'jit', 'snfs'],
       cwd=REPO, env=environ, capture_output=True, text=True, timeout=600,
       check=False)
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads(done.stdout.strip().splitlines()[-1])
-  assert result['method'] == 'snfs'
+  assert result['method'] == 'snfs' and result['jit']
   assert result['replicas'] == 2 and result['copies'] == [2]
   assert result['reallocations'] == result['checked'] == 2  # 2 epoch ends.
   assert result['pruned'] > 0
