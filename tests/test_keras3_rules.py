@@ -236,6 +236,40 @@ def test_keras3_gradient_rules_in_fit_equal_the_tf_keras_ones(method, options):
   _assert_twins_equal(models)
 
 
+def test_keras3_fit_records_the_dense_gradient_only_before_a_rigl_update():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(12, 4)).astype('float32')
+  t = rng.normal(size=(12, 2)).astype('float32')
+  wrapper = tf_dsr.DynamicSparseWrapper(
+      keras.layers.Dense(2, use_bias=False, name='d'), 0.5)
+  model = keras.Sequential([keras.Input((4,)), wrapper])
+  (k, m), = wrapper.sparse_weights
+  k.assign(np.linspace(-1, 1, 8).reshape(4, 2).astype('float32'))
+  m.assign(np.array([1, 0] * 4, bool).reshape(4, 2))
+  kernel, mask = k.numpy(), m.numpy().astype('float32')
+  model.compile(keras.optimizers.SGD(0.0), 'mse')
+  callback = tf_dsr.ReallocationCallback(
+      method='rigl', schedule='constant', drop_fraction=0.25, period=2,
+      end_step=100)
+  model.fit(x, t, batch_size=4, epochs=1, shuffle=False, verbose=0,
+            callbacks=[callback])
+  assert [s.step for s in callback.history] == [2]
+  # Three steps; recording is on only in step 2 (samples 4..7), the step
+  # before the update. For y = x (K * M) and the mean squared error over
+  # 4 x 2 outputs, d loss / d (K * M) = x^T 2 (y - t) / 8 at every entry,
+  # inactive ones included; step 3's gradient (samples 8..11) differs.
+  def gradient(xb, tb):
+    return xb.T @ (2.0 * (xb @ (kernel * mask) - tb) / 8.0)
+
+  recorder = callback.reallocator.gradient_recorder
+  recorded = recorder.values[0].numpy()
+  np.testing.assert_allclose(recorded, gradient(x[4:8], t[4:8]), rtol=1e-5,
+                             atol=1e-7)
+  assert not np.allclose(recorded, gradient(x[8:], t[8:]), atol=1e-3)
+  assert (recorded[mask == 0] != 0).all()
+  assert not recorder.recording.numpy()
+
+
 def test_keras3_rigl_in_fit_gives_the_same_masks_xla_compiled():
   def run(jit_compile):
     model = _twins()['keras3']
