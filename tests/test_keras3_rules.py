@@ -8,7 +8,9 @@
   the same masks, kernels, rule variables and stats under DeepR, RigL and
   SNFS, with gradients recorded by the wrappers' hook in a custom loop and
   in `fit`; `tf_dsr.snip` gives the same masks.
-- RigL in `fit` gives the same masks with an XLA-compiled train step.
+- In `fit`, the dense gradient is recorded only in the step before a RigL
+  update; RigL gives the same masks with an XLA-compiled train step; DeepR,
+  RigL and SNFS train under `mixed_float16`.
 - A `.keras` round-trip of a DeepR and an SNFS run resumes bit-identical to
   an uninterrupted run.
 - Every rule class round-trips through Keras 3's serialization.
@@ -284,6 +286,34 @@ def test_keras3_rigl_in_fit_gives_the_same_masks_xla_compiled():
       (s.step, s.pruned, s.regrown) for s in compiled[0]]
   for a, b in zip(plain[1], compiled[1]):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('method, options', [
+    ('deepr', {'period': 1, 'alpha': 1e-3}),
+    ('rigl', {'period': 2, 'drop_fraction': 0.3, 'schedule': 'constant',
+              'end_step': 100}),
+    ('snfs', {'prune_rate': 0.3}),
+])
+def test_keras3_rules_train_under_mixed_float16(method, options):
+  keras.mixed_precision.set_global_policy('mixed_float16')
+  try:
+    model = _mlp(keras)
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+  assert tf_dsr.collect_wrappers(model)[0].compute_dtype == 'float16'
+  callback = _fit_twin('keras3', model, method, **options)
+  assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+  assert len(callback.history) == {'deepr': 8, 'rigl': 4, 'snfs': 2}[method]
+  assert sum(s.pruned for s in callback.history) > 0
+  for wrapper in tf_dsr.collect_wrappers(model):
+    for kind, variables in wrapper.auxiliary_weights.items():
+      for variable, (kernel, mask) in zip(variables, wrapper.sparse_weights):
+        assert variable.dtype == 'float32'
+        if kind == 'dense_momentum':  # Dense: it saw every entry's gradient.
+          assert variable.numpy()[~mask.numpy()].any()
+    for kernel, mask in wrapper.sparse_weights:
+      assert kernel.dtype == 'float32'
+      assert not kernel.numpy()[~mask.numpy()].any()
 
 
 def test_keras3_snip_gives_the_tf_keras_masks():
