@@ -272,7 +272,23 @@ def test_keras3_fit_records_the_dense_gradient_only_before_a_rigl_update():
   assert not recorder.recording.numpy()
 
 
-def test_keras3_rigl_in_fit_gives_the_same_masks_xla_compiled():
+@pytest.fixture
+def without_op_determinism():
+  """Op determinism off for one test, as it was afterwards.
+
+  Keras 3 silently trains without XLA while it is on, and other tests of
+  the process (tests/test_save_paths.py) turn it on for good.
+  """
+  from tensorflow.python.framework import config  # pylint: disable=g-direct-tensorflow-import,g-import-not-at-top
+  enabled = config.is_op_determinism_enabled()
+  config.disable_op_determinism()
+  yield
+  if enabled:
+    config.enable_op_determinism()
+
+
+def test_keras3_rigl_in_fit_gives_the_same_masks_xla_compiled(
+    without_op_determinism):  # pylint: disable=redefined-outer-name,unused-argument
   def run(jit_compile):
     model = _twins()['keras3']
     callback = _fit_twin('keras3', model, 'rigl', jit_compile=jit_compile,
