@@ -1,10 +1,14 @@
-"""Trains a tiny Keras 3 DSR model under MirroredStrategy over 2 logical CPUs.
+"""Trains a tiny sparse Keras 3 model under MirroredStrategy over 2 logical CPUs.
 
-Run as a subprocess by test_keras3.py (logical devices must be set up before
-TensorFlow initialises its devices). After every reallocation, compares the
-replicas' copies of each mask, kernel and optimizer variable, and counts
-nonzero inactive entries of kernels and momentum. Prints one JSON line of
-findings.
+Run as a subprocess by test_keras3.py (DSR) and test_keras3_rules.py (SNFS):
+logical devices must be set up before TensorFlow initialises its devices.
+Arguments: 'jit' or 'plain' (the reallocation XLA-compiled or not), then the
+method, 'dsr' (the default) or 'snfs'. After every reallocation, compares
+the replicas' copies of each mask, kernel, rule variable and optimizer
+variable, and counts nonzero inactive entries of kernels and momentum.
+Variables synchronised on read (SNFS's `dense_momentum`) are each replica's
+own by design and are not compared; their sum over replicas is what the
+rule reads. Prints one JSON line of findings.
 """
 
 import json
@@ -47,6 +51,12 @@ class Checker(keras.callbacks.Callback):
     self._last = None
 
   def on_train_batch_end(self, batch, logs=None):
+    self._check()
+
+  def on_epoch_end(self, epoch, logs=None):
+    self._check()  # After SNFS's reallocation: its callback runs first.
+
+  def _check(self):
     history = self.realloc_cb.history
     if not history or history[-1] is self._last:
       return
@@ -64,6 +74,9 @@ class Checker(keras.callbacks.Callback):
         # inactive entry, so it stays 0 there.
         self.masked_nonzero += sum(int((v[m == 0] != 0).sum())
                                    for v in [k] + s)
+    for wrapper in tf_dsr.collect_wrappers(self.model):
+      for group in wrapper.auxiliary_weights.values():
+        variables += [v for v in group if v.synchronization != 'on_read']
     variables += list(self.model.optimizer.variables)
     for variable in variables:
       copies = _copies(variable)
@@ -76,6 +89,11 @@ def main():
   # 'jit': the reallocation XLA-compiled; the Keras train step is not, as XLA
   # cannot compile one function over two logical CPU devices.
   jit = len(sys.argv) > 1 and sys.argv[1] == 'jit'
+  method = sys.argv[2] if len(sys.argv) > 2 else 'dsr'
+  options = {
+      'dsr': dict(target_pruned=30, period=2, initial_threshold=2e-2),
+      'snfs': dict(prune_rate=0.3),  # At the end of each epoch.
+  }[method]
   strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
   keras.utils.set_random_seed(0)
   with strategy.scope():
@@ -88,11 +106,18 @@ def main():
   rng = np.random.default_rng(0)
   x = rng.normal(size=(128, 16)).astype('float32')
   y = rng.integers(0, 10, 128)
-  cb = tf_dsr.ReallocationCallback(target_pruned=30, period=2,
-                                   initial_threshold=2e-2, jit_compile=jit)
+  cb = tf_dsr.ReallocationCallback(method=method, jit_compile=jit, **options)
   checker = Checker(cb)
   model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb, checker])
+  # Read in cross-replica context: the sum over replicas.
+  momentum_nonzero = sum(
+      int((tf.convert_to_tensor(v).numpy()[m.numpy() == 0] != 0).sum())
+      for w in tf_dsr.collect_wrappers(model)
+      for v, (_, m) in zip(w.auxiliary_weights.get('dense_momentum', []),
+                           w.sparse_weights))
   print(json.dumps({
+      'method': method,
+      'momentum_nonzero_where_inactive': momentum_nonzero,
       'jit': cb.reallocator.jit_compile,
       'replicas': strategy.num_replicas_in_sync,
       'reallocations': len(cb.history),

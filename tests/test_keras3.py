@@ -16,6 +16,10 @@
   under MirroredStrategy over 2 logical CPUs (in a subprocess,
   tests/keras3_mirrored_run.py) the replicas stay identical; with
   `mixed_float16` the LossScaleOptimizer's inner momentum is reset.
+
+DeepR, RigL, SNFS and `tf_dsr.snip` on Keras 3 (rule variables, the
+dense-gradient hook, rule serialization) are tested in
+tests/test_keras3_rules.py.
 """
 
 import json
@@ -296,12 +300,6 @@ def test_keras3_optimizer_of_the_other_keras_is_refused():
   with pytest.raises(TypeError, match='Keras 3 optimizer'):
     tf_dsr.Reallocator(_cnn(keras), target_pruned=10,
                        optimizer=tf_keras.optimizers.SGD(0.1))
-
-
-@pytest.mark.parametrize('method', ['deepr', 'rigl', 'snfs'])
-def test_keras3_rules_not_yet_ported_are_refused_by_name(method):
-  with pytest.raises(ValueError, match=f"'{method}'.*Keras 3"):
-    tf_dsr.ReallocationCallback(method=method).set_model(_cnn(keras))
 
 
 def _data():

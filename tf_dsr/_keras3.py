@@ -6,6 +6,11 @@ path imports tf_keras from `tf_dsr._tfmot`. Importing Keras 3 changes no
 process-wide setting: TensorFlow itself imports it, and `tf.keras` resolves
 as the user's `TF_USE_LEGACY_KERAS` says.
 
+Private Keras 3 API used here and nowhere else: a layer's variable tracker
+(`_tracker`, `_track_variable`), to add the rule variables of a wrapper
+that is already built (Keras 3 locks a built layer's state), and the list
+of variables Keras saves for a layer itself (`own_variables`).
+
 Which kernels are sparse: the built-in layers of `SPARSE_KERNELS` (the same
 kernels as the tf_keras path, where tfmot's registry lists them, and the
 projections of MultiHeadAttention), and any layer that names its own
@@ -175,6 +180,62 @@ def layer_calls(model):
       if not node.is_input:
         yield (node.operation, shapes(node.input_tensors),
                shapes(node.outputs))
+
+
+def add_variable(layer, name, shape, dtype, initializer, sum_on_read):
+  """A non-trainable variable of `layer`, tracked as its weight.
+
+  Unlike `layer.add_weight`, it may be added to a built layer, and with
+  `sum_on_read` it is synchronised on read with aggregation SUM under
+  `tf.distribute` (each replica keeps its own copy; reading it in
+  cross-replica context gives the sum), which `add_weight` cannot make.
+
+  Args:
+    layer: a Keras 3 layer.
+    name: the variable's name.
+    shape: its shape.
+    dtype: its dtype name.
+    initializer: `(shape, dtype) -> tensor`, or an initializer name.
+    sum_on_read: as above; otherwise the default synchronisation.
+
+  Returns:
+    The `keras.Variable`.
+  """
+  sync = ({'synchronization': 'on_read', 'aggregation': 'sum'}
+          if sum_on_read else {})
+  with keras.name_scope(layer.name, caller=layer):
+    variable = keras.Variable(
+        initializer=keras.initializers.get(initializer), shape=tuple(shape),
+        dtype=dtype, trainable=False, autocast=False, name=name, **sync)
+  tracker = layer._tracker  # pylint: disable=protected-access
+  locked = tracker.locked
+  tracker.unlock()
+  try:
+    layer._track_variable(variable)  # pylint: disable=protected-access
+  finally:
+    if locked:
+      tracker.lock()
+  return variable
+
+
+def own_variables(layer):
+  """The variables `.keras` and `.weights.h5` files store for `layer` itself.
+
+  In the order `Layer.save_own_variables` writes them (its sublayers'
+  variables are stored under their own paths).
+  """
+  return list(layer._trainable_variables) + list(  # pylint: disable=protected-access
+      layer._non_trainable_variables)  # pylint: disable=protected-access
+
+
+def register_serializable(cls):
+  """Registers `cls` with Keras 3's serialization as `<package>>Name`.
+
+  The package is the top-level package of the module that defines `cls`
+  ('tf_dsr' for tf_dsr's own classes). Registration is all it does.
+  """
+  package = cls.__module__.split('.')[0]
+  return keras.saving.register_keras_serializable(package=package)(cls)
 
 
 # ------------------------------------------------------ optimizer state

@@ -357,11 +357,6 @@ class Reallocator:
                jit_compile=None, _callback=None, **options):
     rule = rules_lib.make(method, **options)
     flavour = kerases.of(model, 'model')
-    if flavour is kerases.KERAS3 and (rule.auxiliary or rule.dense_gradients):
-      raise ValueError(
-          f'Method {rule.name!r} is not supported on Keras 3 models yet (its '
-          'per-weight rule variables or dense-gradient recording are not '
-          "ported); use 'dsr', 'set' or 'static', or a tf_keras model.")
     check_seed_and_jit_compile(seed, jit_compile)
     wrappers = collect_wrappers(model)
     if not wrappers:

@@ -5,10 +5,11 @@ pass uses `kernel * mask`). Rules such as RigL and SNFS grow where the loss
 gradient with respect to the *masked* kernel, `d loss / d (kernel * mask)`,
 is large, inactive entries included. `GradientRecorder` inserts an identity
 with a custom gradient after each masked kernel of the `DynamicSparseWrapper`
-layers: in the backward pass it copies the incoming gradient into a variable
-when recording is on, and does nothing otherwise. It needs no change to the
-model's train step, so it works in `model.fit`, in custom loops, compiled
-with XLA and under `tf.distribute`.
+layers (of tf_keras and of Keras 3: each wrapper's masked call passes its
+kernels through `watch`): in the backward pass it copies the incoming
+gradient into a variable when recording is on, and does nothing otherwise.
+It needs no change to the model's train step, so it works in `model.fit`,
+in custom loops, compiled with XLA and under `tf.distribute`.
 
 Under a distribution strategy each replica records its own gradient in its
 own copy of the variable (synchronised on read, summed), so reading it

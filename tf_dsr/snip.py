@@ -3,12 +3,10 @@
 import numpy as np
 import tensorflow as tf
 
-from tf_dsr import _tfmot
 from tf_dsr import engine
+from tf_dsr import kerases
 from tf_dsr import sparsify as sparsify_lib
 from tf_dsr import validation
-
-keras = _tfmot.keras
 
 
 def _top_entries(scores, count):
@@ -52,7 +50,9 @@ def snip(model, sparsity, inputs, targets, loss, exclude=None, seed=0,
     ```
 
   Args:
-    model: a built tf_keras Sequential or functional model, dense.
+    model: a built Sequential or functional model, dense, of tf_keras or of
+      Keras 3 (TensorFlow backend); the result is a model of the same Keras,
+      with the same masks for the same weights and batch.
     sparsity: as for `tf_dsr.sparsify`.
     inputs: one batch of model inputs.
     targets: its targets.
@@ -70,17 +70,19 @@ def snip(model, sparsity, inputs, targets, loss, exclude=None, seed=0,
     ValueError: for a model that is not built, a non-finite gradient, or any
       error of `tf_dsr.sparsify`.
   """
-  if not _tfmot.is_tf_keras_object(model):
-    raise ValueError(_tfmot.foreign_keras_message(model, 'model'))
-  if not isinstance(model, keras.Model) or not model.built:
-    raise ValueError(f'`model` must be a built tf_keras model, got {model!r}.')
+  flavour = kerases.of(model, 'model')
+  if not isinstance(model, flavour.model_type) or not model.built:
+    raise ValueError('`model` must be a built tf_keras or Keras 3 model, got '
+                     f'{model!r}.')
   seed = validation.check_int('seed', seed)
-  loss_fn = keras.losses.get(loss)
+  loss_fn = flavour.keras.losses.get(loss)
   variables = model.trainable_variables
   with tf.GradientTape() as tape:
     value = tf.reduce_mean(loss_fn(targets, model(inputs, training=False)))
   grads = tape.gradient(value, variables)
-  dense = {v.ref(): (v.numpy(), None if g is None else np.asarray(g))
+  # Keyed by the stored `tf.Variable`: the wrappers hold the same layers.
+  dense = {flavour.tf_variable(v).ref(): (
+      v.numpy(), None if g is None else np.asarray(g))
            for v, g in zip(variables, grads)}
 
   sparse = sparsify_lib.sparsify(model, sparsity, exclude=exclude,
@@ -89,7 +91,7 @@ def snip(model, sparsity, inputs, targets, loss, exclude=None, seed=0,
            for pair in wrapper.sparse_weights]
   scores, budget = [], 0
   for kernel, mask in pairs:
-    weights, grad = dense[kernel.ref()]
+    weights, grad = dense[flavour.tf_variable(kernel).ref()]
     if grad is None:
       grad = np.zeros_like(weights)
     score = np.abs(grad * weights).astype(np.float64).ravel()
@@ -117,10 +119,10 @@ def snip(model, sparsity, inputs, targets, loss, exclude=None, seed=0,
   for (kernel, mask), score in zip(pairs, scores):
     new = chosen[position:position + score.size].reshape(mask.shape)
     position += score.size
-    weights, _ = dense[kernel.ref()]
+    weights, _ = dense[flavour.tf_variable(kernel).ref()]
     values = weights * new
     if fan_in:  # 1 / sqrt(density) of SNIP's own mask.
       values = values * np.sqrt(new.size / max(int(new.sum()), 1))
-    mask.assign(new.astype(mask.dtype.as_numpy_dtype))
+    mask.assign(new.astype(tf.as_dtype(mask.dtype).as_numpy_dtype))
     kernel.assign(values.astype(weights.dtype))
   return sparse

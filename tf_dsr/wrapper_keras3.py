@@ -12,9 +12,12 @@ A MultiHeadAttention layer, whose call and build take several tensors, gets
 the subclass `DynamicSparseAttentionWrapper` (registered as
 `tf_dsr>DynamicSparseAttentionWrapper`) from the same constructor.
 
-Not yet on Keras 3: the per-weight variables of rules (`auxiliary`: DeepR's
-signs, SNFS's momentum) and the dense-gradient hook (RigL, SNFS); the engine
-refuses those rules for a Keras 3 model.
+As on the tf_keras path, it carries the per-weight variables of a rule
+(`add_auxiliary`: DeepR's `sign`, SNFS's `dense_momentum`), named in its
+config so that a model rebuilt from it (`.keras` load, `clone_model`) has
+them before its weights load, and its masked call passes each masked kernel
+through a `tf_dsr.gradients.GradientRecorder` when one is attached (RigL,
+SNFS).
 """
 
 import inspect
@@ -64,8 +67,9 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     init_scale: 'dense' or 'sparse_fan_in'.
     mask_dtype: 'bool' (the default, 1 byte per weight) or 'float32' (the
       kernel's dtype); see `tf_dsr.masks`.
-    auxiliary: must be None or empty (rule variables are not yet supported
-      on Keras 3).
+    auxiliary: the rule variables this layer carries, `{kind: {'dtype':
+      name, 'sum_on_read': bool}}`, as for the tf_keras wrapper; rules add
+      them (`add_auxiliary`). Users need not pass it.
     **kwargs: passed to `keras.layers.Wrapper` (for example `name`).
   """
 
@@ -93,10 +97,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
           '`tf_dsr.sparsify(model, ...)` to wrap the layers of a model.')
     if not _keras3.may_have_prunable_weights(layer):
       raise ValueError(_keras3.unsupported_message(layer))
-    if auxiliary:
-      raise ValueError(
-          'Rule variables (`auxiliary`, for DeepR and SNFS) are not supported '
-          f'on Keras 3 yet, got {auxiliary!r}.')
+    auxiliary = wrapper_lib._check_auxiliary(auxiliary)  # pylint: disable=protected-access
     sparsity = _check_sparsity(sparsity)
     seed = validation.check_int('seed', seed)
     wrapper_lib.validate_init_scale(init_scale)
@@ -107,6 +108,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     self.seed = seed
     self.init_scale = init_scale
     self.mask_dtype = mask_dtype
+    self._auxiliary = auxiliary
+    self._auxiliary_weights = {}
     self._sparse_weights = []
     self._substitution_targets = []
     self._state_variables = None
@@ -155,6 +158,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
         kernel.assign(value)
       self._sparse_weights.append((kernel, mask))
       self._substitution_targets.append((owner, attribute))
+    for kind, spec in list(self._auxiliary.items()):
+      self._add_auxiliary_weights(kind, spec, None)
 
   @property
   def sparse_weights(self):
@@ -167,19 +172,96 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
 
   @property
   def auxiliary(self):
-    return {}
+    """kind -> `{'dtype': name, 'sum_on_read': bool}` of its rule variables."""
+    return self._auxiliary
 
   @property
   def auxiliary_weights(self):
-    """Rule variables by kind: none on Keras 3 yet."""
-    return {}
+    """kind -> the rule variables of that kind, one per sparse kernel."""
+    return {kind: list(values)
+            for kind, values in self._auxiliary_weights.items()}
 
   def add_auxiliary(self, kind, dtype='float32', sum_on_read=False,
                     initial_values=None):
-    del dtype, sum_on_read, initial_values
-    raise ValueError(
-        f'Rule variables ({kind!r}) are not supported on Keras 3 yet; use '
-        "'dsr', 'set' or 'static' with a Keras 3 model.")
+    """Creates one variable of `kind` per sparse kernel (once) and returns them.
+
+    See `tf_dsr.wrapper.DynamicSparseWrapper.add_auxiliary`: the same
+    arguments and contract. The variables are non-trainable weights of this
+    layer (so `.keras` and `.weights.h5` files carry them) and `kind` joins
+    its config; with `sum_on_read` each is synchronised on read with
+    aggregation SUM under `tf.distribute`.
+
+    Raises:
+      ValueError: when the layer is not built, or `kind` exists with another
+        dtype or synchronisation.
+    """
+    if not self.built:
+      raise ValueError(f'Layer {self.name!r} is not built yet.')
+    try:
+      dtype = tf.as_dtype(dtype).name
+    except TypeError:
+      raise ValueError(f'`dtype` of rule variables {kind!r} must be a '
+                       f'TensorFlow dtype, got {dtype!r}.') from None
+    if not isinstance(sum_on_read, bool):
+      raise ValueError(f'`sum_on_read` must be True or False, got '
+                       f'{sum_on_read!r}.')
+    spec = wrapper_lib._check_auxiliary(  # pylint: disable=protected-access
+        {kind: {'dtype': dtype, 'sum_on_read': sum_on_read}})[kind]
+    if kind in self._auxiliary_weights:
+      if self._auxiliary[kind] != spec:
+        raise ValueError(
+            f'Layer {self.name!r} already holds rule variables {kind!r} as '
+            f'{self._auxiliary[kind]}, not {spec}.')
+      return list(self._auxiliary_weights[kind])
+    if initial_values is not None and len(initial_values) != len(
+        self._sparse_weights):
+      raise ValueError(
+          f'`initial_values` must hold one tensor per sparse kernel of '
+          f'{self.name!r} ({len(self._sparse_weights)}), got '
+          f'{len(initial_values)}.')
+    self._add_auxiliary_weights(kind, spec, initial_values)
+    self._auxiliary[kind] = spec
+    return list(self._auxiliary_weights[kind])
+
+  def _add_auxiliary_weights(self, kind, spec, initial_values):
+    variables = []
+    for index, ((_, name), (kernel, _)) in enumerate(
+        zip(self._substitution_targets, self._sparse_weights)):
+      if initial_values is None:
+        initializer = 'zeros'
+      else:
+        initializer = (lambda shape, dtype=None, v=initial_values[index]:
+                       tf.cast(tf.reshape(v, shape), dtype))
+      variables.append(_keras3.add_variable(
+          self, f'{name.lstrip("_")}_{kind}', kernel.shape, spec['dtype'],
+          initializer, spec['sum_on_read']))
+    self._auxiliary_weights[kind] = variables
+
+  def load_own_variables(self, store):
+    """Loads the weights of the `.keras` / `.weights.h5` formats.
+
+    Raises:
+      ValueError: when the file holds rule variables this layer does not
+        have yet, with what to do.
+    """
+    extra = len(store.keys()) - len(_keras3.own_variables(self))
+    if extra > 0 and self._sparse_weights and (
+        extra % len(self._sparse_weights) == 0):
+      raise ValueError(
+          f'The file holds {extra} more variables for layer {self.name!r} '
+          'than it has: the per-weight variables of a reallocation rule '
+          "(DeepR's `sign`, SNFS's `dense_momentum`) that this model does "
+          'not have yet. Attach the rule before loading the weights: '
+          '`callback.set_model(model)` with the `tf_dsr.ReallocationCallback` '
+          'you will pass to `fit` (or make the `tf_dsr.Reallocator`), then '
+          '`model.load_weights(path)`; `keras.models.load_model(path)` of a '
+          'whole model needs nothing.')
+    super().load_own_variables(store)
+
+  def _attach_gradient_recorder(self, recorder, variables):
+    """Records this layer's dense kernel gradients (see `tf_dsr.gradients`)."""
+    object.__setattr__(self, '_gradient_recorder', (
+        recorder, [_keras3.tf_variable(v) for v in variables]))
 
   def call(self, inputs, training=None, **kwargs):
     return self._masked_call((inputs,), training, kwargs)
@@ -192,12 +274,14 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       (self._binding or binding_lib.Binding()).check_training(
           self.name, _keras3.in_keras_train_function)
     substitutions = []
-    for (owner, name), (kernel, mask) in zip(self._substitution_targets,
-                                             self._sparse_weights):
+    recorder = self._gradient_recorder
+    for index, ((owner, name), (kernel, mask)) in enumerate(
+        zip(self._substitution_targets, self._sparse_weights)):
       value = tf.convert_to_tensor(kernel)
-      substitutions.append(
-          (owner, name, value * tf.cast(tf.convert_to_tensor(mask),
-                                        value.dtype)))
+      masked = value * tf.cast(tf.convert_to_tensor(mask), value.dtype)
+      if recorder is not None:
+        masked = recorder[0].watch(masked, recorder[1][index])
+      substitutions.append((owner, name, masked))
     if self._call_takes_training:
       kwargs['training'] = training
     with wrapper_lib._substituted(substitutions):  # pylint: disable=protected-access
@@ -208,6 +292,9 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     config.update({'sparsity': self.sparsity, 'seed': self.seed,
                    'init_scale': self.init_scale,
                    'mask_dtype': self.mask_dtype})
+    if self._auxiliary:
+      config['auxiliary'] = {kind: dict(spec)
+                             for kind, spec in self._auxiliary.items()}
     return config
 
 

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Dict, Mapping, NamedTuple, Optional
 
 import tensorflow as tf
 
+from tf_dsr import _keras3
 from tf_dsr import reallocation
 from tf_dsr import validation
 
@@ -225,6 +226,11 @@ class Rule:
     """The options as a dict; `type(rule)(**rule.get_config())` is equal."""
     return {name: getattr(self, name) for name in self.options()}
 
+  @classmethod
+  def from_config(cls, config):
+    """The rule of `get_config()`'s options (Keras's deserialization)."""
+    return cls(**config)
+
 
 def check_target_pruned(target_pruned, layout):
   """Raises ValueError when `target_pruned` exceeds the sparse weights."""
@@ -240,11 +246,17 @@ REGISTRY: Dict[str, type] = {}
 
 
 def register(cls):
-  """Class decorator: adds a rule to the registry under `cls.name`."""
+  """Class decorator: adds a rule to the registry under `cls.name`.
+
+  The class is also registered with Keras 3's serialization (as
+  `<package>>ClassName`, the package being that of its module: `tf_dsr>DSR`),
+  so `keras.saving.serialize_keras_object(rule)` and
+  `deserialize_keras_object` round-trip it (`get_config`, `from_config`).
+  """
   if not cls.name or cls.name in REGISTRY:
     raise ValueError(f'A rule needs a new, non-empty `name`, got {cls.name!r}.')
   REGISTRY[cls.name] = cls
-  return cls
+  return _keras3.register_serializable(cls)
 
 
 def get_rule(name):

@@ -416,7 +416,7 @@ def test_snip_refuses_bad_arguments_naming_them():
   with pytest.raises(ValueError, match=r"`seed` must be .*got 'x'"):
     tf_dsr.snip(model, 0.5, x, y, loss, seed='x')
   with pytest.raises(ValueError, match=r'`model` must be a built tf_keras '
-                     r'model, got'):
+                     r'or Keras 3 model, got'):
     tf_dsr.snip(keras.Sequential([keras.layers.Dense(2)]), 0.5, x, y, loss)
   # Nothing was wrapped by the refused calls.
   assert not tf_dsr.collect_wrappers(model)
