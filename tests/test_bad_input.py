@@ -101,12 +101,19 @@ def test_objects_of_neither_keras_get_a_clear_message():
     tf_dsr.sparsify(object(), 0.5)
 
 
-def test_functions_not_yet_on_keras3_say_so():
+def test_a_subclass_of_the_tf_keras_wrapper_refuses_a_keras3_layer():
   import keras as keras3  # pylint: disable=g-import-not-at-top
-  model = keras3.Sequential([keras3.Input((4,)), keras3.layers.Dense(2)])
-  with pytest.raises(ValueError, match='Keras 3.*not this function'):
-    tf_dsr.snip(model, 0.5, np.ones((2, 4), 'float32'), np.zeros(2),
-                'mse')
+
+  class MyWrapper(tf_dsr.DynamicSparseWrapper):
+    pass
+
+  # tf_dsr.DynamicSparseWrapper itself dispatches to the Keras 3 wrapper; a
+  # subclass stays the tf_keras wrapper, and says so.
+  assert not isinstance(tf_dsr.DynamicSparseWrapper(keras3.layers.Dense(2), 0.5),
+                        MyWrapper)
+  with pytest.raises(ValueError, match=r'`layer` must be a tf_keras.*got '
+                     r'keras\S*Dense.*Keras 3.*returns the Keras 3 wrapper'):
+    MyWrapper(keras3.layers.Dense(2), 0.5)
 
 
 @pytest.mark.parametrize('period,pattern', [

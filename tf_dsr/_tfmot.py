@@ -105,11 +105,10 @@ def foreign_keras_message(obj, argument):
   module = type(obj).__module__
   hint = ''
   if module.startswith('keras'):
-    hint = (' It comes from the `keras` package (Keras 3): tf_dsr\'s Keras 3 '
-            'path covers `DynamicSparseWrapper`, `sparsify`, `Reallocator`, '
-            '`ReallocationCallback`, `strip_dynamic_sparsity`, '
-            '`sparsity_report`, `flops_report`, `save_sparse`, '
-            '`load_sparse` and `to_tflite` so far, not this function.')
+    hint = (' It comes from the `keras` package (Keras 3), and this class is '
+            "tf_dsr's tf_keras wrapper: `tf_dsr.DynamicSparseWrapper(layer)` "
+            'itself returns the Keras 3 wrapper for a Keras 3 layer (a subclass '
+            'of the tf_keras wrapper does not).')
   return (
       f'`{argument}` must be a tf_keras (Keras 2) layer or model, got '
       f'{type(obj).__module__}.{type(obj).__name__}.{hint} Build the model with '
