@@ -2,13 +2,14 @@
 
 Run as a subprocess by test_keras3.py (DSR) and test_keras3_rules.py (SNFS):
 logical devices must be set up before TensorFlow initialises its devices.
-Arguments: 'jit' or 'plain' (the reallocation XLA-compiled or not), then the
-method, 'dsr' (the default) or 'snfs'. After every reallocation, compares
+Arguments: 'jit' or 'plain' (the reallocation XLA-compiled or not), then
+one or more methods, 'dsr' (the default), 'deepr', 'rigl' or 'snfs', each
+trained in turn in this process. After every reallocation, compares
 the replicas' copies of each mask, kernel, rule variable and optimizer
 variable, and counts nonzero inactive entries of kernels and momentum.
 Variables synchronised on read (SNFS's `dense_momentum`) are each replica's
 own by design and are not compared; their sum over replicas is what the
-rule reads. Prints one JSON line of findings.
+rule reads. Prints one JSON line of findings per method.
 """
 
 import json
@@ -85,15 +86,25 @@ class Checker(keras.callbacks.Callback):
         self.disagreements.append(variable.path)
 
 
+OPTIONS = {
+    'dsr': dict(target_pruned=30, period=2, initial_threshold=2e-2),
+    'deepr': dict(period=2, alpha=0.05),
+    'rigl': dict(period=2, drop_fraction=0.3, end_step=16),
+    'snfs': dict(prune_rate=0.3),  # At the end of each epoch.
+}
+
+
 def main():
   # 'jit': the reallocation XLA-compiled; the Keras train step is not, as XLA
   # cannot compile one function over two logical CPU devices.
   jit = len(sys.argv) > 1 and sys.argv[1] == 'jit'
-  method = sys.argv[2] if len(sys.argv) > 2 else 'dsr'
-  options = {
-      'dsr': dict(target_pruned=30, period=2, initial_threshold=2e-2),
-      'snfs': dict(prune_rate=0.3),  # At the end of each epoch.
-  }[method]
+  for method in sys.argv[2:] or ['dsr']:
+    train(method, jit)
+
+
+def train(method, jit):
+  """Trains with `method` and prints the findings as one JSON line."""
+  options = OPTIONS[method]
   strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
   keras.utils.set_random_seed(0)
   with strategy.scope():
@@ -127,7 +138,7 @@ def main():
       'slots': sorted(checker.slots),
       'disagreements': checker.disagreements,
       'masked_nonzero': checker.masked_nonzero,
-  }))
+  }), flush=True)
 
 
 if __name__ == '__main__':

@@ -14,8 +14,8 @@
 - A `.keras` round-trip of a DeepR and an SNFS run resumes bit-identical to
   an uninterrupted run.
 - Every rule class round-trips through Keras 3's serialization.
-- SNFS under MirroredStrategy over 2 logical CPUs keeps the replicas
-  identical (in a subprocess, tests/keras3_mirrored_run.py).
+- DeepR, RigL and SNFS under MirroredStrategy over 2 logical CPUs keep the
+  replicas identical (in one subprocess, tests/keras3_mirrored_run.py).
 """
 
 import json
@@ -443,23 +443,32 @@ def test_every_rule_round_trips_through_keras3_serialization(name):
 
 
 # ---------------------------------------------------------------- replicas
-def test_keras3_snfs_mirrored_replicas_stay_identical():
-  # In a subprocess: logical devices must be set before TensorFlow starts.
+def test_keras3_deepr_rigl_snfs_mirrored_replicas_stay_identical():
+  # In one subprocess: logical devices must be set before TensorFlow starts.
   environ = {k: v for k, v in os.environ.items()
              if k != 'TF_USE_LEGACY_KERAS'}
   environ.update(PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3')
   done = subprocess.run(
-      [sys.executable, '-m', 'tests.keras3_mirrored_run', 'jit', 'snfs'],
+      [sys.executable, '-m', 'tests.keras3_mirrored_run', 'jit', 'deepr',
+       'rigl', 'snfs'],
       cwd=REPO, env=environ, capture_output=True, text=True, timeout=600,
       check=False)
   assert done.returncode == 0, done.stderr[-3000:]
-  result = json.loads(done.stdout.strip().splitlines()[-1])
-  assert result['method'] == 'snfs' and result['jit']
-  assert result['replicas'] == 2 and result['copies'] == [2]
-  assert result['reallocations'] == result['checked'] == 2  # 2 epoch ends.
-  assert result['pruned'] > 0
-  assert result['slots'] == [1]
-  assert result['disagreements'] == []
-  assert result['masked_nonzero'] == 0
-  # The momentum, summed over replicas, saw dense gradients.
-  assert result['momentum_nonzero_where_inactive'] > 0
+  results = [json.loads(line) for line in done.stdout.strip().splitlines()
+             if line.startswith('{')]
+  assert [r['method'] for r in results] == ['deepr', 'rigl', 'snfs']
+  for result in results:
+    assert result['jit']
+    assert result['replicas'] == 2 and result['copies'] == [2]
+    assert result['pruned'] > 0, result
+    assert result['slots'] == [1]  # SGD's momentum, on each kernel.
+    assert result['disagreements'] == [], result
+    assert result['masked_nonzero'] == 0, result
+  deepr, rigl, snfs = results
+  # 16 steps: DeepR every 2 steps; RigL every 2 steps before end_step 16
+  # (steps 2, ..., 14); SNFS at the 2 epoch ends.
+  assert deepr['reallocations'] == deepr['checked'] == 8
+  assert rigl['reallocations'] == rigl['checked'] == 7
+  assert snfs['reallocations'] == snfs['checked'] == 2
+  # SNFS's momentum, summed over replicas, saw dense gradients.
+  assert snfs['momentum_nonzero_where_inactive'] > 0
