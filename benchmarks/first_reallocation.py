@@ -6,7 +6,10 @@ default DSR settings of each (N_p 20,000 and 400,000) and an SGD optimizer
 with Nesterov momentum (so the momentum reset is included), each case runs in
 a fresh Python process: build the model (not timed), time the first
 `Reallocator.reallocate()` until its stats reach the host, then time
-`--later` more calls and report their median. Two modes: `xla`
+`--later` more calls and report their median; then build a second model of
+the same architecture in the same process (a rebuilt or reloaded model, or
+the next run of a sweep) and time its first call, which reuses the compiled
+program. Two modes: `xla`
 (`jit_compile=True`: the whole program compiled, as on TPUs) and `core`
 (`jit_compile=False`: only the flat core compiled, the per-tensor reads and
 writes run as TensorFlow kernels; the CPU default). Cases are interleaved
@@ -40,19 +43,23 @@ def _case(arch, jit, later, sparsity):
   import tf_dsr  # pylint: disable=g-import-not-at-top
 
   tf.get_logger().setLevel('ERROR')
-  if arch == 'wrn28_2':
-    model = models.wide_resnet(depth=28, width=2, input_shape=(32, 32, 3))
-    policy = 'wide_resnet'
-  else:
-    model = models.resnet50()
-    policy = 'resnet50'
-  names = set(models.sparse_kernel_layers(model, policy))
-  model = tf_dsr.sparsify(model, sparsity,
-                          exclude=lambda layer: layer.name not in names)
-  optimizer = tf_dsr.keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
-  optimizer.build(model.trainable_variables)
-  realloc = tf_dsr.Reallocator(model, target_pruned=MODELS[arch],
-                               optimizer=optimizer, jit_compile=jit, seed=1)
+
+  def build(seed):
+    if arch == 'wrn28_2':
+      model = models.wide_resnet(depth=28, width=2, input_shape=(32, 32, 3))
+      policy = 'wide_resnet'
+    else:
+      model = models.resnet50()
+      policy = 'resnet50'
+    names = set(models.sparse_kernel_layers(model, policy))
+    model = tf_dsr.sparsify(model, sparsity, seed=seed,
+                            exclude=lambda layer: layer.name not in names)
+    optimizer = tf_dsr.keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True)
+    optimizer.build(model.trainable_variables)
+    return tf_dsr.Reallocator(model, target_pruned=MODELS[arch],
+                              optimizer=optimizer, jit_compile=jit, seed=seed)
+
+  realloc = build(seed=1)
   layout = realloc.layout
   start = time.perf_counter()
   realloc.reallocate(1)
@@ -62,9 +69,14 @@ def _case(arch, jit, later, sparsity):
     start = time.perf_counter()
     stats = realloc.reallocate(step + 2)
     times.append(time.perf_counter() - start)
+  second = build(seed=2)
+  start = time.perf_counter()
+  second.reallocate(1)
+  second_first = time.perf_counter() - start
   return {'tensors': layout.num_tensors, 'weights': sum(layout.sizes),
           'first': first, 'later': statistics.median(times),
-          'traces': realloc.trace_count, 'pruned': stats.pruned}
+          'second_model_first': second_first,
+          'traces': second.trace_count, 'pruned': stats.pruned}
 
 
 def main():
@@ -99,12 +111,14 @@ def main():
   print(f'\nsparsity {args.sparsity}, medians of {args.rounds} rounds '
         f'(later: median of {args.later} calls each)')
   print(f'{"model":<10}{"tensors":>8}{"weights":>12}{"mode":>8}'
-        f'{"first s":>9}{"later ms":>10}{"traces":>7}')
+        f'{"first s":>9}{"later ms":>10}{"2nd model first s":>19}'
+        f'{"traces":>7}')
   for (arch, mode), runs in results.items():
     first = statistics.median(r['first'] for r in runs)
     later = statistics.median(r['later'] for r in runs)
     print(f'{arch:<10}{runs[0]["tensors"]:>8}{runs[0]["weights"]:>12,}'
           f'{mode:>8}{first:>9.2f}{1e3 * later:>10.1f}'
+          f'{statistics.median(r["second_model_first"] for r in runs):>19.3f}'
           f'{max(r["traces"] for r in runs):>7}')
   for arch in args.models.split(','):
     xla = statistics.median(r['first'] for r in results[(arch, 'xla')])

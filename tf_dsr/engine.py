@@ -188,18 +188,30 @@ def _check_step(step):
   return validation.check_int('step', step, low=-1)
 
 
-# Programs by (rule, layout, draws, jit_compile). A program holds no model or
-# variable (they are its arguments), so Reallocators of models with the same
-# sparse tensors and rule share one, and only the first of them traces and
-# compiles it: a model rebuilt or reloaded in the same process, a new
-# callback per `fit`, or many runs of one configuration.
+# Programs by (rule, layout, draws, jit_compile, argument signature). A
+# program holds no model or variable (they are its arguments), so
+# Reallocators of models with the same sparse tensors, rule and optimizer
+# state share one, and only the first of them traces and compiles it: a
+# model rebuilt or reloaded in the same process, a new callback per `fit`, or
+# many runs of one configuration. The signature (the dtypes and number of
+# every argument) is part of the key, so each program is traced once.
 _PROGRAMS = collections.OrderedDict()
 _MAX_PROGRAMS = 16
 
 
-def _program(rule, layout, draws, jit_compile):
+def _signature(tensors, slots, auxiliary, values, gradients):
+  """The structure and dtypes of a program's arguments, as a hashable key."""
+  dtype = lambda v: tf.as_dtype(v.dtype).name
+  return (tuple((dtype(k), dtype(m), tuple(dtype(s) for s in group))
+                for (_, k, m), group in zip(tensors, slots)),
+          tuple(sorted((kind, tuple(dtype(v) for v in group))
+                       for kind, group in auxiliary.items())),
+          tuple(sorted(values)), tuple(dtype(g) for g in gradients))
+
+
+def _program(rule, layout, draws, jit_compile, signature):
   """The cached reallocation program for `rule` on `layout` (see `_make_program`)."""
-  key = (rule, layout, tuple(draws), bool(jit_compile))
+  key = (rule, layout, tuple(draws), bool(jit_compile), signature)
   try:
     hash(key)
   except TypeError:  # A user's rule with unhashable options: not shared.
@@ -376,6 +388,7 @@ class Reallocator:
     self._state = None
     self._layout = None
     self._function = None
+    self._draws = None
     self._checked_auxiliary = set()
     if all(wrapper.built for wrapper in wrappers):
       self._check_layout()
@@ -503,7 +516,12 @@ class Reallocator:
 
   @property
   def trace_count(self):
-    """How many times the program has been traced (1 after the first call)."""
+    """How many times the program has been traced (1 after the first call).
+
+    Reallocators of models with the same sparse tensors, rule and optimizer
+    state share one program (traced and compiled by the first of them), so
+    this counts the traces of the shared program.
+    """
     if self._function is None:
       return 0
     return self._function.experimental_get_tracing_count()
@@ -611,7 +629,8 @@ class Reallocator:
     for r in range(len(state_copies[0])):
       with tf.device(state_copies[0][r].device):
         result = self._function(
-            tf.constant([self.seed, 0], tf.int64), tf.constant(step, tf.int64), [k[r] for k in kernels],
+            tf.constant([self.seed, 0], tf.int64),
+            tf.constant(step, tf.int64), [k[r] for k in kernels],
             [m[r] for m in masks],
             [[s[r] for s in group] for group in slot_copies],
             {kind: [v[r] for v in group]
@@ -661,9 +680,11 @@ class Reallocator:
     recorder = self.gradient_recorder
     # Read outside the replicas: summed over them (the all-reduced gradient).
     gradients = recorder.read() if recorder is not None else []
-    if self._function is None:
-      self._function = _program(self.rule, self.layout, self.draws(),
-                                self.jit_compile)
+    if self._draws is None:
+      self._draws = self.draws()
+    self._function = _program(
+        self.rule, self.layout, self._draws, self.jit_compile,
+        _signature(tensors, slots, auxiliary, values, gradients))
     (pruned, candidates, threshold_used, threshold, active, regrown, skipped,
      nonfinite) = self._run_on_every_replica(step, tensors, slots, auxiliary,
                                              values, gradients)

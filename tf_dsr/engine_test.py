@@ -216,3 +216,43 @@ def test_jit_compile_must_be_a_bool_or_none(make):
   with pytest.raises(ValueError, match="`jit_compile`.*'yes'"):
     make(model)
   assert not hasattr(model, 'dynamic_sparsity_state')
+
+
+def test_models_with_the_same_sparse_tensors_share_one_program():
+  rng = np.random.default_rng(3)
+  kernels = [rng.normal(0, 0.01, 8) for _ in range(3)]
+  masks = [rng.random(8) < 0.5 for _ in range(3)]
+  runs = {}
+  for name, seed in (('first', 1), ('second', 1), ('other seed', 2)):
+    model, pairs = _model(kernels, masks)
+    realloc = tf_dsr.Reallocator(model, optimizer=False, target_pruned=2,
+                                 seed=seed, initial_threshold=5e-3)
+    for step in range(1, 4):
+      realloc.reallocate(step)
+    runs[name] = (realloc, [_flat(m).copy() for _, m in pairs])
+  first, second, other = (runs[n][0] for n in ('first', 'second',
+                                                'other seed'))
+  # One program, traced once, for the three models; the seed is an argument.
+  assert first._function is second._function is other._function  # pylint: disable=protected-access
+  assert first.trace_count == other.trace_count == 1
+  for a, b in zip(runs['first'][1], runs['second'][1]):
+    np.testing.assert_array_equal(a, b)
+  assert any((a != b).any() for a, b in zip(runs['first'][1],
+                                             runs['other seed'][1]))
+  # Another rule option, optimizer state or layout gets its own program.
+  model, _ = _model(kernels, masks)
+  dsr = tf_dsr.Reallocator(model, optimizer=False, target_pruned=3, seed=1)
+  dsr.reallocate(1)
+  model, _ = _model(kernels, masks)
+  model.compile(keras.optimizers.SGD(0.1, momentum=0.9), 'mse')
+  model.optimizer.build(model.trainable_variables)
+  with_slots = tf_dsr.Reallocator(model, target_pruned=2, seed=1,
+                                  initial_threshold=5e-3)
+  with_slots.reallocate(1)
+  model, _ = _model(kernels[:2], masks[:2])
+  smaller = tf_dsr.Reallocator(model, optimizer=False, target_pruned=2,
+                               seed=1, initial_threshold=5e-3)
+  smaller.reallocate(1)
+  programs = {id(r._function) for r in (first, dsr, with_slots, smaller)}  # pylint: disable=protected-access
+  assert len(programs) == 4
+  assert all(r.trace_count == 1 for r in (dsr, with_slots, smaller))
