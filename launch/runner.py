@@ -1,7 +1,8 @@
 """One experiment end to end: config -> strategy -> data -> model -> fit -> export.
 
 `run(config, model_dir=...)` is what `python -m launch.train` calls; the quick
-start and the tests call it directly. See `launch.outputs` for what it writes.
+start and the tests call it directly. See `launch.outputs` for what it writes
+(and `launch.keras3_outputs` for how a Keras 3 run writes it).
 """
 
 import importlib.util
@@ -192,8 +193,9 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
     digest_dir: if set, every process appends digests of its masks, H and
       weights to `digest_dir/worker-<task>.jsonl` (see `launch.digests`).
     backup_steps: with `model_dir`, also back up every this many steps (and
-      at each epoch end) with Keras's BackupAndRestore, so that `resume`
-      continues part-way through an epoch; 0 for epoch checkpoints only.
+      at each epoch end) with Keras's BackupAndRestore (a Keras 3 run with
+      `launch.keras3_outputs.MidEpochBackup`), so that `resume` continues
+      part-way through an epoch; 0 for epoch checkpoints only.
 
   Returns:
     The results dict that is also written to `results.json`.
@@ -274,8 +276,8 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
       # After the method's callbacks, so a backup holds that step's
       # reallocation; before the epoch checkpoint, so it is never older.
       callbacks.append(
-          keras3_outputs.MidEpochBackup(
-              run_dir.backup, backup_steps, data.steps_per_epoch,
+          keras3_outputs.MidEpochBackup(  # Other workers: to scratch.
+              write_dir.backup, backup_steps, data.steps_per_epoch,
               keras3_outputs.checkpointed(model), data.initial_step)
           if keras3_run else
           outputs.MidEpochBackup(run_dir.backup, backup_steps,
