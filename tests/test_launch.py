@@ -143,15 +143,24 @@ class _StopAfterStep(keras3.callbacks.Callback):
       raise KeyboardInterrupt(f'stopped after step {self.step}')
 
 
+class _StopAtLastEpochEnd(keras3.callbacks.Callback):
+  """Stops a run at its last epoch's end, before the epoch checkpoint."""
+
+  def on_epoch_end(self, epoch, logs=None):
+    if epoch + 1 == self.params['epochs']:
+      raise KeyboardInterrupt(f'stopped at the end of epoch {epoch}')
+
+
 @pytest.fixture(scope='module')
 def keras3_runs(tmp_path_factory, monkeypatch_module):
   """Keras 3 DSR on digits, 2 epochs of 5 steps, reallocations after steps
   3, 6 and 9. A: straight through, with digests. B: 1 epoch, then --resume
   to 2. C: backups every 2 steps, stopped after step 7 (backed up after
-  steps 2, 4, 5 and 7: batch 1 of epoch 1), then --resume. T: A's tf_keras
-  twin."""
+  steps 2, 4, 5 and 7: batch 1 of epoch 1), then --resume. D: backups at
+  epoch ends, stopped after the last one but before the last epoch
+  checkpoint, then --resume. T: A's tf_keras twin."""
   root = tmp_path_factory.mktemp('keras3_runs')
-  paths = {name: str(root / name) for name in 'abct'}
+  paths = {name: str(root / name) for name in 'abcdt'}
   digests_dir = str(root / 'digests')
   results = {}
   results['a'] = runner.run(_keras3_tiny(), model_dir=paths['a'], verbose=0,
@@ -165,7 +174,16 @@ def keras3_runs(tmp_path_factory, monkeypatch_module):
       lambda *args: output_callbacks(*args) + [_StopAfterStep(7)])
   with pytest.raises(KeyboardInterrupt, match='after step 7'):
     runner.run(_keras3_tiny(), model_dir=paths['c'], verbose=0, backup_steps=2)
+  monkeypatch_module.setattr(  # After the backup, before the checkpoint.
+      runner, '_output_callbacks',
+      lambda *args: [_StopAtLastEpochEnd()] + output_callbacks(*args))
+  with pytest.raises(KeyboardInterrupt, match='end of epoch 1'):
+    runner.run(_keras3_tiny(), model_dir=paths['d'], verbose=0,
+               backup_steps=100)  # Backups at epoch ends only.
   monkeypatch_module.setattr(runner, '_output_callbacks', output_callbacks)
+  checkpoints_d = sorted(os.listdir(os.path.join(paths['d'], 'checkpoints')))
+  results['d'] = runner.run(_keras3_tiny(), model_dir=paths['d'], verbose=0,
+                            resume=True)
   stopped = sorted(os.listdir(paths['c']))
   backup = tf.train.latest_checkpoint(os.path.join(paths['c'], 'backup', 'chief'))
   position = (int(tf.train.load_variable(backup, outputs.BACKUP_EPOCH_KEY)),
@@ -177,7 +195,8 @@ def keras3_runs(tmp_path_factory, monkeypatch_module):
   results['t'] = runner.run(_keras3_tiny('keras=tf_keras'),
                             model_dir=paths['t'], verbose=0)
   return {'paths': paths, 'results': results, 'digests': digests_dir,
-          'stopped': stopped, 'position': position}
+          'stopped': stopped, 'position': position,
+          'checkpoints_d': checkpoints_d}
 
 
 @pytest.fixture(scope='module')
@@ -247,10 +266,11 @@ def _same_checkpoints(first, second):
   return first
 
 
-@pytest.mark.parametrize('resumed', ['b', 'c'])
+@pytest.mark.parametrize('resumed', ['b', 'c', 'd'])
 def test_keras3_resume_ends_bit_identical(keras3_runs, resumed):
-  """B resumes after epoch 1, C part-way through epoch 1 from a backup;
-  both end as A: weights, masks, DSR state, optimizer step and momentum."""
+  """B resumes after epoch 1, C part-way through epoch 1 from a backup, D
+  from the last epoch's backup with no training left; all end as A:
+  weights, masks, DSR state, optimizer step and momentum."""
   paths, results = keras3_runs['paths'], keras3_runs['results']
   checkpoint = _same_checkpoints(paths['a'], paths[resumed])
   assert len([k for k in checkpoint if k.startswith('optimizer/')]) > 1
@@ -268,6 +288,9 @@ def test_keras3_backup_is_taken_mid_epoch_and_digests_match(keras3_runs):
   assert 'backup' in keras3_runs['stopped']
   assert 'results.json' not in keras3_runs['stopped']
   assert keras3_runs['position'] == (1, 1)  # Epoch 1, its batch 1: step 7.
+  # D stopped after its last backup, before its last epoch checkpoint.
+  assert 'ckpt-2.index' not in keras3_runs['checkpoints_d']
+  assert 'ckpt-1.index' in keras3_runs['checkpoints_d']
   a = digests.read(os.path.join(keras3_runs['digests'], 'a', 'worker-0.jsonl'))
   c = digests.read(os.path.join(keras3_runs['digests'], 'c', 'worker-0.jsonl'))
   assert [r['event'] for r in a] == ['start'] + ['reallocation'] * 3 + ['end']
