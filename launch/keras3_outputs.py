@@ -48,6 +48,7 @@ def checkpointed(model):
 
 
 def is_keras3_model(model):
+  """Whether `model` is a Keras 3 model (else a tf_keras one)."""
   return isinstance(model, keras3.Model)
 
 
