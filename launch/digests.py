@@ -64,9 +64,12 @@ def state_digest(model):
   return record
 
 
-class DigestWriter(keras.callbacks.Callback):
+class DigestWriterMixin:
   """Appends the model's digest to a JSON-lines file at the start, after each
   reallocation of `reallocation_callback`, and at the end of training.
+
+  A callback of either Keras: `DigestWriter` (tf_keras) or
+  `launch.keras3_outputs.DigestWriter`.
 
   Args:
     path: the file to append to (its directory is created).
@@ -104,6 +107,10 @@ class DigestWriter(keras.callbacks.Callback):
 
   def on_train_end(self, logs=None):
     self._write('end')
+
+
+class DigestWriter(DigestWriterMixin, keras.callbacks.Callback):
+  __doc__ = DigestWriterMixin.__doc__
 
 
 def read(path):

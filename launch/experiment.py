@@ -270,6 +270,7 @@ def run_grid(runs, out, overrides=(), verbose=True):
   """
   from launch import runner  # pylint: disable=g-import-not-at-top
   from tf_dsr import keras  # pylint: disable=g-import-not-at-top
+  from launch import modeling  # pylint: disable=g-import-not-at-top
   from launch import outputs  # pylint: disable=g-import-not-at-top
 
   ran, skipped, todo = [], [], []
@@ -293,6 +294,7 @@ def run_grid(runs, out, overrides=(), verbose=True):
     run_dir.write_json(os.path.join(run_dir.path, EXPERIMENT_FILE),
                        dataclasses.asdict(run))
     keras.backend.clear_session()
+    modeling.keras_module(config).backend.clear_session()  # Keras 3 too.
     start = time.time()
     results = runner.run(config, model_dir=run_dir.path, resume=resume,
                          overrides=all_overrides, verbose=0, export=False)

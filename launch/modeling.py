@@ -598,11 +598,9 @@ def flops_results(config, built, steps, reallocations, steps_per_epoch):
   Returns:
     A dict: `inference` (f_S of the final model), `dense_inference` (f_D),
     `inference_fraction` (f_S / f_D) and `training_multiplier` (the mean
-    training step's FLOPs over dense training's, 3 f_D). None for a
-    Keras 3 model.
+    training step's FLOPs over dense training's, 3 f_D), for a model of
+    either Keras.
   """
-  if config.keras == 'keras3':
-    return None  # `tf_dsr.flops_report` does not take Keras 3 models yet.
   report = tf_dsr.flops_report(built.model)
   reference = built.reference_flops or report.dense
   training = method(config.method).training_flops(

@@ -5,14 +5,18 @@ Layout of `--model_dir`:
     config.json        the resolved config and overrides (written at start)
     checkpoints/       tf.train.CheckpointManager: model (masks and DSR state
                        included), optimizer, epoch counter; one per epoch
+                       (Keras 3: weights and optimizer variables as lists;
+                       see launch.keras3_outputs)
     backup/            with --backup_steps: keras BackupAndRestore's backup
                        every N steps and at every epoch end (same contents,
                        plus the position in the epoch); removed when
-                       training ends
+                       training ends (Keras 3: launch.keras3_outputs's
+                       MidEpochBackup, the same files)
     logs/train, logs/validation   Keras TensorBoard scalars (loss, top-1,
                        top-5, learning rate)
     logs/dsr           DSR scalars per reallocation (H, K, active, densities)
-    saved_model/       the final model with masks baked in (SavedModel)
+    saved_model/       the final model with masks baked in (SavedModel;
+                       Keras 3: `model.export`'s, see launch.keras3_outputs)
     results.json       final top-1/top-5, parameter counts, wall time
     initial_weights.npz  every weight at step 0 (sparse methods; by name)
     final_masks.npz    the final masks (sparse methods; by name): with
@@ -218,9 +222,17 @@ class RunDir:
     tf.io.gfile.rename(temporary, path, overwrite=True)
 
   def export(self, model):
-    """Saves `model` as a SavedModel in `saved_model/`, replacing an old one whole."""
+    """Saves `model` as a SavedModel in `saved_model/`, replacing an old one whole.
+
+    A tf_keras model as a Keras SavedModel; a Keras 3 model with
+    `model.export` (see `launch.keras3_outputs`).
+    """
     temporary = f'{self.saved_model}.tmp-{uuid.uuid4().hex}'
-    model.save(temporary, save_format='tf', include_optimizer=False)
+    if isinstance(model, keras.Model):
+      model.save(temporary, save_format='tf', include_optimizer=False)
+    else:  # Keras 3: its inference SavedModel (launch.keras3_outputs).
+      from launch import keras3_outputs  # pylint: disable=g-import-not-at-top
+      keras3_outputs.export(model, temporary)
     if tf.io.gfile.exists(self.saved_model):
       old = f'{self.saved_model}.old-{uuid.uuid4().hex}'
       tf.io.gfile.rename(self.saved_model, old)
@@ -230,8 +242,11 @@ class RunDir:
       tf.io.gfile.rename(temporary, self.saved_model)
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
+class EpochCheckpointMixin:
   """Saves a checkpoint after every epoch, numbered by epochs completed.
+
+  A callback of either Keras: `EpochCheckpoint` (tf_keras) or
+  `launch.keras3_outputs.EpochCheckpoint`.
 
   Args:
     manager: a `tf.train.CheckpointManager` whose checkpoint holds `epoch`.
@@ -246,6 +261,10 @@ class EpochCheckpoint(keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     self.epoch.assign(epoch + 1)
     self.manager.save(checkpoint_number=epoch + 1)
+
+
+class EpochCheckpoint(EpochCheckpointMixin, keras.callbacks.Callback):
+  __doc__ = EpochCheckpointMixin.__doc__
 
 
 class MidEpochBackup(keras.callbacks.BackupAndRestore):

@@ -1,7 +1,8 @@
 """One experiment end to end: config -> strategy -> data -> model -> fit -> export.
 
 `run(config, model_dir=...)` is what `python -m launch.train` calls; the quick
-start and the tests call it directly. See `launch.outputs` for what it writes.
+start and the tests call it directly. See `launch.outputs` for what it writes
+(and `launch.keras3_outputs` for how a Keras 3 run writes it).
 """
 
 import importlib.util
@@ -19,6 +20,7 @@ from tf_dsr import keras
 from launch import configs
 from launch import data as data_lib
 from launch import digests
+from launch import keras3_outputs
 from launch import modeling
 from launch import outputs
 from launch import overrides as overrides_lib
@@ -126,20 +128,47 @@ def _build(config, data, strategy, steps_per_execution, dsr_log_dir, verbose,
          f'{modeling.trainable_count(model):,} trainable parameters; the '
          f'sparse model at sparsity {config.sparsity} has '
          f'{built.target_params:,} active')
-  checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer,
-                                   epoch=epoch)
+  checkpoint = tf.train.Checkpoint(epoch=epoch, **_checkpointed(model))
   return built, callbacks, checkpoint
 
 
-def _output_callbacks(write_dir, checkpoint, is_chief):
+def _checkpointed(model):
+  """What a checkpoint of `model` holds besides the epoch counter."""
+  if keras3_outputs.is_keras3_model(model):
+    return keras3_outputs.checkpointed(model)
+  return {'model': model, 'optimizer': model.optimizer}
+
+
+def _output_callbacks(write_dir, checkpoint, is_chief, model_keras):
   """A checkpoint per epoch and, on the chief, the TensorBoard scalars."""
   manager = tf.train.CheckpointManager(checkpoint, write_dir.checkpoints,
                                        max_to_keep=3)
-  callbacks = [outputs.EpochCheckpoint(manager, checkpoint.epoch)]
+  epoch_checkpoint = (keras3_outputs.EpochCheckpoint if model_keras is not keras
+                      else outputs.EpochCheckpoint)
+  callbacks = [epoch_checkpoint(manager, checkpoint.epoch)]
   if is_chief:
-    callbacks.append(keras.callbacks.TensorBoard(
+    callbacks.append(model_keras.callbacks.TensorBoard(
         write_dir.logs, histogram_freq=0, write_graph=False, profile_batch=0))
   return callbacks
+
+
+def _fits(config, data, data_dir, on_tpu, keras3_run):
+  """`(train, initial_epoch, epochs, steps_per_epoch)` of each `fit` call.
+
+  One call, but for a Keras 3 run resumed part-way through an epoch: Keras
+  3's `fit` cannot start an epoch at a later batch (tf_keras's does, after
+  `BackupAndRestore`), so a first call trains the epoch's remaining steps
+  from `data.train`, which starts at that batch, and a second the later
+  epochs from a stream that starts at the next epoch.
+  """
+  first, steps = data.initial_epoch, data.steps_per_epoch
+  if not (keras3_run and data.initial_step):
+    return [(data.train, first, config.epochs, steps)]
+  fits = [(data.train, first, first + 1, steps - data.initial_step)]
+  if first + 1 < config.epochs:
+    rest = data_lib.load(config, data_dir, first + 1, drop_remainder=on_tpu)
+    fits.append((rest.train, first + 1, config.epochs, steps))
+  return fits
 
 
 def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
@@ -164,8 +193,9 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
     digest_dir: if set, every process appends digests of its masks, H and
       weights to `digest_dir/worker-<task>.jsonl` (see `launch.digests`).
     backup_steps: with `model_dir`, also back up every this many steps (and
-      at each epoch end) with Keras's BackupAndRestore, so that `resume`
-      continues part-way through an epoch; 0 for epoch checkpoints only.
+      at each epoch end) with Keras's BackupAndRestore (a Keras 3 run with
+      `launch.keras3_outputs.MidEpochBackup`), so that `resume` continues
+      part-way through an epoch; 0 for epoch checkpoints only.
 
   Returns:
     The results dict that is also written to `results.json`.
@@ -182,12 +212,6 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
   if backup_steps and not model_dir:
     raise LaunchError(f'backup_steps={backup_steps} needs --model_dir (the '
                       'backups are written there).')
-  if config.keras == 'keras3' and (model_dir or digest_dir):
-    raise LaunchError(
-        f'config field `keras` is {config.keras!r}: a Keras 3 run trains and '
-        'evaluates without --model_dir and --digest_dir (its checkpoints, '
-        'compact checkpoint, export and digests are tf_keras only for now), '
-        f'got model_dir={model_dir!r}, digest_dir={digest_dir!r}.')
   settings = json.loads(json.dumps(config.to_dict()))
   run_dir = outputs.RunDir(model_dir) if model_dir else None
   if run_dir:
@@ -225,10 +249,14 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
       config, data, strategy, steps_per_execution,
       write_dir.dsr_logs if write_dir else None, verbose, log_reallocations)
   model = built.model
+  keras3_run = model_keras is not keras
   if begin.backup:
     # BackupAndRestore restores this again when `fit` starts; restoring here
     # too covers a run whose last backup was its last step (no `fit` left).
-    tf.train.Checkpoint(model=model).restore(
+    # A Keras 3 run is restored here only (launch.keras3_outputs).
+    saved = (keras3_outputs.checkpointed(model) if keras3_run else
+             {'model': model})
+    tf.train.Checkpoint(**saved).restore(
         begin.checkpoint).expect_partial().assert_existing_objects_matched()
     _say(verbose, f'resumed from backup {begin.checkpoint} at epoch '
          f'{initial_epoch}, step {data.initial_step} of the epoch')
@@ -247,32 +275,43 @@ def run(config, model_dir=None, data_dir=None, strategy='default', tpu='local',
     if backup_steps or begin.backup:
       # After the method's callbacks, so a backup holds that step's
       # reallocation; before the epoch checkpoint, so it is never older.
-      callbacks.append(outputs.MidEpochBackup(run_dir.backup, backup_steps,
-                                              data.steps_per_epoch))
-    callbacks += _output_callbacks(write_dir, checkpoint, is_chief)
+      callbacks.append(
+          keras3_outputs.MidEpochBackup(  # Other workers: to scratch.
+              write_dir.backup, backup_steps, data.steps_per_epoch,
+              keras3_outputs.checkpointed(model), data.initial_step)
+          if keras3_run else
+          outputs.MidEpochBackup(run_dir.backup, backup_steps,
+                                 data.steps_per_epoch))
+    callbacks += _output_callbacks(write_dir, checkpoint, is_chief,
+                                   model_keras)
   if digest_dir:
     reallocation = next((c for c in callbacks
                          if isinstance(c, tf_dsr.ReallocationCallback)), None)
-    callbacks.append(digests.DigestWriter(
-        os.path.join(digest_dir, f'worker-{task}.jsonl'), reallocation))
+    writer = (keras3_outputs.DigestWriter if keras3_run else
+              digests.DigestWriter)
+    callbacks.append(writer(os.path.join(digest_dir, f'worker-{task}.jsonl'),
+                            reallocation))
 
   try:
     with strategy_lib.lost_workers_stop_cleanly(strategy, model_dir):
       if initial_epoch < config.epochs:
-        model.fit(data.train, epochs=config.epochs, initial_epoch=initial_epoch,
-                  steps_per_epoch=data.steps_per_epoch,
-                  validation_data=data.eval if config.validation_freq else None,
-                  validation_freq=config.validation_freq or 1,
-                  callbacks=callbacks, verbose=verbose,
-                  shuffle=False)  # `data.train` is shuffled already.
+        for train, first, last, steps in _fits(config, data, data_dir, on_tpu,
+                                               keras3_run):
+          model.fit(train, epochs=last, initial_epoch=first,
+                    steps_per_epoch=steps,
+                    validation_data=data.eval if config.validation_freq else None,
+                    validation_freq=config.validation_freq or 1,
+                    callbacks=callbacks, verbose=verbose,
+                    shuffle=False)  # `data.train` is shuffled already.
         if (run_dir and is_chief and tf.io.gfile.isdir(run_dir.backup) and
-            not tf.io.gfile.listdir(run_dir.backup)):
-          tf.io.gfile.rmtree(run_dir.backup)  # Keras leaves it empty.
+            (keras3_run or not tf.io.gfile.listdir(run_dir.backup))):
+          # Keras leaves it empty; a Keras 3 run's backup is removed here.
+          tf.io.gfile.rmtree(run_dir.backup)
       elif begin.backup and write_dir:
         # Stopped between the last epoch's backup and its checkpoint: write
         # that checkpoint now, and drop the backup as `fit` would have.
         for callback in callbacks:
-          if isinstance(callback, outputs.EpochCheckpoint):
+          if isinstance(callback, outputs.EpochCheckpointMixin):
             callback.on_epoch_end(initial_epoch - 1)
         if is_chief:
           tf.io.gfile.rmtree(run_dir.backup)

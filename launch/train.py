@@ -4,6 +4,9 @@
   python -m launch.train --config=small_cnn_digits_dsr --model_dir=/tmp/run \
       --override epochs=2 --override batch_size=64
   python -m launch.train --config=wrn28_2_cifar10_dsr_s0.9 --model_dir=runs/wrn_dsr_s0.9 --resume
+  # The same in Keras 3 (dense, static, dsr, set; launch.keras3_outputs).
+  python -m launch.train --config=small_cnn_digits_dsr --model_dir=/tmp/run_k3 \
+      --override keras=keras3
   # Preemptible machines: back up every 500 steps; a restart loses at most 500.
   python -m launch.train --config=resnet50_imagenet_dsr_s0.9 --model_dir=runs/r50 \
       --backup_steps=500 --resume

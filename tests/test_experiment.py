@@ -153,6 +153,33 @@ def test_report_is_rebuilt_from_run_directories_alone(finished, tmp_path):
   assert [s for s, _ in next(iter(series.values()))] == [2, 4, 6]
 
 
+def test_grid_runs_keras3_configs_into_one_model_dir_each(tmp_path):
+  """A Keras 3 grid (`--override keras=keras3`): each run writes its
+  model_dir (checkpoints, results with FLOPs); the runs resume and skip like
+  tf_keras ones, and the report is built from them."""
+  out = str(tmp_path / 'keras3')
+  runs = experiment.suite_runs('small', out, family='lenet_digits',
+                               methods=['dense', 'dsr'], seeds=1)
+  runs = [r for r in runs if r.sparsity in (0.0, 0.9)]
+  overrides = TINY + ['keras=keras3']
+  ran, skipped = experiment.run_grid(runs, out, overrides, verbose=False)
+  assert ran == [r.run_id for r in runs] and not skipped and len(runs) == 2
+  for run in runs:
+    run_dir = os.path.join(out, run.run_id)
+    results = json.load(open(os.path.join(run_dir, 'results.json')))
+    assert 'keras=keras3' in results['overrides']
+    assert results['flops']['inference_fraction'] == pytest.approx(
+        1.0 if run.method == 'dense' else 0.1)
+    assert os.path.exists(os.path.join(run_dir, 'checkpoints', 'ckpt-2.index'))
+    assert not os.path.exists(os.path.join(run_dir, 'saved_model'))
+  assert experiment.run_grid(runs, out, overrides, verbose=False) == (
+      [], [r.run_id for r in runs])
+  experiment.write_report(out)
+  report = open(os.path.join(out, 'report.md')).read()
+  assert re.search(r'^\| lenet_digits \| DSR \| - \| 0.9 \| 5,430 \| '
+                   r'0.100x \| 0.100x \|', report, re.MULTILINE), report
+
+
 def test_report_without_runs_is_an_error(tmp_path):
   done = subprocess.run(
       [sys.executable, '-m', 'launch.experiment', '--report_only',

@@ -7,7 +7,10 @@
   resumed ends with the same masks, weights, optimizer and DSR state.
 - Bad input: clear messages, exit status 2, nothing written.
 - Configs with keras=keras3 (dense, static, DSR, SET) train end to end and
-  match their tf_keras twins; a Keras 3 run refuses a model_dir.
+  match their tf_keras twins, FLOPs included. A Keras 3 run with a model_dir
+  writes what a tf_keras run writes; stopped after an epoch, or part-way
+  through one with backups, and resumed, it ends bit-identical to an
+  uninterrupted run, digests included.
 - The quick start prints a progress line per run, then its table.
 """
 
@@ -22,11 +25,15 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import keras as keras3
+
 import tf_dsr
 from tf_dsr import keras
 from tensorflow.core.util import event_pb2
 
 from launch import data
+from launch import digests
+from launch import outputs
 from launch import runner
 from launch.errors import LaunchError
 
@@ -111,7 +118,7 @@ def test_keras3_config_trains_like_its_tf_keras_twin(method):
                             KERAS3_TINY + extra + [f'keras={flavour}'])
     results[flavour] = runner.run(config, verbose=0)
   twin, ours = results['tf_keras'], results['keras3']
-  assert ours['steps'] == 10 and 'flops' not in ours and 'flops' in twin
+  assert ours['steps'] == 10 and ours['flops'] == twin['flops']
   assert ours['params'] == twin['params']
   if method in ('dsr', 'set'):
     assert ours['dsr']['reallocations'] == 3  # After steps 3, 6 and 9.
@@ -119,13 +126,189 @@ def test_keras3_config_trains_like_its_tf_keras_twin(method):
   assert ours['eval_loss'] == pytest.approx(twin['eval_loss'], rel=1e-3)
 
 
-def test_keras3_run_refuses_a_model_dir_and_writes_nothing(tmp_path):
-  config = runner.resolve('small_cnn_digits_dsr', ['keras=keras3'])
-  model_dir = tmp_path / 'run'
-  with pytest.raises(LaunchError, match=r"config field `keras` is 'keras3': .*"
-                     r"without --model_dir.*got model_dir='.*run'"):
-    runner.run(config, model_dir=str(model_dir), verbose=0)
-  assert not model_dir.exists()
+def _keras3_tiny(*extra):
+  return runner.resolve('small_cnn_digits_dsr',
+                        KERAS3_TINY + ['period=3', 'keras=keras3', *extra])
+
+
+class _StopAfterStep(keras3.callbacks.Callback):
+  """Stops a run like a preemption: an exception after training step `step`."""
+
+  def __init__(self, step):
+    super().__init__()
+    self.step = step
+
+  def on_train_batch_end(self, batch, logs=None):
+    if int(self.model.optimizer.iterations.numpy()) == self.step:
+      raise KeyboardInterrupt(f'stopped after step {self.step}')
+
+
+class _StopAtLastEpochEnd(keras3.callbacks.Callback):
+  """Stops a run at its last epoch's end, before the epoch checkpoint."""
+
+  def on_epoch_end(self, epoch, logs=None):
+    if epoch + 1 == self.params['epochs']:
+      raise KeyboardInterrupt(f'stopped at the end of epoch {epoch}')
+
+
+@pytest.fixture(scope='module')
+def keras3_runs(tmp_path_factory, monkeypatch_module):
+  """Keras 3 DSR on digits, 2 epochs of 5 steps, reallocations after steps
+  3, 6 and 9. A: straight through, with digests. B: 1 epoch, then --resume
+  to 2. C: backups every 2 steps, stopped after step 7 (backed up after
+  steps 2, 4, 5 and 7: batch 1 of epoch 1), then --resume. D: backups at
+  epoch ends, stopped after the last one but before the last epoch
+  checkpoint, then --resume. T: A's tf_keras twin."""
+  root = tmp_path_factory.mktemp('keras3_runs')
+  paths = {name: str(root / name) for name in 'abcdt'}
+  digests_dir = str(root / 'digests')
+  results = {}
+  results['a'] = runner.run(_keras3_tiny(), model_dir=paths['a'], verbose=0,
+                            digest_dir=os.path.join(digests_dir, 'a'))
+  runner.run(_keras3_tiny('epochs=1'), model_dir=paths['b'], verbose=0)
+  results['b'] = runner.run(_keras3_tiny(), model_dir=paths['b'], verbose=0,
+                            resume=True)
+  output_callbacks = runner._output_callbacks  # pylint: disable=protected-access
+  monkeypatch_module.setattr(
+      runner, '_output_callbacks',
+      lambda *args: output_callbacks(*args) + [_StopAfterStep(7)])
+  with pytest.raises(KeyboardInterrupt, match='after step 7'):
+    runner.run(_keras3_tiny(), model_dir=paths['c'], verbose=0, backup_steps=2)
+  monkeypatch_module.setattr(  # After the backup, before the checkpoint.
+      runner, '_output_callbacks',
+      lambda *args: [_StopAtLastEpochEnd()] + output_callbacks(*args))
+  with pytest.raises(KeyboardInterrupt, match='end of epoch 1'):
+    runner.run(_keras3_tiny(), model_dir=paths['d'], verbose=0,
+               backup_steps=100)  # Backups at epoch ends only.
+  monkeypatch_module.setattr(runner, '_output_callbacks', output_callbacks)
+  checkpoints_d = sorted(os.listdir(os.path.join(paths['d'], 'checkpoints')))
+  results['d'] = runner.run(_keras3_tiny(), model_dir=paths['d'], verbose=0,
+                            resume=True)
+  stopped = sorted(os.listdir(paths['c']))
+  backup = tf.train.latest_checkpoint(os.path.join(paths['c'], 'backup', 'chief'))
+  position = (int(tf.train.load_variable(backup, outputs.BACKUP_EPOCH_KEY)),
+              int(tf.train.load_variable(backup, outputs.BACKUP_BATCH_KEY)))
+  results['c'] = runner.run(_keras3_tiny(), model_dir=paths['c'], verbose=0,
+                            resume=True, backup_steps=2,
+                            digest_dir=os.path.join(digests_dir, 'c'))
+  keras.backend.clear_session()
+  results['t'] = runner.run(_keras3_tiny('keras=tf_keras'),
+                            model_dir=paths['t'], verbose=0)
+  return {'paths': paths, 'results': results, 'digests': digests_dir,
+          'stopped': stopped, 'position': position,
+          'checkpoints_d': checkpoints_d}
+
+
+@pytest.fixture(scope='module')
+def monkeypatch_module():
+  with pytest.MonkeyPatch.context() as patch:
+    yield patch
+
+
+def _files(model_dir):
+  """Relative paths of the files of a run directory, without the
+  TensorBoard event files' host- and time-dependent names."""
+  found = set()
+  for directory, _, names in os.walk(model_dir):
+    for name in names:
+      relative = os.path.relpath(os.path.join(directory, name), model_dir)
+      found.add(os.path.dirname(relative) + '/<events>'
+                if 'tfevents' in name else relative)
+  return found
+
+
+def test_keras3_run_writes_what_a_tf_keras_run_writes(keras3_runs):
+  paths, results = keras3_runs['paths'], keras3_runs['results']
+  ours, twin = _files(paths['a']), _files(paths['t'])
+  # The same files, but inside saved_model/: Keras 3's `model.export`
+  # writes no Keras metadata (keras_metadata.pb, fingerprint aside).
+  assert ({f for f in ours if not f.startswith('saved_model/')} ==
+          {f for f in twin if not f.startswith('saved_model/')})
+  assert {'checkpoints/ckpt-1.index', 'checkpoints/ckpt-2.index',
+          'logs/train/<events>', 'logs/dsr/<events>', 'results.json',
+          'sparse_model.npz', 'final_masks.npz', 'initial_weights.npz',
+          'saved_model/saved_model.pb'} <= ours
+  saved = json.load(open(os.path.join(paths['a'], 'results.json')))
+  assert saved == json.loads(json.dumps(results['a']))
+  assert saved.keys() == results['t'].keys()
+  for key in ('params', 'dsr', 'flops', 'steps'):
+    assert saved[key] == results['t'][key], key
+  assert saved['compact_checkpoint']['bytes'] == os.path.getsize(
+      os.path.join(paths['a'], 'sparse_model.npz'))
+  # The checkpoint holds the epoch counter under the tf_keras run's key,
+  # and every weight (masks and DSR state included) and optimizer variable.
+  checkpoint = _checkpoint(os.path.join(paths['a'], 'checkpoints', 'ckpt-2'))
+  assert checkpoint[outputs.EPOCH_KEY] == 2
+  model = tf_dsr.load_sparse(os.path.join(paths['a'], 'sparse_model.npz'))
+  assert isinstance(model, keras3.Model)
+  assert len([k for k in checkpoint if k.startswith('model/')]) == len(
+      model.weights)
+  # The exported SavedModel is the stripped model: its outputs are the
+  # compact checkpoint's model's.
+  exported = tf.saved_model.load(os.path.join(paths['a'], 'saved_model'))
+  images = np.random.default_rng(0).random((4, 8, 8, 1), np.float32)
+  np.testing.assert_allclose(exported.serve(images).numpy(),
+                             model(images).numpy(), rtol=1e-5, atol=1e-6)
+  masks = np.load(os.path.join(paths['a'], 'final_masks.npz'))
+  assert len(masks.files) == len(tf_dsr.collect_wrappers(model)) == 2
+  assert float(model.dynamic_sparsity_state.threshold.numpy()) == (
+      saved['dsr']['threshold'])
+
+
+def _same_checkpoints(first, second):
+  first = _checkpoint(os.path.join(first, 'checkpoints', 'ckpt-2'))
+  second = _checkpoint(os.path.join(second, 'checkpoints', 'ckpt-2'))
+  assert first.keys() == second.keys()
+  # save_counter counts the saves of one process's checkpoint object (a run
+  # resumed from a backup has saved one epoch checkpoint): not run state.
+  for key in set(first) - {'save_counter/.ATTRIBUTES/VARIABLE_VALUE'}:
+    np.testing.assert_array_equal(first[key], second[key], err_msg=key)
+  return first
+
+
+@pytest.mark.parametrize('resumed', ['b', 'c', 'd'])
+def test_keras3_resume_ends_bit_identical(keras3_runs, resumed):
+  """B resumes after epoch 1, C part-way through epoch 1 from a backup, D
+  from the last epoch's backup with no training left; all end as A:
+  weights, masks, DSR state, optimizer step and momentum."""
+  paths, results = keras3_runs['paths'], keras3_runs['results']
+  checkpoint = _same_checkpoints(paths['a'], paths[resumed])
+  assert len([k for k in checkpoint if k.startswith('optimizer/')]) > 1
+  for name in ('final_masks.npz', 'initial_weights.npz'):
+    a, b = (np.load(os.path.join(paths[r], name)) for r in ('a', resumed))
+    assert a.files == b.files
+    for key in a.files:
+      np.testing.assert_array_equal(a[key], b[key], err_msg=f'{name} {key}')
+  for key in ('top1', 'top5', 'eval_loss', 'params', 'dsr', 'flops', 'steps'):
+    assert results[resumed][key] == results['a'][key], key
+  assert not os.path.exists(os.path.join(paths[resumed], 'backup'))
+
+
+def test_keras3_backup_is_taken_mid_epoch_and_digests_match(keras3_runs):
+  assert 'backup' in keras3_runs['stopped']
+  assert 'results.json' not in keras3_runs['stopped']
+  assert keras3_runs['position'] == (1, 1)  # Epoch 1, its batch 1: step 7.
+  # D stopped after its last backup, before its last epoch checkpoint.
+  assert 'ckpt-2.index' not in keras3_runs['checkpoints_d']
+  assert 'ckpt-1.index' in keras3_runs['checkpoints_d']
+  a = digests.read(os.path.join(keras3_runs['digests'], 'a', 'worker-0.jsonl'))
+  c = digests.read(os.path.join(keras3_runs['digests'], 'c', 'worker-0.jsonl'))
+  assert [r['event'] for r in a] == ['start'] + ['reallocation'] * 3 + ['end']
+  assert a[-1] == c[-1]  # Bit-identical at the end.
+  # C resumed after step 7: its reallocation after step 9 is A's.
+  assert [r for r in c if r['event'] == 'reallocation'] == [a[3]]
+  assert a[3]['step'] == 9 and a[3]['reallocations'] == 3
+
+
+def test_keras3_resume_refuses_another_keras_and_writes_nothing(keras3_runs):
+  model_dir = keras3_runs['paths']['a']
+  index = os.path.join(model_dir, 'checkpoints', 'checkpoint')
+  before = sorted(os.listdir(model_dir)), open(index).read()
+  with pytest.raises(LaunchError, match=r"--resume: the config differs from "
+                     r"the run in .* \(keras: 'keras3' -> 'tf_keras'\)"):
+    runner.run(_keras3_tiny('keras=tf_keras', 'epochs=3'), model_dir=model_dir,
+               resume=True, verbose=0)
+  assert (sorted(os.listdir(model_dir)), open(index).read()) == before
 
 
 # ------------------------------------------------------------- 2-epoch run
