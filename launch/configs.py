@@ -75,10 +75,11 @@ OWN_LABELS = {'dense': 'dense', 'prune': 'compressed sparse',
 STATIC = 'static'
 INITIAL_VALUES = ('random', 'saved')
 # The Kerases a run can build its model with, and the methods each runs.
-# Keras 3 (`import keras`, TensorFlow backend) has the rules tf_dsr supports
-# there; tfmot's pruning and the thin model's FLOPs matching are tf_keras's.
+# Keras 3 (`import keras`, TensorFlow backend) runs every reallocation rule;
+# tfmot's pruning and the thin model's FLOPs matching are tf_keras's.
 KERASES = ('tf_keras', 'keras3')
-KERAS3_METHODS = ('dense', 'dsr', 'set', STATIC)
+KERAS3_METHODS = ('dense', 'dsr', 'set', 'deepr', 'rigl', 'snfs', 'snip',
+                  STATIC)
 # Archs whose builder has a `weight_decay` argument / a width multiplier.
 _DECAY_ARCHS = ('mobilenet_v1', 'resnet50', 'wide_resnet')
 _WIDTH_ARCHS = ('lenet_300_100', 'mobilenet_v1', 'resnet50', 'small_cnn',

@@ -478,11 +478,11 @@ def test_keras_field_picks_the_keras_and_refuses_what_keras3_lacks():
   with pytest.raises(LaunchError, match=r"config field `keras` must be one of "
                      r"\['tf_keras', 'keras3'\], got 'keras2'"):
     overrides.apply(configs.get('lenet_digits_dsr'), ['keras=keras2'])
-  for name in ('small_cnn_digits_rigl', 'small_cnn_digits_prune',
-               'wrn28_2_cifar10_thin_s0.9'):
+  for name in ('small_cnn_digits_prune', 'wrn28_2_cifar10_thin_s0.9'):
     method = configs.get(name).method
     with pytest.raises(LaunchError, match=(
         rf"config field `keras` must be 'tf_keras' for method '{method}': "
-        r"Keras 3 runs only the methods \['dense', 'dsr', 'set', 'static'\], "
+        r"Keras 3 runs only the methods \['dense', 'dsr', 'set', 'deepr', "
+        r"'rigl', 'snfs', 'snip', 'static'\], "
         r"got 'keras3'")):
       overrides.apply(configs.get(name), ['keras=keras3'])
