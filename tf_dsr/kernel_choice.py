@@ -4,8 +4,8 @@ A wrapper's `kernels` argument chooses them: None keeps the layer's default
 kernels (tfmot's registry on tf_keras, `tf_dsr._keras3.SPARSE_KERNELS` on
 Keras 3, or the layer's own `get_prunable_weights()`); otherwise it is a
 tuple of kernel names, chosen among the layer's kernel-like variables (its
-trainable variables of rank >= 2 but for biases, each held by an attribute of the layer or
-of a sublayer that its `call` reads).
+trainable variables of rank >= 2 but for biases, each held by an attribute
+of the layer or of a sublayer that its `call` reads).
 
 A kernel is named by the attribute that holds it, without a leading
 underscore (`kernel`, `recurrent_kernel`, `depthwise_kernel`), led by the
