@@ -352,6 +352,11 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
       self._substitution_targets.append(attribute)
     for kind, spec in list(self.auxiliary.items()):
       self._add_auxiliary_weights(kind, spec, None)
+    # tf_keras tracks the kernels held in `_sparse_weights` as this layer's
+    # own weights only when something first reads its weights (`fit` does),
+    # while loading a `.keras` / `.weights.h5` file always counts them. Track
+    # them now, so a model saved before that loads too.
+    self._update_trackables()
 
   @property
   def sparse_weights(self):
