@@ -156,6 +156,11 @@ def test_unknown_kernel_names_are_refused_before_anything_changes(flavour):
     wrapper.build((None, 4, 2))
   assert not [w for w in wrapper.weights if 'mask' in w.name]
   assert np.count_nonzero(wrapper.layer.cell.kernel.numpy()) == 2 * 12
+  with pytest.raises(ValueError, match=r"`sparsity` \[0.5\] must list one "
+                     r"value per kernel of `kernels` \('depthwise_kernel', "
+                     r"'pointwise_kernel'\)"):
+    tf_dsr.DynamicSparseWrapper(k.layers.SeparableConv2D(2, 1), [0.5],
+                                kernels=BOTH)
   for bad in ('kernel', (), ('kernel', 'kernel'), [1]):
     with pytest.raises(ValueError, match=r'`kernels` must be None.*got ' +
                        repr(bad).replace('(', r'\(').replace(')', r'\)')
@@ -227,3 +232,17 @@ def test_sparsify_refuses_bad_kernels_and_changes_nothing(flavour):
     tf_dsr.sparsify(model, 0.5, kernels={'lstm': 'kernel'})
   for a, b in zip(before, model.weights):
     np.testing.assert_array_equal(a, b.numpy())
+
+
+@pytest.mark.parametrize('flavour', FLAVOURS)
+def test_a_sparsity_per_kernel_follows_the_order_of_kernels(flavour):
+  k = FLAVOURS[flavour]
+  wrapper = tf_dsr.DynamicSparseWrapper(
+      k.layers.SeparableConv2D(2, 1, name='sep'), sparsity=[0.0, 0.5],
+      kernels=('pointwise_kernel', 'depthwise_kernel'))
+  wrapper.build((None, 1, 1, 2))
+  assert wrapper.sparse_names == ['dynamic_sparse_sep/pointwise_kernel',
+                                  'dynamic_sparse_sep/depthwise_kernel']
+  # Pointwise (1, 1, 2, 2) dense: 4 of 4; depthwise (1, 1, 2, 1): 1 of 2.
+  assert [int(np.asarray(m.numpy()).sum())
+          for _, m in wrapper.sparse_weights] == [4, 1]

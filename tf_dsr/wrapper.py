@@ -139,16 +139,22 @@ def check_kernels(wrapper, kernels):
   return kernels
 
 
-def check_kernels_argument(layer, kernels):
+def check_kernels_argument(layer, kernels, sparsity):
   """A wrapper's `kernels` argument, checked: a tuple of names or None.
 
   The names are checked against `layer`'s kernels now if it is built, or
   when the wrapper is built otherwise (before any mask exists).
 
   Raises:
-    ValueError: naming `kernels` and echoing it.
+    ValueError: naming `kernels` and echoing it, also when `sparsity` is a
+      list of another length.
   """
   kernels = kernel_choice.check_argument(kernels)
+  if (kernels is not None and isinstance(sparsity, (list, tuple)) and
+      len(sparsity) != len(kernels)):
+    raise ValueError(
+        f'`sparsity` {list(sparsity)!r} must list one value per kernel of '
+        f'`kernels` {kernels!r}.')
   if kernels is not None and layer.built:
     kernel_choice.choose(layer, kernels, [])
   return kernels
@@ -281,7 +287,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
     validate_init_scale(init_scale)
     masks_lib.validate_dtype(mask_dtype)
     auxiliary = _check_auxiliary(auxiliary)
-    kernels = check_kernels_argument(layer, kernels)
+    kernels = check_kernels_argument(layer, kernels, sparsity)
     kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
     # Mask name -> its `masks.CheckpointValue` (None until the variable
     # exists), what TensorFlow checkpoints save and restore for it. Set

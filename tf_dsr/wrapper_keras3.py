@@ -110,7 +110,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     seed = validation.check_int('seed', seed)
     wrapper_lib.validate_init_scale(init_scale)
     masks_lib.validate_dtype(mask_dtype)
-    kernels = wrapper_lib.check_kernels_argument(layer, kernels)
+    kernels = wrapper_lib.check_kernels_argument(layer, kernels, sparsity)
     kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
     super().__init__(layer, **kwargs)
     self.sparsity = sparsity
