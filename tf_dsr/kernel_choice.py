@@ -4,8 +4,8 @@ A wrapper's `kernels` argument chooses them: None keeps the layer's default
 kernels (tfmot's registry on tf_keras, `tf_dsr._keras3.SPARSE_KERNELS` on
 Keras 3, or the layer's own `get_prunable_weights()`); otherwise it is a
 tuple of kernel names, chosen among the layer's kernel-like variables (its
-trainable variables of rank >= 2 but for biases, each held by an attribute
-of the layer or of a sublayer that its `call` reads).
+variables of rank >= 2 but for biases, each held by an attribute of the
+layer or of a sublayer that its `call` reads; a frozen layer's too).
 
 A kernel is named by the attribute that holds it, without a leading
 underscore (`kernel`, `recurrent_kernel`, `depthwise_kernel`), led by the
@@ -71,12 +71,12 @@ def check_argument(kernels):
 def kernel_like(layer):
   """`{name: (variable, (owner, attribute))}` of the built layer's kernels.
 
-  Its trainable variables of rank >= 2 that an attribute of the layer or of
-  a sublayer holds, but for biases (attributes named `bias` or `*_bias`, as
-  EinsumDense's rank-2 bias), in the order of `layer.trainable_weights`.
+  Its variables of rank >= 2 that an attribute of the layer or of a
+  sublayer holds, but for biases (attributes named `bias` or `*_bias`, as
+  EinsumDense's rank-2 bias), in the order of `layer.weights`.
   """
   found = []
-  for variable in layer.trainable_weights:
+  for variable in layer.weights:
     if len(variable.shape) < 2:
       continue
     try:

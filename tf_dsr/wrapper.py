@@ -183,7 +183,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
   SeparableConv1D/2D makes only its pointwise kernel sparse (as tfmot does;
   the depthwise kernel stays dense) and LSTM/GRU/SimpleRNN both `kernel`
   and `recurrent_kernel`. The `kernels` argument chooses otherwise, by
-  name among the layer's kernel-like variables (trainable, rank >= 2):
+  name among the layer's kernel-like variables (rank >= 2, not biases):
   `kernels=('depthwise_kernel', 'pointwise_kernel')` makes both kernels
   of a SeparableConv sparse, `kernels=('kernel',)` keeps an LSTM's
   recurrent kernel dense. Each kernel
