@@ -52,12 +52,16 @@ def _kernel_chooser(kernels):
   if kernels is None:
     return lambda layer: None
   if callable(kernels) and not isinstance(kernels, type):
+    answers = {}  # Called once per layer.
+
     def chosen(layer):
-      try:
-        return kernel_choice.check_argument(kernels(layer))
-      except ValueError as error:
-        raise ValueError(f'`kernels` {kernels!r} returned a bad value for '
-                         f'layer {layer.name!r}: {error}') from None
+      if id(layer) not in answers:
+        try:
+          answers[id(layer)] = kernel_choice.check_argument(kernels(layer))
+        except ValueError as error:
+          raise ValueError(f'`kernels` {kernels!r} returned a bad value for '
+                           f'layer {layer.name!r}: {error}') from None
+      return answers[id(layer)]
     return chosen
   if not isinstance(kernels, dict) or not all(
       isinstance(key, (str, type)) for key in kernels):
