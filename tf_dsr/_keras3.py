@@ -30,9 +30,10 @@ from tensorflow.python.framework import ops  # pylint: disable=g-direct-tensorfl
 
 _layers = keras.layers
 
-# Layer class -> attribute paths of its sparse kernels, read from the built
-# layer. As on the tf_keras path: SeparableConv's pointwise kernel only (its
-# depthwise kernel stays dense), both kernels of a recurrent layer's cell.
+# Layer class -> attribute paths of its default sparse kernels, read from the
+# built layer. As on the tf_keras path: SeparableConv's pointwise kernel only
+# (its depthwise kernel stays dense), both kernels of a recurrent layer's
+# cell. A wrapper's `kernels` argument chooses others (`tf_dsr.kernel_choice`).
 SPARSE_KERNELS = {
     _layers.Dense: ('kernel',),
     _layers.EinsumDense: ('kernel',),

@@ -10,6 +10,7 @@ import tensorflow as tf
 from tf_dsr import _keras3
 from tf_dsr import _tfmot
 from tf_dsr import distributions
+from tf_dsr import kernel_choice
 from tf_dsr import binding as binding_lib
 from tf_dsr import masks as masks_lib
 from tf_dsr import state as state_lib
@@ -73,17 +74,7 @@ def initial_scale(mask):
   return tf.math.rsqrt(active / size)
 
 
-def _find_attribute(layer, variable):
-  """Returns `(owner, name)` such that `owner.name is variable`, or raises."""
-  owners = [layer] + list(layer._flatten_layers(include_self=False))  # pylint: disable=protected-access
-  for owner in owners:
-    for name, value in vars(owner).items():
-      if value is variable:
-        return owner, name
-  raise ValueError(
-      f'Cannot find the attribute of layer {layer.name!r} that holds its prunable '
-      f'weight {variable.name!r}, so its forward pass cannot be masked. Expose the '
-      'weight as an attribute that `call` reads (for example `self.kernel`).')
+_find_attribute = kernel_choice.find_attribute
 
 
 @contextlib.contextmanager
@@ -148,6 +139,27 @@ def check_kernels(wrapper, kernels):
   return kernels
 
 
+def check_kernels_argument(layer, kernels, sparsity):
+  """A wrapper's `kernels` argument, checked: a tuple of names or None.
+
+  The names are checked against `layer`'s kernels now if it is built, or
+  when the wrapper is built otherwise (before any mask exists).
+
+  Raises:
+    ValueError: naming `kernels` and echoing it, also when `sparsity` is a
+      list of another length.
+  """
+  kernels = kernel_choice.check_argument(kernels)
+  if (kernels is not None and isinstance(sparsity, (list, tuple)) and
+      len(sparsity) != len(kernels)):
+    raise ValueError(
+        f'`sparsity` {list(sparsity)!r} must list one value per kernel of '
+        f'`kernels` {kernels!r}.')
+  if kernels is not None and layer.built:
+    kernel_choice.choose(layer, kernels, [])
+  return kernels
+
+
 @keras.utils.register_keras_serializable(package='tf_dsr')
 class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
   """Keeps a layer's prunable kernels sparse under a binary mask that can move.
@@ -167,7 +179,14 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
   no base class is needed. Built-in tf_keras layers are looked up in tfmot's
   prune registry (plus DepthwiseConv2D's depthwise kernel, which tfmot does
   not list); built-in Keras 3 layers in `tf_dsr._keras3.SPARSE_KERNELS`
-  (the same kernels, and MultiHeadAttention's projections). Each kernel
+  (the same kernels, and MultiHeadAttention's projections). By default
+  SeparableConv1D/2D makes only its pointwise kernel sparse (as tfmot does;
+  the depthwise kernel stays dense) and LSTM/GRU/SimpleRNN both `kernel`
+  and `recurrent_kernel`. The `kernels` argument chooses otherwise, by
+  name among the layer's kernel-like variables (rank >= 2, not biases):
+  `kernels=('depthwise_kernel', 'pointwise_kernel')` makes both kernels
+  of a SeparableConv sparse, `kernels=('kernel',)` keeps an LSTM's
+  recurrent kernel dense. Each kernel
   starts with exactly `round((1 - sparsity) * n)`
   active entries (at least one), placed uniformly at random from `seed` and
   the layer's name; masked entries of the kernel are set to 0 when built.
@@ -187,14 +206,17 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
   Example:
     ```python
     layer = tf_dsr.DynamicSparseWrapper(keras.layers.Conv2D(64, 3), sparsity=0.9)
+    both = tf_dsr.DynamicSparseWrapper(
+        keras.layers.SeparableConv2D(64, 3), sparsity=0.9,
+        kernels=('depthwise_kernel', 'pointwise_kernel'))
     ```
 
   Args:
     layer: the layer to wrap (tf_keras or Keras 3).
     sparsity: fraction of each kernel's entries that are zero, in [0, 1); or
-      a list with one such fraction per prunable kernel, in the order of the
-      layer's prunable weights (what `tf_dsr.sparsify` passes for the ER and
-      ERK distributions).
+      a list with one such fraction per sparse kernel, in the order of
+      `kernels` if given, else of the layer's prunable weights (what
+      `tf_dsr.sparsify` passes for the ER and ERK distributions).
     seed: integer seed of the initial masks.
     init_scale: 'dense' (the default, the paper's: the layer's initialiser
       as it is) or 'sparse_fan_in' (scale each kernel by 1 / sqrt(density)
@@ -208,6 +230,14 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
       kernel, shaped like it. Rules add them (`add_auxiliary`) and the
       layer's config records them, so a model loaded from any saved format
       has them again. Users need not pass it.
+    kernels: None (the default kernels above) or a list or tuple of the
+      names of the kernels to make sparse, as the sparse tensors are named
+      (`<wrapper>/<name>`): the attribute that holds the kernel, such as
+      'kernel', 'recurrent_kernel', 'depthwise_kernel' or
+      'pointwise_kernel', led by its sublayer where needed ('query/kernel').
+      A name the built layer lacks raises a ValueError listing its
+      kernel-like variables, before any mask is made. The wrapper's config
+      records it (only when given), so saved files and clones keep it.
     **kwargs: passed to `keras.layers.Wrapper` (for example `name`).
   """
 
@@ -221,7 +251,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
     return super().__new__(cls, *args, **kwargs)
 
   def __init__(self, layer, sparsity, seed=0, init_scale='dense',
-               mask_dtype=masks_lib.DTYPE.name, auxiliary=None, **kwargs):
+               mask_dtype=masks_lib.DTYPE.name, auxiliary=None, kernels=None,
+               **kwargs):
     if not _tfmot.is_tf_keras_object(layer):
       raise ValueError(_tfmot.foreign_keras_message(layer, 'layer'))
     if isinstance(layer, (DynamicSparseWrapper, _tfmot.PruneLowMagnitude)):
@@ -256,6 +287,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
     validate_init_scale(init_scale)
     masks_lib.validate_dtype(mask_dtype)
     auxiliary = _check_auxiliary(auxiliary)
+    kernels = check_kernels_argument(layer, kernels, sparsity)
     kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
     # Mask name -> its `masks.CheckpointValue` (None until the variable
     # exists), what TensorFlow checkpoints save and restore for it. Set
@@ -268,6 +300,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
     self.init_scale = init_scale
     self.mask_dtype = mask_dtype
     self.auxiliary = auxiliary
+    # A plain tuple, outside Keras' tracking (which would wrap it).
+    object.__setattr__(self, '_kernels', kernels)
     self._auxiliary_weights = {}
     self._sparse_weights = []
     self._substitution_targets = []
@@ -289,7 +323,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
 
   def build(self, input_shape):
     super().build(input_shape)
-    kernels = check_kernels(self, _tfmot.prunable_weights(self.layer))
+    kernels = check_kernels(self, kernel_choice.choose(
+        self.layer, self._kernels, _tfmot.prunable_weights(self.layer)))
     self._state_variables = state_lib.add_variables(self)
     layer_key = zlib.crc32(self.layer.name.encode('utf-8')) & 0x7FFFFFFF
     for index, kernel in enumerate(kernels):
@@ -323,6 +358,11 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
       self._substitution_targets.append(attribute)
     for kind, spec in list(self.auxiliary.items()):
       self._add_auxiliary_weights(kind, spec, None)
+    # tf_keras tracks the kernels held in `_sparse_weights` as this layer's
+    # own weights only when something first reads its weights (`fit` does),
+    # while loading a `.keras` / `.weights.h5` file always counts them. Track
+    # them now, so a model saved before that loads too.
+    self._update_trackables()
 
   @property
   def sparse_weights(self):
@@ -339,15 +379,13 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
     kernels apart (`first/kernel`, `second/kernel`). Stats, the sparsity
     report and TensorBoard use these names.
     """
-    paths = [[name.lstrip('_')] if owner is self.layer else
-             [owner.name, name.lstrip('_')]
-             for owner, name in self._substitution_targets]
-    tails = [path[-1] for path in paths]
-    if len(set(tails)) != len(tails):
-      tails = ['/'.join(path) for path in paths]
-    if len(set(tails)) != len(tails):
-      tails = [f'{tail}_{i}' for i, tail in enumerate(tails)]
-    return [f'{self.name}/{tail}' for tail in tails]
+    return [f'{self.name}/{tail}' for tail in kernel_choice.names(
+        self.layer, self._substitution_targets)]
+
+  @property
+  def kernels(self):
+    """The `kernels` argument: a tuple of kernel names, or None (the default)."""
+    return self._kernels
 
   @property
   def state_variables(self):
@@ -512,6 +550,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
     config.update({'sparsity': self.sparsity, 'seed': self.seed,
                    'init_scale': self.init_scale,
                    'mask_dtype': self.mask_dtype})
+    if self._kernels is not None:  # Default configs stay as they were.
+      config['kernels'] = list(self._kernels)
     if self.auxiliary:
       config['auxiliary'] = {kind: dict(spec)
                              for kind, spec in self.auxiliary.items()}

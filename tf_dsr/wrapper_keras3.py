@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tf_dsr import _keras3
 from tf_dsr import binding as binding_lib
+from tf_dsr import kernel_choice
 from tf_dsr import masks as masks_lib
 from tf_dsr import state as state_lib
 from tf_dsr import validation
@@ -57,7 +58,11 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   for Keras's built-in layers, or, for any layer that implements tf_dsr's
   protocol, what its `get_prunable_weights()` returns once built (variables
   held by attributes its `call` reads; see `tf_dsr.DynamicSparseWrapper`).
-  A MultiHeadAttention layer gets `DynamicSparseAttentionWrapper`.
+  SeparableConv1D/2D's default is its pointwise kernel only (the depthwise
+  kernel stays dense); `kernels=('depthwise_kernel', 'pointwise_kernel')`
+  makes both sparse, and `kernels=('kernel',)` keeps an LSTM's recurrent
+  kernel dense. A MultiHeadAttention layer gets
+  `DynamicSparseAttentionWrapper`.
 
   Args:
     layer: the Keras 3 layer to wrap.
@@ -70,6 +75,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     auxiliary: the rule variables this layer carries, `{kind: {'dtype':
       name, 'sum_on_read': bool}}`, as for the tf_keras wrapper; rules add
       them (`add_auxiliary`). Users need not pass it.
+    kernels: None (the default kernels) or the names of the kernels to make
+      sparse, as for the tf_keras wrapper; recorded in the config when given.
     **kwargs: passed to `keras.layers.Wrapper` (for example `name`).
   """
 
@@ -81,7 +88,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     return super().__new__(cls, *args, **kwargs)
 
   def __init__(self, layer, sparsity, seed=0, init_scale='dense',
-               mask_dtype=masks_lib.DTYPE.name, auxiliary=None, **kwargs):
+               mask_dtype=masks_lib.DTYPE.name, auxiliary=None, kernels=None,
+               **kwargs):
     if not _keras3.is_keras3_object(layer):
       raise ValueError(
           f'`layer` must be a Keras 3 layer, got {type(layer).__module__}.'
@@ -102,6 +110,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     seed = validation.check_int('seed', seed)
     wrapper_lib.validate_init_scale(init_scale)
     masks_lib.validate_dtype(mask_dtype)
+    kernels = wrapper_lib.check_kernels_argument(layer, kernels, sparsity)
     kwargs.setdefault('name', f'dynamic_sparse_{layer.name}')
     super().__init__(layer, **kwargs)
     self.sparsity = sparsity
@@ -109,6 +118,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     self.init_scale = init_scale
     self.mask_dtype = mask_dtype
     self._auxiliary = auxiliary
+    # A plain tuple, outside Keras's tracking (which would wrap it).
+    object.__setattr__(self, '_kernels', kernels)
     self._auxiliary_weights = {}
     self._sparse_weights = []
     self._substitution_targets = []
@@ -126,8 +137,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
 
   def _add_masks(self):
     """Creates the state and mask variables of the built inner layer."""
-    kernels = wrapper_lib.check_kernels(
-        self, _keras3.prunable_weights(self.layer))
+    kernels = wrapper_lib.check_kernels(self, kernel_choice.choose(
+        self.layer, self._kernels, _keras3.prunable_weights(self.layer)))
     self._state_variables = {
         name: self.add_weight(
             name=f'dsr_{name}', shape=(), dtype=tf.as_dtype(dtype).name,
@@ -137,7 +148,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     layer_key = zlib.crc32(self.layer.name.encode('utf-8')) & 0x7FFFFFFF
     for index, kernel in enumerate(kernels):
       seed = tf.constant([self.seed, layer_key + index], tf.int64)
-      owner, attribute = wrapper_lib._find_attribute(self.layer, kernel)  # pylint: disable=protected-access
+      owner, attribute = kernel_choice.find_attribute(self.layer, kernel)
       sparsity = (self.sparsity[index] if isinstance(self.sparsity, list)
                   else self.sparsity)
       mask = self.add_weight(
@@ -169,6 +180,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   # One naming of the sparse kernels for both paths.
   sparse_names = wrapper_lib.DynamicSparseWrapper.sparse_names
   state_variables = wrapper_lib.DynamicSparseWrapper.state_variables
+  kernels = wrapper_lib.DynamicSparseWrapper.kernels
 
   @property
   def auxiliary(self):
@@ -292,6 +304,8 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     config.update({'sparsity': self.sparsity, 'seed': self.seed,
                    'init_scale': self.init_scale,
                    'mask_dtype': self.mask_dtype})
+    if self._kernels is not None:  # Default configs stay as they were.
+      config['kernels'] = list(self._kernels)
     if self._auxiliary:
       config['auxiliary'] = {kind: dict(spec)
                              for kind, spec in self._auxiliary.items()}
