@@ -16,6 +16,23 @@ from tf_dsr import keras  # pylint: disable=g-import-not-at-top
 FLAVOURS = {'tf_keras': keras, 'keras3': keras3}
 
 
+def pytest_collection_modifyitems(items):
+  """Runs the longest files first: `slow` ones, then tests/, then unit tests.
+
+  pytest-xdist hands out whole files in this order, so the files that start
+  several TensorFlow processes no longer start last and leave one worker
+  running alone at the end; the short unit tests fill in the gaps.
+  """
+  tests_dir = os.path.dirname(os.path.abspath(__file__))
+
+  def rank(item):
+    if item.get_closest_marker('slow'):
+      return 0
+    return 1 if str(item.path).startswith(tests_dir + os.sep) else 2
+
+  items.sort(key=rank)  # Stable: the order within each file is kept.
+
+
 def tiny_cnn(name='tiny', keras=keras):  # pylint: disable=redefined-outer-name
   """8x8x1 -> conv 8 -> conv 16 -> pool -> dense 10 (sparse: conv2, fc), in
   the Keras module `keras`."""
