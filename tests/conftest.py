@@ -121,6 +121,20 @@ def assert_reset_where_moved(pairs, slots, before, read=lambda v: v.numpy()):
   return num_regrown
 
 
+def run_tflite(content, x, **kwargs):
+  """Runs a TFLite flatbuffer on `x` (its batch size) in the interpreter.
+
+  `kwargs` go to `tf.lite.Interpreter` (e.g. the delegate options).
+  """
+  interpreter = tf.lite.Interpreter(model_content=content, **kwargs)
+  source = interpreter.get_input_details()[0]
+  interpreter.resize_tensor_input(source['index'], x.shape)
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(source['index'], x)
+  interpreter.invoke()
+  return interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
+
+
 class Preempted(Exception):
   """Raised by `PreemptAt` to stop `fit` as a preemption would."""
 

@@ -24,6 +24,8 @@ import tf_dsr
 from tf_dsr import keras as tf_keras
 from tf_dsr import wrapper as wrapper_lib
 
+from tests.conftest import run_tflite
+
 KERASES = {'keras3': keras, 'tf_keras': tf_keras}
 
 
@@ -94,16 +96,6 @@ def test_keras3_flops_need_a_layer_graph():
 
 
 # ------------------------------------------------------------------ TFLite
-def _run_tflite(content, x):
-  interpreter = tf.lite.Interpreter(model_content=content)
-  source = interpreter.get_input_details()[0]
-  interpreter.resize_tensor_input(source['index'], x.shape)
-  interpreter.allocate_tensors()
-  interpreter.set_tensor(source['index'], x)
-  interpreter.invoke()
-  return interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
-
-
 def test_keras3_to_tflite_strips_and_stores_the_weights_sparse():
   keras.utils.set_random_seed(0)
   model = tf_dsr.sparsify(keras.Sequential([
@@ -121,7 +113,7 @@ def test_keras3_to_tflite_strips_and_stores_the_weights_sparse():
   # about a tenth of that plus indices.
   assert len(sparse) < 0.5 * len(dense)
   for content in (dense, sparse):
-    np.testing.assert_allclose(_run_tflite(content, x), expected,
+    np.testing.assert_allclose(run_tflite(content, x), expected,
                                rtol=1e-5, atol=1e-5)
   assert tf_dsr.collect_wrappers(model)  # The model keeps its wrappers.
   with pytest.raises(ValueError, match='`model` must be a keras3 model'):

@@ -13,6 +13,7 @@ import tensorflow as tf
 import models
 import tf_dsr
 from tf_dsr import keras
+from tests.conftest import run_tflite
 from tests.conftest import sparse_tiny_cnn
 
 _NO_DELEGATE = dict(experimental_op_resolver_type=(
@@ -37,17 +38,6 @@ def _mobilenet(sparsity=0.9):
                          exclude=lambda layer: layer.name not in sparse)
 
 
-def _run(content, x, **kwargs):
-  interpreter = tf.lite.Interpreter(model_content=content, **kwargs)
-  interpreter.allocate_tensors()
-  source = interpreter.get_input_details()[0]
-  interpreter.resize_tensor_input(source['index'], x.shape)
-  interpreter.allocate_tensors()
-  interpreter.set_tensor(source['index'], x)
-  interpreter.invoke()
-  return interpreter.get_tensor(interpreter.get_output_details()[0]['index'])
-
-
 @pytest.mark.parametrize('make,shape', [(_mlp, (3, 64)),
                                         (sparse_tiny_cnn, (3, 8, 8, 1)),
                                         (_mobilenet, (2, 32, 32, 3))])
@@ -59,11 +49,11 @@ def test_both_conversions_run_in_the_default_interpreter(make, shape):
   sparse = tf_dsr.to_tflite(model)
   assert len(sparse) < len(dense)
   for content in (dense, sparse):
-    np.testing.assert_allclose(_run(content, x), expected, rtol=1e-5,
+    np.testing.assert_allclose(run_tflite(content, x), expected, rtol=1e-5,
                                atol=1e-5)
   # A stripped model converts the same way.
   stripped = tf_dsr.strip_dynamic_sparsity(model)
-  np.testing.assert_allclose(_run(tf_dsr.to_tflite(stripped), x), expected,
+  np.testing.assert_allclose(run_tflite(tf_dsr.to_tflite(stripped), x), expected,
                              rtol=1e-5, atol=1e-5)
 
 
@@ -83,12 +73,12 @@ def test_quantized_sparse_needs_the_interpreter_without_default_delegates():
   # Pinned limit of TensorFlow 2.21's XNNPACK delegate (README: Export):
   # when this starts to pass, update the docs of `to_tflite`.
   with pytest.raises(RuntimeError, match='XNNPack.*failed to prepare'):
-    _run(content, x)
+    run_tflite(content, x)
   # int8 weights: outputs within the quantization error.
-  np.testing.assert_allclose(_run(content, x, **_NO_DELEGATE), expected,
+  np.testing.assert_allclose(run_tflite(content, x, **_NO_DELEGATE), expected,
                              atol=2e-2 * np.abs(expected).max())
   quantized_dense = tf_dsr.to_tflite(model, sparse=False, quantize=True)
-  np.testing.assert_allclose(_run(quantized_dense, x), expected,
+  np.testing.assert_allclose(run_tflite(quantized_dense, x), expected,
                              atol=2e-2 * np.abs(expected).max())
 
 
