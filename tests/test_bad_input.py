@@ -187,6 +187,15 @@ def test_add_auxiliary_refuses_another_dtype_and_leaves_the_layer_as_it_was():
     wrapper.add_auxiliary('sign', 'float32', sum_on_read=True)
   assert len(wrapper.weights) == count
   assert wrapper.auxiliary_weights['sign'] == [sign]
+  # The same checks as the Keras 3 wrapper's (one shared function).
+  for kwargs, message in (
+      (dict(sum_on_read=1), r'`sum_on_read` must be True or False, got 1'),
+      (dict(dtype='nope'), r"`dtype` of rule variables 'other'.*got 'nope'"),
+      (dict(initial_values=[np.ones((4, 2))] * 2),
+       r'`initial_values` must hold one tensor per sparse kernel.*\(1\), got 2')):
+    with pytest.raises(ValueError, match=message):
+      wrapper.add_auxiliary('other', **kwargs)
+  assert len(wrapper.weights) == count and 'other' not in wrapper.auxiliary
   unbuilt = tf_dsr.DynamicSparseWrapper(keras.layers.Dense(2), 0.5)
   with pytest.raises(ValueError, match='not built yet'):
     unbuilt.add_auxiliary('sign')

@@ -115,6 +115,54 @@ def _check_auxiliary(auxiliary):
   return checked
 
 
+def check_add_auxiliary(wrapper, kind, dtype, sum_on_read, initial_values,
+                        existing):
+  """Checks `add_auxiliary`'s arguments for either Keras's wrapper.
+
+  Args:
+    wrapper: the wrapper (built, or the error says so).
+    kind, dtype, sum_on_read, initial_values: `add_auxiliary`'s arguments.
+    existing: the wrapper's kind -> spec of the rule variables it holds.
+
+  Returns:
+    The checked spec, `{'dtype': name, 'sum_on_read': bool}`.
+
+  Raises:
+    ValueError: naming the argument, when the wrapper is not built, an
+      argument is bad, or `kind` exists with another spec.
+  """
+  if not wrapper.built:
+    raise ValueError(f'Layer {wrapper.name!r} is not built yet.')
+  try:
+    dtype = tf.as_dtype(dtype).name
+  except TypeError:
+    raise ValueError(f'`dtype` of rule variables {kind!r} must be a '
+                     f'TensorFlow dtype, got {dtype!r}.') from None
+  if not isinstance(sum_on_read, bool):
+    raise ValueError(f'`sum_on_read` must be True or False, got '
+                     f'{sum_on_read!r}.')
+  spec = _check_auxiliary({kind: {'dtype': dtype,
+                                  'sum_on_read': sum_on_read}})[kind]
+  if kind in existing and existing[kind] != spec:
+    raise ValueError(
+        f'Layer {wrapper.name!r} already holds rule variables {kind!r} as '
+        f'{existing[kind]}, not {spec}.')
+  count = len(wrapper.sparse_weights)
+  if initial_values is not None and len(initial_values) != count:
+    raise ValueError(
+        f'`initial_values` must hold one tensor per sparse kernel of '
+        f'{wrapper.name!r} ({count}), got {len(initial_values)}.')
+  return spec
+
+
+def auxiliary_initializer(initial_values, index):
+  """The initializer of the `index`-th rule variable: zeros or its value."""
+  if initial_values is None:
+    return 'zeros'
+  return (lambda shape, dtype=None, v=initial_values[index]:
+          tf.cast(tf.reshape(v, shape), dtype))
+
+
 # Attributes of the wrapper that list what it tracks elsewhere.
 _DERIVED_ATTRIBUTES = ('_sparse_weights', '_substitution_targets')
 
@@ -443,15 +491,9 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
       ValueError: when the layer is not built, or `kind` exists with another
         dtype or synchronisation.
     """
-    if not self.built:
-      raise ValueError(f'Layer {self.name!r} is not built yet.')
-    spec = _check_auxiliary({kind: {'dtype': tf.as_dtype(dtype).name,
-                                    'sum_on_read': bool(sum_on_read)}})[kind]
+    spec = check_add_auxiliary(self, kind, dtype, sum_on_read, initial_values,
+                               self.auxiliary)
     if kind in self._auxiliary_weights:
-      if self.auxiliary[kind] != spec:
-        raise ValueError(
-            f'Layer {self.name!r} already holds rule variables {kind!r} as '
-            f'{self.auxiliary[kind]}, not {spec}.')
       return list(self._auxiliary_weights[kind])
     self._add_auxiliary_weights(kind, spec, initial_values)
     self.auxiliary[kind] = spec
@@ -461,11 +503,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
     variables = []
     for index, ((_, name), (kernel, _)) in enumerate(
         zip(self._substitution_targets, self._sparse_weights)):
-      if initial_values is None:
-        initializer = 'zeros'
-      else:
-        initializer = (lambda shape, dtype=None, v=initial_values[index]:
-                       tf.cast(tf.reshape(v, shape), dtype))
+      initializer = auxiliary_initializer(initial_values, index)
       sync = ({'synchronization': tf.VariableSynchronization.ON_READ,
                'aggregation': tf.VariableAggregation.SUM}
               if spec['sum_on_read'] else {})

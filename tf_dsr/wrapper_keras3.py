@@ -207,30 +207,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
       ValueError: when the layer is not built, or `kind` exists with another
         dtype or synchronisation.
     """
-    if not self.built:
-      raise ValueError(f'Layer {self.name!r} is not built yet.')
-    try:
-      dtype = tf.as_dtype(dtype).name
-    except TypeError:
-      raise ValueError(f'`dtype` of rule variables {kind!r} must be a '
-                       f'TensorFlow dtype, got {dtype!r}.') from None
-    if not isinstance(sum_on_read, bool):
-      raise ValueError(f'`sum_on_read` must be True or False, got '
-                       f'{sum_on_read!r}.')
-    spec = wrapper_lib._check_auxiliary(  # pylint: disable=protected-access
-        {kind: {'dtype': dtype, 'sum_on_read': sum_on_read}})[kind]
+    spec = wrapper_lib.check_add_auxiliary(self, kind, dtype, sum_on_read,
+                                           initial_values, self._auxiliary)
     if kind in self._auxiliary_weights:
-      if self._auxiliary[kind] != spec:
-        raise ValueError(
-            f'Layer {self.name!r} already holds rule variables {kind!r} as '
-            f'{self._auxiliary[kind]}, not {spec}.')
       return list(self._auxiliary_weights[kind])
-    if initial_values is not None and len(initial_values) != len(
-        self._sparse_weights):
-      raise ValueError(
-          f'`initial_values` must hold one tensor per sparse kernel of '
-          f'{self.name!r} ({len(self._sparse_weights)}), got '
-          f'{len(initial_values)}.')
     self._add_auxiliary_weights(kind, spec, initial_values)
     self._auxiliary[kind] = spec
     return list(self._auxiliary_weights[kind])
@@ -239,11 +219,7 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     variables = []
     for index, ((_, name), (kernel, _)) in enumerate(
         zip(self._substitution_targets, self._sparse_weights)):
-      if initial_values is None:
-        initializer = 'zeros'
-      else:
-        initializer = (lambda shape, dtype=None, v=initial_values[index]:
-                       tf.cast(tf.reshape(v, shape), dtype))
+      initializer = wrapper_lib.auxiliary_initializer(initial_values, index)
       variables.append(_keras3.add_variable(
           self, f'{name.lstrip("_")}_{kind}', kernel.shape, spec['dtype'],
           initializer, spec['sum_on_read']))
