@@ -129,6 +129,7 @@ def test_importing_the_library_changes_no_global_setting():
 ENTRY_POINTS = ['launch.configs', 'launch.experiment', 'launch.prepare_data',
                 'launch.quickstart', 'launch.train',
                 'benchmarks.first_reallocation', 'benchmarks.reallocation_cost',
+                'benchmarks.reallocation_profile',
                 'benchmarks.reallocation_scaling', 'benchmarks.step_time',
                 'benchmarks.tflite_sparse']
 
