@@ -10,7 +10,9 @@ tf_dsr.DynamicSparseWrapper)` holds for the wrappers of both Kerases. It is
 registered with Keras 3's serialization as `tf_dsr>DynamicSparseWrapper`.
 A MultiHeadAttention layer, whose call and build take several tensors, gets
 the subclass `DynamicSparseAttentionWrapper` (registered as
-`tf_dsr>DynamicSparseAttentionWrapper`) from the same constructor.
+`tf_dsr>DynamicSparseAttentionWrapper`) from the same constructor, and a
+layer whose call takes a Keras mask (an LSTM, say) gets
+`DynamicSparseMaskedInputWrapper`, which passes the mask on.
 
 As on the tf_keras path, it carries the per-weight variables of a rule
 (`add_auxiliary`: DeepR's `sign`, SNFS's `dense_momentum`), named in its
@@ -82,9 +84,11 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
 
   def __new__(cls, *args, **kwargs):
     layer = args[0] if args else kwargs.get('layer')
-    if cls is DynamicSparseWrapper and isinstance(layer,
-                                                  _keras3.ATTENTION_LAYERS):
-      cls = DynamicSparseAttentionWrapper
+    if cls is DynamicSparseWrapper:
+      if isinstance(layer, _keras3.ATTENTION_LAYERS):
+        cls = DynamicSparseAttentionWrapper
+      elif _call_takes_mask(layer):
+        cls = DynamicSparseMaskedInputWrapper
     return super().__new__(cls, *args, **kwargs)
 
   def __init__(self, layer, sparsity, seed=0, init_scale='dense',
@@ -126,6 +130,10 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     self._state_variables = None
     self._call_takes_training = (
         'training' in inspect.signature(layer.call).parameters)
+    # A Keras mask (padding, from an Embedding with `mask_zero=True`, say)
+    # leaves the wrapper as it leaves the layer (and reaches the layer when
+    # its call takes one: `DynamicSparseMaskedInputWrapper`).
+    self.supports_masking = layer.supports_masking
     # As on the tf_keras path: who moves the masks (`tf_dsr.binding`), and
     # no gradient recorder; plain attributes outside Keras's tracking.
     object.__setattr__(self, '_binding', None)
@@ -254,6 +262,9 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
   def call(self, inputs, training=None, **kwargs):
     return self._masked_call((inputs,), training, kwargs)
 
+  def compute_mask(self, inputs, previous_mask=None):
+    return self.layer.compute_mask(inputs, previous_mask)
+
   def _masked_call(self, inputs, training, kwargs):
     """The inner layer's call on `*inputs, **kwargs` with masked kernels."""
     if training is True:
@@ -288,6 +299,32 @@ class DynamicSparseWrapper(keras.layers.Wrapper):
     return config
 
 
+def _call_takes_mask(layer):
+  """True when `layer` is a Keras 3 layer whose call takes `mask` (RNNs)."""
+  return isinstance(layer, keras.layers.Layer) and (
+      'mask' in inspect.signature(layer.call).parameters)
+
+
+@keras.saving.register_keras_serializable(package='tf_dsr')
+class DynamicSparseMaskedInputWrapper(DynamicSparseWrapper):
+  """The wrapper of a Keras 3 layer whose call takes a Keras mask.
+
+  `DynamicSparseWrapper(layer, ...)` returns this class for such a layer
+  (LSTM, GRU, SimpleRNN, any layer with `mask` in its call); users need not
+  name it. Its call takes `mask` too, so Keras passes it the input's mask (a
+  padding mask from an Embedding with `mask_zero=True`, say) as it would pass
+  it to the layer, and the recurrent layer skips the padded steps. A wrapper
+  of a layer without `mask` must not take one: Keras records the mask with
+  the call, and a clone that unwraps the layer (`strip_dynamic_sparsity`)
+  would pass it to a call that refuses it.
+  """
+
+  def call(self, inputs, training=None, mask=None, **kwargs):  # pylint: disable=arguments-differ
+    if mask is not None:
+      kwargs['mask'] = mask
+    return self._masked_call((inputs,), training, kwargs)
+
+
 @keras.saving.register_keras_serializable(package='tf_dsr')
 class DynamicSparseAttentionWrapper(DynamicSparseWrapper):
   """The wrapper of a Keras 3 MultiHeadAttention layer.
@@ -303,11 +340,6 @@ class DynamicSparseAttentionWrapper(DynamicSparseWrapper):
   every input's shape before the masks are made, and a model loaded from a
   saved file is built the same way from the shapes it recorded.
   """
-
-  def __init__(self, layer, sparsity, **kwargs):
-    super().__init__(layer, sparsity, **kwargs)
-    # As the layer: the output keeps the query's Keras mask.
-    self.supports_masking = layer.supports_masking
 
   def build(self, query_shape, value_shape, key_shape=None):  # pylint: disable=arguments-differ
     if not self.layer.built:
