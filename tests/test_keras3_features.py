@@ -7,9 +7,6 @@
 - `save_sparse` / `load_sparse` of a Keras 3 model restore masks, weights and
   the DSR state bit-identically (or rebuild the model from its config), and
   refuse another model leaving it unchanged.
-- Keras masks: a wrapped LSTM, Dense and GRU after an Embedding with
-  `mask_zero=True` get the padding mask and pass it on as the plain layers
-  do.
 - MultiHeadAttention: its query, key, value (gate) and output projections
   are sparse, each under its own name, masked in the forward pass; the
   engine reallocates them in `fit` and a `.keras` file keeps their masks.
@@ -297,58 +294,6 @@ def test_keras3_attention_wrapper_passes_the_padding_masks_on():
                              atol=1e-6)
   np.testing.assert_allclose(our_pool.numpy()[1], ours.numpy()[1, :3].mean(0),
                              rtol=1e-5, atol=1e-6)
-
-
-def _padded_recurrent(wrap):
-  """Tokens -> Embedding(mask_zero) -> LSTM (sequences) -> Dense -> GRU, and
-  the Dense's output; with `wrap`, the three kernels' layers sparse (0.5)."""
-  layers = keras.layers
-  maybe = lambda layer: (tf_dsr.DynamicSparseWrapper(layer, 0.5, seed=3)
-                         if wrap else layer)
-  tokens = keras.Input((5,), dtype='int32')
-  x = layers.Embedding(9, 4, mask_zero=True, name='emb')(tokens)
-  x = maybe(layers.LSTM(3, return_sequences=True, name='lstm'))(x)
-  dense = maybe(layers.Dense(3, name='fc'))(x)
-  outputs = maybe(layers.GRU(2, name='gru'))(dense)
-  return keras.Model(tokens, [outputs, dense])
-
-
-def test_keras3_wrapper_passes_keras_masks_to_the_layer_and_on(tmp_path):
-  plain, wrapped = _padded_recurrent(False), _padded_recurrent(True)
-  for name in ('emb', 'lstm', 'fc', 'gru'):
-    layer = (wrapped.get_layer(name) if name == 'emb' else
-             wrapped.get_layer(f'dynamic_sparse_{name}'))
-    inner = getattr(layer, 'layer', layer)
-    for source, target in zip(plain.get_layer(name).weights, inner.weights):
-      target.assign(source)
-  # The plain model gets the wrapped model's masked kernels.
-  for wrapper in tf_dsr.collect_wrappers(wrapped):
-    plain_layer = plain.get_layer(wrapper.layer.name)
-    for kernel, mask in wrapper.sparse_weights:
-      twin, = [v for v in plain_layer.weights if v.path.endswith(
-          '/' + kernel.path.rsplit('/', 1)[-1])]
-      twin.assign(kernel.numpy() * mask.numpy())
-  # Token 0 is padding: the LSTM and the GRU skip it as the plain layers do
-  # (the GRU's last output is that of the last real token), and the Dense
-  # passes the LSTM's output mask on to the GRU.
-  tokens = np.array([[3, 4, 0, 0, 0], [5, 6, 7, 8, 0]])
-  (ours, our_dense), (theirs, their_dense) = wrapped(tokens), plain(tokens)
-  np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6,
-                             atol=1e-6)
-  np.testing.assert_allclose(our_dense.numpy(), their_dense.numpy(),
-                             rtol=1e-6, atol=1e-6)
-  np.testing.assert_array_equal(our_dense._keras_mask.numpy(), tokens != 0)  # pylint: disable=protected-access
-  # Unmasked, the GRU would run on through the padding and end elsewhere.
-  unmasked = plain.get_layer('gru')(their_dense * 1.0)
-  assert np.abs(unmasked.numpy() - theirs.numpy()).max() > 1e-4
-  # The stripped model (the wrappers' layers, called as recorded) and the
-  # model reloaded from a .keras file compute the same.
-  path = str(tmp_path / 'padded.keras')
-  wrapped.save(path)
-  for model in (tf_dsr.strip_dynamic_sparsity(wrapped),
-                keras.models.load_model(path)):
-    np.testing.assert_allclose(model(tokens)[0].numpy(), theirs.numpy(),
-                               rtol=1e-6, atol=1e-6)
 
 
 def _attention_model():

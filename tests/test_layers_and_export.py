@@ -7,6 +7,7 @@ import tensorflow_model_optimization as tfmot
 
 import tf_dsr
 from tf_dsr import keras
+from tests.conftest import FLAVOURS
 from tests.conftest import masks_of
 from tests.conftest import sparse_pairs
 from tests.conftest import sparse_tiny_cnn
@@ -23,6 +24,53 @@ LAYERS = {
     'dense': (lambda: keras.layers.Dense(7), (2, 12)),
     'embedding': (lambda: keras.layers.Embedding(30, 5), None),
 }
+
+
+def _padded_recurrent(k, wrap):
+  """Tokens -> Embedding(mask_zero) -> LSTM (sequences) -> Dense -> GRU in
+  the Keras `k`, and the Dense's output; with `wrap`, every layer sparse."""
+  maybe = lambda layer: (tf_dsr.DynamicSparseWrapper(layer, 0.5, seed=3)
+                         if wrap else layer)
+  tokens = k.Input((5,), dtype='int32')
+  x = maybe(k.layers.Embedding(9, 4, mask_zero=True, name='emb'))(tokens)
+  x = maybe(k.layers.LSTM(3, return_sequences=True, name='lstm'))(x)
+  dense = maybe(k.layers.Dense(3, name='fc'))(x)
+  outputs = maybe(k.layers.GRU(2, name='gru'))(dense)
+  return k.Model(tokens, [outputs, dense])
+
+
+@pytest.mark.parametrize('flavour', sorted(FLAVOURS))
+def test_wrappers_pass_keras_masks_to_the_layer_and_on(flavour, tmp_path):
+  k = FLAVOURS[flavour]
+  plain, wrapped = _padded_recurrent(k, False), _padded_recurrent(k, True)
+  # The plain model gets the wrapped model's weights, kernels masked.
+  for wrapper in tf_dsr.collect_wrappers(wrapped):
+    masked = {id(kernel): kernel.numpy() * mask.numpy()
+              for kernel, mask in wrapper.sparse_weights}
+    for source, target in zip(wrapper.layer.weights,
+                              plain.get_layer(wrapper.layer.name).weights):
+      target.assign(masked.get(id(source), source.numpy()))
+  # Token 0 is padding. The Embedding's mask reaches the LSTM, which skips
+  # the padded steps; the Dense passes it on to the GRU, whose output is
+  # that of the last real token.
+  tokens = np.array([[3, 4, 0, 0, 0], [5, 6, 7, 8, 0]])
+  (ours, our_dense), (theirs, their_dense) = wrapped(tokens), plain(tokens)
+  np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-6,
+                             atol=1e-6)
+  np.testing.assert_allclose(our_dense.numpy(), their_dense.numpy(),
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(our_dense._keras_mask.numpy(), tokens != 0)  # pylint: disable=protected-access
+  # Without the mask the GRU would run on through the padding.
+  unmasked = plain.get_layer('gru')(tf.identity(their_dense))
+  assert np.abs(unmasked.numpy() - theirs.numpy()).max() > 1e-4
+  # The stripped model (the layers, called as recorded) and the model
+  # reloaded from a .keras file compute the same.
+  path = str(tmp_path / 'padded.keras')
+  wrapped.save(path)
+  for model in (tf_dsr.strip_dynamic_sparsity(wrapped),
+                k.models.load_model(path)):
+    np.testing.assert_allclose(model(tokens)[0].numpy(), theirs.numpy(),
+                               rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize('name', sorted(LAYERS))

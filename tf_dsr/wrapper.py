@@ -354,8 +354,13 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
     self._sparse_weights = []
     self._substitution_targets = []
     self._state_variables = None
-    self._call_takes_training = (
-        'training' in inspect.signature(layer.call).parameters)
+    call_parameters = inspect.signature(layer.call).parameters
+    self._call_takes_training = 'training' in call_parameters
+    # A Keras mask (padding, from an Embedding with `mask_zero=True`, say)
+    # reaches the layer when its call takes one, and leaves the wrapper as
+    # it leaves the layer.
+    self._call_takes_mask = 'mask' in call_parameters
+    self.supports_masking = layer.supports_masking
     # Shared by the wrappers of one model (`tf_dsr.binding`): who moves the
     # masks. Training a wrapper that nothing moves is an error.
     object.__setattr__(self, '_binding', None)
@@ -458,8 +463,14 @@ class DynamicSparseWrapper(keras.layers.Wrapper, metaclass=abc.ABCMeta):
       substitutions.append((owner, name, masked))
     if self._call_takes_training:
       kwargs['training'] = training
+    if not self._call_takes_mask:
+      # Keras passes the input's mask to a call that takes `**kwargs`.
+      kwargs.pop('mask', None)
     with _substituted(substitutions):
       return self.layer.call(inputs, **kwargs)
+
+  def compute_mask(self, inputs, mask=None):
+    return self.layer.compute_mask(inputs, mask)
 
   @property
   def auxiliary_weights(self):
