@@ -244,6 +244,10 @@ def test_by_epoch_options():
   rule = tf_dsr.rules.make('deepr', **options)
   assert rule.call_inputs(19, None)['temperature'] == 1.0
   assert rule.call_inputs(20, None)['temperature'] == 0.5
+  # Hashable, and equal rules hash alike: tf_dsr reuses one compiled
+  # reallocation program for a hashable rule instead of one per call.
+  assert hash(rule) == hash(tf_dsr.rules.make(
+      'deepr', **configs.rule_options(deepr, steps_per_epoch=10)))
   # Each piece is checked by the rule; an option that takes no callable
   # takes no by-epoch value; the keys are epochs from 0.
   with pytest.raises(LaunchError, match=r"`options`.*`temperature` from "
