@@ -152,9 +152,7 @@ class RunDir:
     found = backup[0] if backup else latest
     started = tf.io.gfile.exists(self.config)
     if resume and found is None and not started:
-      raise LaunchError(f'--resume: no checkpoint in {self.checkpoints} (nor '
-                        f'a backup in {self.backup}); start the run without '
-                        '--resume.')
+      raise LaunchError(precheck.no_checkpoint_message(self.path))
     if not resume and found is not None:
       raise LaunchError(f'--model_dir {self.path} already holds a run '
                         f'(checkpoint {os.path.basename(found)}); pass --resume '

@@ -1,8 +1,8 @@
 """The checks of `launch.train`'s command line that need no TensorFlow.
 
 `launch.train` runs them before it imports TensorFlow (which takes seconds),
-so a model directory it cannot use or a malformed `TF_CONFIG` is reported at
-once. The launcher checks the same things again where it uses them
+so a model directory it cannot use, `--resume` of a run that does not exist
+or a malformed `TF_CONFIG` is reported at once. The launcher checks the same things again where it uses them
 (`launch.outputs.RunDir.check_writable`, `launch.strategy.create`), with the
 same functions and messages. This module imports nothing heavy.
 """
@@ -51,6 +51,13 @@ def check_model_dir(path):
                       f'{error.strerror or error}.') from None
 
 
+def no_checkpoint_message(path):
+  """What `--resume` says when the model directory `path` holds no run."""
+  return (f'--resume: no checkpoint in {os.path.join(path, "checkpoints")} '
+          f'(nor a backup in {os.path.join(path, "backup")}); start the run '
+          'without --resume.')
+
+
 def parse_tf_config(text):
   """Validates the JSON of a `TF_CONFIG` variable and returns it as a dict.
 
@@ -88,20 +95,24 @@ def parse_tf_config(text):
   return spec
 
 
-def check_command_line(model_dir, strategy, environ=None):
+def check_command_line(model_dir, strategy, resume=False, environ=None):
   """The checks of `launch.train`'s flags that need no TensorFlow.
 
   Args:
     model_dir: --model_dir, or None.
     strategy: --strategy.
+    resume: --resume.
     environ: the environment (default `os.environ`), for `TF_CONFIG`.
 
   Raises:
-    LaunchError: an unusable model directory, or a missing or malformed
-      `TF_CONFIG` with --strategy=multi_worker.
+    LaunchError: an unusable model directory, `--resume` with a local model
+      directory that does not exist (so it holds no checkpoint), or a missing
+      or malformed `TF_CONFIG` with --strategy=multi_worker.
   """
   environ = os.environ if environ is None else environ
   if model_dir:
     check_model_dir(model_dir)
+    if resume and '://' not in model_dir and not os.path.exists(model_dir):
+      raise LaunchError(no_checkpoint_message(model_dir))
   if strategy == 'multi_worker':
     parse_tf_config(environ.get('TF_CONFIG'))

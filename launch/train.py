@@ -19,7 +19,8 @@
 written to `--model_dir`. Bad input (unknown config or key, a dataset that is
 not prepared, `--resume` with no checkpoint, no TPU) prints `error: ...` and
 exits with status 2 before anything is written; an unusable --model_dir or a
-malformed TF_CONFIG is reported before TensorFlow is even imported. A multi-worker run that loses
+malformed TF_CONFIG (or --resume of a model directory that does not exist) is
+reported before TensorFlow is even imported. A multi-worker run that loses
 a worker stops every other worker within seconds with `error: ...` and status
 1; restart all of them with `--resume`.
 
@@ -74,9 +75,11 @@ def main(argv):
   log_reallocations = FLAGS.verbosity >= 1
   logging.set_verbosity(logging.WARNING)
   try:
-    # A model directory it cannot use, or a malformed TF_CONFIG, is reported
-    # in well under a second: before TensorFlow is imported.
-    precheck.check_command_line(FLAGS.model_dir, FLAGS.strategy)
+    # A model directory it cannot use, --resume of a run that does not
+    # exist, or a malformed TF_CONFIG is reported in well under a second:
+    # before TensorFlow is imported.
+    precheck.check_command_line(FLAGS.model_dir, FLAGS.strategy,
+                                FLAGS.resume)
     from launch import runner  # pylint: disable=g-import-not-at-top
     config = runner.resolve(FLAGS.config, FLAGS.override)
     runner.run(config, model_dir=FLAGS.model_dir, data_dir=FLAGS.data_dir,
