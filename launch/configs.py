@@ -160,6 +160,12 @@ class ByEpoch:
     return (isinstance(other, ByEpoch) and self.values == other.values and
             self.steps_per_epoch == other.steps_per_epoch)
 
+  def __hash__(self):
+    # Hashable, so a rule holding a ByEpoch (DeepR's `temperature`) is too:
+    # tf_dsr shares one traced and compiled reallocation program between the
+    # calls of a hashable rule, and builds a new one at every call otherwise.
+    return hash((tuple(sorted(self.values.items())), self.steps_per_epoch))
+
   def __repr__(self):
     return (f'ByEpoch({self.values!r}, steps_per_epoch='
             f'{self.steps_per_epoch})')

@@ -46,6 +46,7 @@ import tensorflow as tf
 
 from tf_dsr import keras
 
+from launch import precheck
 from launch.errors import LaunchError
 
 EPOCH_KEY = 'epoch/.ATTRIBUTES/VARIABLE_VALUE'
@@ -97,31 +98,10 @@ class RunDir:
     """Raises LaunchError unless the directory can be created and written.
 
     Checked before anything is written: a path that is a file, lies under a
-    file or a missing directory, or cannot be written. Only local paths are
-    probed (a `gs://` bucket is checked by its first write). The probe
-    creates and removes one empty directory, so nothing is left behind.
+    file or a missing directory, or cannot be written
+    (`launch.precheck.check_model_dir`; only local paths are probed).
     """
-    if '://' in self.path:
-      return
-    path = os.path.abspath(self.path)
-    if os.path.exists(path) and not os.path.isdir(path):
-      raise LaunchError(f'--model_dir {self.path} is a file, not a directory.')
-    parent = os.path.dirname(path)
-    if not os.path.exists(path):
-      if os.path.exists(parent) and not os.path.isdir(parent):
-        raise LaunchError(f'--model_dir {self.path}: its parent {parent} is a '
-                          'file, not a directory.')
-      if not os.path.isdir(parent):
-        raise LaunchError(f'--model_dir {self.path}: its parent directory '
-                          f'{parent} does not exist; create it first.')
-    probe = os.path.join(path if os.path.isdir(path) else parent,
-                         f'.tf_dsr_write_probe_{os.getpid()}')
-    try:
-      os.mkdir(probe)
-      os.rmdir(probe)
-    except OSError as error:
-      raise LaunchError(f'--model_dir {self.path} is not writable: '
-                        f'{error.strerror or error}.') from None
+    precheck.check_model_dir(self.path)
 
   def latest_backup(self):
     """`(path, epoch, batch)` of the newest complete mid-epoch backup, or None.
@@ -172,9 +152,7 @@ class RunDir:
     found = backup[0] if backup else latest
     started = tf.io.gfile.exists(self.config)
     if resume and found is None and not started:
-      raise LaunchError(f'--resume: no checkpoint in {self.checkpoints} (nor '
-                        f'a backup in {self.backup}); start the run without '
-                        '--resume.')
+      raise LaunchError(precheck.no_checkpoint_message(self.path))
     if not resume and found is not None:
       raise LaunchError(f'--model_dir {self.path} already holds a run '
                         f'(checkpoint {os.path.basename(found)}); pass --resume '

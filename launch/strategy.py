@@ -14,18 +14,18 @@ what to fix.
 """
 
 import contextlib
-import json
 import os
 import re
 
 import tensorflow as tf
 
+from launch import precheck
 from launch.errors import ClusterError
 from launch.errors import LaunchError
 
-_TF_CONFIG_EXAMPLE = (
-    'TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-    '"task": {"type": "worker", "index": 0}}\'')
+# Validates TF_CONFIG; in `launch.precheck`, which `launch.train` runs before
+# it imports TensorFlow.
+parse_tf_config = precheck.parse_tf_config
 
 
 def _default(tpu):
@@ -38,43 +38,6 @@ def _mirrored(tpu):
   devices = (tf.config.list_logical_devices('GPU') or
              tf.config.list_logical_devices('CPU'))
   return tf.distribute.MirroredStrategy([d.name for d in devices])
-
-
-def parse_tf_config(text):
-  """Validates the JSON of a `TF_CONFIG` variable and returns it as a dict.
-
-  Args:
-    text: the variable's value, or None when it is not set.
-
-  Returns:
-    The parsed dict, with a non-empty `cluster` and a `task` in it.
-
-  Raises:
-    LaunchError: naming what is missing or malformed, with an example.
-  """
-  hint = f' Set it on every worker, for example {_TF_CONFIG_EXAMPLE}.'
-  if not text:
-    raise LaunchError('--strategy=multi_worker needs the TF_CONFIG environment '
-                      'variable, which is not set.' + hint)
-  try:
-    spec = json.loads(text)
-  except json.JSONDecodeError as error:
-    raise LaunchError(f'TF_CONFIG is not valid JSON ({error}): {text!r}.' +
-                      hint) from None
-  cluster = spec.get('cluster') if isinstance(spec, dict) else None
-  if (not isinstance(cluster, dict) or not cluster or not all(
-      isinstance(v, list) and v and all(isinstance(a, str) for a in v)
-      for v in cluster.values())):
-    raise LaunchError('TF_CONFIG needs "cluster": a dict from job name to a '
-                      f'non-empty list of "host:port" strings; got {text!r}.' + hint)
-  task = spec.get('task')
-  if (not isinstance(task, dict) or task.get('type') not in cluster or
-      not isinstance(task.get('index'), int) or
-      not 0 <= task['index'] < len(cluster[task['type']])):
-    raise LaunchError('TF_CONFIG needs "task": {"type": one of '
-                      f'{sorted(cluster)}, "index": a position in that job\'s '
-                      f'list}}; got {text!r}.' + hint)
-  return spec
 
 
 def _multi_worker(tpu):
@@ -111,7 +74,8 @@ _FACTORIES = {
     'multi_worker': _multi_worker,
     'tpu': _tpu,
 }
-NAMES = tuple(_FACTORIES)
+NAMES = precheck.STRATEGIES  # `launch.train` reads them before TensorFlow.
+assert set(_FACTORIES) == set(NAMES), (sorted(_FACTORIES), NAMES)
 
 
 def create(name, tpu='local'):

@@ -18,7 +18,9 @@
 (repeatable) changes any of their fields. See `launch.outputs` for what is
 written to `--model_dir`. Bad input (unknown config or key, a dataset that is
 not prepared, `--resume` with no checkpoint, no TPU) prints `error: ...` and
-exits with status 2 before anything is written. A multi-worker run that loses
+exits with status 2 before anything is written; an unusable --model_dir or a
+malformed TF_CONFIG (or --resume of a model directory that does not exist) is
+reported before TensorFlow is even imported. A multi-worker run that loses
 a worker stops every other worker within seconds with `error: ...` and status
 1; restart all of them with `--resume`.
 
@@ -36,8 +38,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from launch import runner
-from launch import strategy as strategy_lib
+# Only what needs no TensorFlow: `main` imports the rest of the launcher (and
+# TensorFlow) after `launch.precheck` has checked what it can.
+from launch import precheck
 from launch.errors import ClusterError
 from launch.errors import LaunchError
 
@@ -50,7 +53,7 @@ flags.DEFINE_string('model_dir', None, 'Output directory: checkpoints, '
                     'TensorBoard logs, saved_model/, results.json.')
 flags.DEFINE_string('data_dir', None, 'tensorflow_datasets data directory '
                     '(default: tfds\' own).')
-flags.DEFINE_enum('strategy', 'default', strategy_lib.NAMES,
+flags.DEFINE_enum('strategy', 'default', precheck.STRATEGIES,
                   'Distribution strategy.')
 flags.DEFINE_string('tpu', 'local', 'With --strategy=tpu: "local" on a TPU VM, '
                     'or the TPU name for a pod slice.')
@@ -72,6 +75,12 @@ def main(argv):
   log_reallocations = FLAGS.verbosity >= 1
   logging.set_verbosity(logging.WARNING)
   try:
+    # A model directory it cannot use, --resume of a run that does not
+    # exist, or a malformed TF_CONFIG is reported in well under a second:
+    # before TensorFlow is imported.
+    precheck.check_command_line(FLAGS.model_dir, FLAGS.strategy,
+                                FLAGS.resume)
+    from launch import runner  # pylint: disable=g-import-not-at-top
     config = runner.resolve(FLAGS.config, FLAGS.override)
     runner.run(config, model_dir=FLAGS.model_dir, data_dir=FLAGS.data_dir,
                strategy=FLAGS.strategy, tpu=FLAGS.tpu, resume=FLAGS.resume,

@@ -1,6 +1,6 @@
 """Trains a tiny sparse Keras 3 model under MirroredStrategy over 2 logical CPUs.
 
-Run as a subprocess by test_keras3.py (DSR) and test_keras3_rules.py (SNFS):
+Run as a subprocess by test_keras3_rules.py (DSR, DeepR, RigL and SNFS):
 logical devices must be set up before TensorFlow initialises its devices.
 Arguments: 'jit' or 'plain' (the reallocation XLA-compiled or not), then
 one or more methods, 'dsr' (the default), 'deepr', 'rigl' or 'snfs', each

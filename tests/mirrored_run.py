@@ -1,7 +1,15 @@
 """Trains a tiny DSR model under MirroredStrategy over 2 logical CPUs.
 
 Run as a subprocess by test_distribution.py and test_methods_and_controls.py (logical devices must be set up
-before TensorFlow initialises its devices). Prints one JSON line of findings.
+before TensorFlow initialises its devices):
+
+  python -m tests.mirrored_run MODE [METHOD]       # one run
+  python -m tests.mirrored_run MODE:METHOD ...     # several, one after another
+
+MODE is 'graph' or 'jit' (an XLA-compiled reallocation), METHOD 'dsr' (the
+default), 'deepr', 'rigl' or 'snfs'. Each run builds its own model and prints
+one JSON line of findings, in the order of the arguments; several runs in one
+process pay TensorFlow's start-up once.
 """
 
 import json
@@ -64,12 +72,11 @@ class Checker(keras.callbacks.Callback):
     self.disagreements += [v.name for v in variables if not replicas_agree(v)]
 
 
-def main():
+def run(strategy, mode, method):
+  """One run of `method` with the reallocation compiled (`mode` 'jit') or not."""
   # XLA-compiled reallocation; the Keras train step is not compiled here, as
   # XLA cannot compile one function over two logical CPU devices.
-  jit = sys.argv[1] == 'jit'
-  method = sys.argv[2] if len(sys.argv) > 2 else 'dsr'
-  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  jit = mode == 'jit'
   with strategy.scope():
     model = sparse_tiny_cnn(sparsity=0.8)
   x, y = tiny_data(n=128)
@@ -88,6 +95,7 @@ def main():
   checker = Checker(cb)
   model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb, checker])
   print(json.dumps({
+      'run': f'{mode}:{method}',
       'jit': cb.reallocator.jit_compile,
       'replicas': strategy.num_replicas_in_sync,
       'reallocations': len(cb.history),
@@ -98,8 +106,18 @@ def main():
       'mirrored_masks': all(hasattr(m, 'values') for _, m in sparse_pairs(model)),
       'mirrored_signs': [hasattr(v, 'values') for v in getattr(
           model.dynamic_sparsity_state, 'sign', [])],
-  }))
+  }), flush=True)
+
+
+def main(argv):
+  if len(argv) in (1, 2) and ':' not in argv[0]:
+    runs = [(argv[0], argv[1] if len(argv) > 1 else 'dsr')]
+  else:
+    runs = [tuple(a.split(':')) for a in argv]
+  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  for mode, method in runs:
+    run(strategy, mode, method)
 
 
 if __name__ == '__main__':
-  main()
+  main(sys.argv[1:])

@@ -13,16 +13,14 @@
 - `strip_dynamic_sparsity` gives a plain Keras 3 model with the masked
   kernels, and `sparsity_report` the tf_keras report's numbers.
 - An XLA-compiled train step gives the same masks as an uncompiled one;
-  under MirroredStrategy over 2 logical CPUs (in a subprocess,
-  tests/keras3_mirrored_run.py) the replicas stay identical; with
-  `mixed_float16` the LossScaleOptimizer's inner momentum is reset.
+  with `mixed_float16` the LossScaleOptimizer's inner momentum is reset.
 
 DeepR, RigL, SNFS and `tf_dsr.snip` on Keras 3 (rule variables, the
-dense-gradient hook, rule serialization) are tested in
+dense-gradient hook, rule serialization), and DSR and those rules under
+MirroredStrategy (in one subprocess), are tested in
 tests/test_keras3_rules.py.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -437,27 +435,6 @@ def test_keras3_xla_compiled_train_step_gives_the_same_masks():
     np.testing.assert_array_equal(m0.numpy(), m1.numpy())
     # XLA fuses the step differently: weights equal up to float rounding.
     np.testing.assert_allclose(k0.numpy(), k1.numpy(), atol=1e-6)
-
-
-def test_keras3_mirrored_replicas_stay_identical():
-  # In a subprocess: logical devices must be set before TensorFlow starts.
-  # The reallocation is XLA-compiled (`python -m tests.keras3_mirrored_run
-  # plain` runs it uncompiled, with the same findings, in 12 s more).
-  environ = {k: v for k, v in os.environ.items()
-             if k != 'TF_USE_LEGACY_KERAS'}
-  environ.update(PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3')
-  done = subprocess.run(
-      [sys.executable, '-m', 'tests.keras3_mirrored_run', 'jit'], cwd=REPO,
-      env=environ, capture_output=True, text=True, timeout=600, check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
-  result = json.loads(done.stdout.strip().splitlines()[-1])
-  assert result['replicas'] == 2 and result['copies'] == [2]
-  assert result['jit']
-  assert result['reallocations'] == result['checked'] == 8  # 16 steps, P = 2
-  assert result['pruned'] > 0
-  assert result['slots'] == [1]  # SGD's momentum, found on each kernel.
-  assert result['disagreements'] == []
-  assert result['masked_nonzero'] == 0
 
 
 def test_keras3_mixed_float16_trains_with_the_callback():

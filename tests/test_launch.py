@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -504,6 +505,26 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
   assert re.search('error: ' + message, done.stderr), done.stderr
   assert 'Traceback' not in done.stderr
   assert not model_dir.exists()
+
+
+def test_cli_checks_the_model_dir_before_importing_tensorflow(tmp_path):
+  # launch.precheck runs first, so a mistake there is reported at once.
+  code = textwrap.dedent('''
+      import sys
+      from absl import flags
+      from launch import train
+      flags.FLAGS(['train', '--config=small_cnn_digits_dsr',
+                   '--model_dir=' + sys.argv[1]])
+      try:
+        train.main(['train'])
+      except SystemExit as exit:
+        print(exit.code, 'tensorflow' in sys.modules)
+  ''')
+  done = subprocess.run(
+      [sys.executable, '-c', code, str(tmp_path / 'missing' / 'run')],
+      capture_output=True, text=True, cwd=REPO, env=_env())
+  assert done.stdout.split() == ['2', 'False'], done.stderr
+  assert 'its parent directory' in done.stderr
 
 
 # -------------------------------------------------------------- quick start

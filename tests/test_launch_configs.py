@@ -7,8 +7,10 @@ a rule registered in a test gets configs and runs without launcher edits.
 """
 
 import dataclasses
+import json
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -191,19 +193,31 @@ def test_override_inconsistent_with_method():
     overrides.apply(configs.get('lenet_digits_dsr'), ['weight_decay=1e-4'])
 
 
+# Calls `configs.main` with each argument list of argv[1] (JSON) in a fresh
+# process and prints, per call, its status, stdout and stderr as one JSON
+# line: three command lines for one TensorFlow start-up.
+_CONFIGS_MAIN = textwrap.dedent('''
+    import contextlib, io, json, sys
+    from launch import configs
+    for argv in json.loads(sys.argv[1]):
+      out, err = io.StringIO(), io.StringIO()
+      with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = configs.main(argv)
+      print(json.dumps([status, out.getvalue(), err.getvalue()]))
+''')
+
+
 def test_configs_cli():
   # The options are declared by tf_dsr.rules, so this imports TensorFlow.
-  code = ('import sys; from launch import configs; '
-          'sys.exit(configs.main(sys.argv[1:]))')
-  listed = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                          text=True, check=True)
-  assert listed.stdout.split() == configs.names()
-  shown = subprocess.run([sys.executable, '-c', code, 'lenet_digits_dsr'],
-                         capture_output=True, text=True, check=True)
-  assert '"target_pruned": 250' in shown.stdout
-  bad = subprocess.run([sys.executable, '-c', code, 'nope'],
-                       capture_output=True, text=True)
-  assert bad.returncode == 2 and "unknown config 'nope'" in bad.stderr
+  done = subprocess.run(
+      [sys.executable, '-c', _CONFIGS_MAIN,
+       json.dumps([[], ['lenet_digits_dsr'], ['nope']])],
+      capture_output=True, text=True, check=True)
+  listed, shown, bad = [json.loads(line) for line in
+                        done.stdout.strip().splitlines()[-3:]]
+  assert listed[0] == 0 and listed[1].split() == configs.names()
+  assert shown[0] == 0 and '"target_pruned": 250' in shown[1]
+  assert bad[0] == 2 and "unknown config 'nope'" in bad[2]
 
 
 # ------------------------------------------------------------------ options
@@ -244,6 +258,10 @@ def test_by_epoch_options():
   rule = tf_dsr.rules.make('deepr', **options)
   assert rule.call_inputs(19, None)['temperature'] == 1.0
   assert rule.call_inputs(20, None)['temperature'] == 0.5
+  # Hashable, and equal rules hash alike: tf_dsr reuses one compiled
+  # reallocation program for a hashable rule instead of one per call.
+  assert hash(rule) == hash(tf_dsr.rules.make(
+      'deepr', **configs.rule_options(deepr, steps_per_epoch=10)))
   # Each piece is checked by the rule; an option that takes no callable
   # takes no by-epoch value; the keys are epochs from 0.
   with pytest.raises(LaunchError, match=r"`options`.*`temperature` from "

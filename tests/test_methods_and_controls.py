@@ -217,14 +217,30 @@ def test_controls_config_validation():
         (8, 8, 1), 10)
 
 
-def test_deepr_replicas_agree_under_mirrored_strategy():
-  """Signs, masks, kernels and slots are identical on 2 replicas after every step."""
+_MIRRORED_METHODS = ('deepr', 'rigl', 'snfs')
+
+
+@pytest.fixture(scope='module')
+def mirrored_runs():
+  """DeepR, RigL and SNFS under MirroredStrategy over 2 logical CPUs, one
+  after another in one subprocess (tests/mirrored_run.py): method -> its
+  findings."""
   env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
   proc = subprocess.run(
-      [sys.executable, '-m', 'tests.mirrored_run', 'graph', 'deepr'], cwd=REPO,
+      [sys.executable, '-m', 'tests.mirrored_run',
+       *[f'graph:{m}' for m in _MIRRORED_METHODS]], cwd=REPO,
       env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  results = [json.loads(line) for line in proc.stdout.strip().splitlines()
+             if line.startswith('{')]
+  assert [r['run'] for r in results] == [
+      f'graph:{m}' for m in _MIRRORED_METHODS], proc.stdout[-3000:]
+  return dict(zip(_MIRRORED_METHODS, results))
+
+
+def test_deepr_replicas_agree_under_mirrored_strategy(mirrored_runs):
+  """Signs, masks, kernels and slots are identical on 2 replicas after every step."""
+  result = mirrored_runs['deepr']
   assert result['replicas'] == 2 and result['mirrored_masks']
   assert result['mirrored_signs'] == [True, True]  # One per sparse tensor.
   assert result['reallocations'] == result['checked'] == 16  # Every step.
@@ -235,14 +251,9 @@ def test_deepr_replicas_agree_under_mirrored_strategy():
 
 @pytest.mark.parametrize('method, reallocations', [('rigl', 7), ('snfs', 2)])
 def test_gradient_rules_replicas_agree_under_mirrored_strategy(
-    method, reallocations):
+    mirrored_runs, method, reallocations):
   """RigL and SNFS grow by the replica-summed gradient: masks stay identical."""
-  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.run(
-      [sys.executable, '-m', 'tests.mirrored_run', 'graph', method], cwd=REPO,
-      env=env, capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  result = mirrored_runs[method]
   assert result['replicas'] == 2 and result['mirrored_masks']
   # RigL: steps 2, 4, ..., 14 (none from end_step 16); SNFS: 2 epoch ends.
   assert result['reallocations'] == result['checked'] == reallocations

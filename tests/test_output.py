@@ -137,7 +137,9 @@ ENTRY_POINTS = ['launch.configs', 'launch.experiment', 'launch.prepare_data',
 @pytest.mark.parametrize('module', ENTRY_POINTS)
 def test_entry_points_load_tensorflow_quietly(module):
   """`--help` loads every module (and TensorFlow), then stops (absl's with
-  status 1)."""
+  status 1). `launch.train` imports TensorFlow only once its command line has
+  passed `launch.precheck`, after `--help`; its TensorFlow start-up is checked
+  by test_train_shows_progress_bar_and_reallocations_at_v1 below."""
   # launch.configs has no --help; without arguments it lists the configs.
   done = _run('-m', module, *([] if module == 'launch.configs' else ['--help']))
   assert done.returncode in (0, 1) and 'Traceback' not in done.stderr, (

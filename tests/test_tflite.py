@@ -6,6 +6,9 @@ Inference"); this CPU cannot run that path (benchmarks/tflite_sparse.py), so
 the graph is checked op by op instead.
 """
 
+import functools
+import weakref
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -28,14 +31,27 @@ def _mlp():
       keras.layers.Dense(10)]), 0.9)
 
 
-def _mobilenet(sparsity=0.9):
-  """MobileNet v1 at alpha 0.25 on 32x32 images, RigL's kernels sparse."""
+@functools.lru_cache(maxsize=None)
+def _mobilenet():
+  """MobileNet v1 at alpha 0.25 on 32x32 images at sparsity 0.9, RigL's
+  kernels sparse. Built once per process: no test changes it, and its
+  sparse conversion (`_sparse_tflite`) is then made once too."""
   keras.utils.set_random_seed(0)
   model = models.mobilenet_v1(alpha=0.25, num_classes=10,
                               input_shape=(32, 32, 3))
   sparse = set(models.sparse_kernel_layers(model, 'mobilenet_v1'))
-  return tf_dsr.sparsify(model, sparsity,
+  return tf_dsr.sparsify(model, 0.9,
                          exclude=lambda layer: layer.name not in sparse)
+
+
+_SPARSE_TFLITE = weakref.WeakKeyDictionary()
+
+
+def _sparse_tflite(model):
+  """`tf_dsr.to_tflite(model)`, converted once per model object."""
+  if model not in _SPARSE_TFLITE:
+    _SPARSE_TFLITE[model] = tf_dsr.to_tflite(model)
+  return _SPARSE_TFLITE[model]
 
 
 @pytest.mark.parametrize('make,shape', [(_mlp, (3, 64)),
@@ -46,7 +62,7 @@ def test_both_conversions_run_in_the_default_interpreter(make, shape):
   x = np.random.default_rng(0).normal(size=shape).astype('float32')
   expected = model(x).numpy()
   dense = tf_dsr.to_tflite(model, sparse=False)
-  sparse = tf_dsr.to_tflite(model)
+  sparse = _sparse_tflite(model)
   assert len(sparse) < len(dense)
   for content in (dense, sparse):
     np.testing.assert_allclose(run_tflite(content, x), expected, rtol=1e-5,
@@ -94,7 +110,7 @@ def test_sparse_mobilenet_has_the_graph_of_xnnpack_sparse_inference():
   # 3x3/2 first conv on 3 channels padded 1 on every side; 1x1 convs and
   # 3x3 depthwise convs padded 1 on every side; a spatial MEAN at the end.
   interpreter = tf.lite.Interpreter(
-      model_content=tf_dsr.to_tflite(_mobilenet()), **_NO_DELEGATE)
+      model_content=_sparse_tflite(_mobilenet()), **_NO_DELEGATE)
   interpreter.allocate_tensors()
   ops = interpreter._get_ops_details()  # pylint: disable=protected-access
   shape = {t['index']: tuple(t['shape'])
