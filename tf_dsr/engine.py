@@ -210,13 +210,24 @@ def _signature(tensors, slots, auxiliary, values, gradients):
           tuple(sorted(values)), tuple(dtype(g) for g in gradients))
 
 
-def _program(rule, layout, draws, jit_compile, signature):
-  """The cached reallocation program for `rule` on `layout` (see `_make_program`)."""
+def _program(rule, layout, draws, jit_compile, signature, own):
+  """The cached reallocation program for `rule` on `layout` (see `_make_program`).
+
+  Args:
+    rule, layout, draws, jit_compile: as `_make_program` takes them.
+    signature: `_signature` of the arguments.
+    own: the calling Reallocator's own cache (a dict), used for a rule that
+      cannot be hashed (a user's rule with a list or dict option), which
+      no other Reallocator can share; it still traces once per run.
+  """
   key = (rule, layout, tuple(draws), bool(jit_compile), signature)
   try:
     hash(key)
-  except TypeError:  # A user's rule with unhashable options: not shared.
-    return _make_program(rule, layout, draws, jit_compile)
+  except TypeError:
+    own_key = key[1:]
+    if own_key not in own:
+      own[own_key] = _make_program(rule, layout, draws, jit_compile)
+    return own[own_key]
   if key not in _PROGRAMS:
     _PROGRAMS[key] = _make_program(rule, layout, draws, jit_compile)
     while len(_PROGRAMS) > _MAX_PROGRAMS:
@@ -389,6 +400,7 @@ class Reallocator:
     self._state = None
     self._layout = None
     self._function = None
+    self._own_programs = {}  # Of an unhashable rule (see `_program`).
     self._draws = None
     self._checked_auxiliary = set()
     if all(wrapper.built for wrapper in wrappers):
@@ -685,7 +697,8 @@ class Reallocator:
       self._draws = self.draws()
     self._function = _program(
         self.rule, self.layout, self._draws, self.jit_compile,
-        _signature(tensors, slots, auxiliary, values, gradients))
+        _signature(tensors, slots, auxiliary, values, gradients),
+        self._own_programs)
     (pruned, candidates, threshold_used, threshold, active, regrown, skipped,
      nonfinite) = self._run_on_every_replica(step, tensors, slots, auxiliary,
                                              values, gradients)

@@ -1,6 +1,7 @@
 """The engine on hand-worked models: DSR end to end, invariants, one trace."""
 
 import collections
+import dataclasses
 
 import numpy as np
 import pytest
@@ -256,3 +257,25 @@ def test_models_with_the_same_sparse_tensors_share_one_program():
   programs = {id(r._function) for r in (first, dsr, with_slots, smaller)}  # pylint: disable=protected-access
   assert len(programs) == 4
   assert all(r.trace_count == 1 for r in (dsr, with_slots, smaller))
+
+
+def test_a_rule_that_cannot_be_hashed_keeps_one_program_per_reallocator():
+  # A user's rule with a list option cannot key the shared program cache;
+  # its Reallocator keeps its own program rather than making one per call.
+  @dataclasses.dataclass(frozen=True)
+  class NotedDSR(tf_dsr.rules.DSR):
+    notes: list = dataclasses.field(default_factory=list)
+
+  rule = NotedDSR(target_pruned=2, initial_threshold=5e-3, notes=['a'])
+  with pytest.raises(TypeError):
+    hash(rule)
+  rng = np.random.default_rng(5)
+  model, _ = _model([rng.normal(0, 0.01, 8) for _ in range(2)],
+                    [rng.random(8) < 0.5 for _ in range(2)])
+  realloc = tf_dsr.Reallocator(model, rule, optimizer=False, seed=1)
+  functions = []
+  for step in range(1, 5):
+    realloc.reallocate(step)
+    functions.append(realloc._function)  # pylint: disable=protected-access
+  assert all(f is functions[0] for f in functions)
+  assert realloc.trace_count == 1
