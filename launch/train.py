@@ -32,6 +32,7 @@ at WARNING either way.
 # First, before anything loads TensorFlow: quiets its start-up log.
 from launch import quiet  # pylint: disable=unused-import,g-bad-import-order
 
+import os
 import sys
 
 from absl import app
@@ -92,7 +93,18 @@ def main(argv):
     sys.exit(2)
   except ClusterError as error:
     print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+    # Exit at once, without the interpreter's teardown: with the cluster
+    # gone, the collective runtime's threads can block it, and objects
+    # collected then failed on closed pipes (a `multiprocessing.pool`
+    # finalizer printed `OSError: [Errno 9] Bad file descriptor` with a
+    # traceback after the message). Checkpoints and backups are written
+    # synchronously and the log streams are flushed here; only TensorBoard
+    # events since its last flush (each epoch's end) are dropped, and the
+    # resumed run writes that epoch's again.
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)  # pylint: disable=protected-access
 
 
 if __name__ == '__main__':
