@@ -72,13 +72,25 @@ def operation_times(xspace, calls):
           for (kind, name), picoseconds in totals.most_common()]
 
 
+def _positive_int(text):
+  """argparse type: an int of at least 1, or an error echoing the value."""
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(
+        f'must be a whole number of at least 1, got {text!r}')
+  return value
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--jit_compile', choices=['default', 'true', 'false'],
                       default='default')
   parser.add_argument('--method', choices=['dsr', 'rigl'], default='dsr')
-  parser.add_argument('--calls', type=int, default=5)
-  parser.add_argument('--top', type=int, default=30)
+  parser.add_argument('--calls', type=_positive_int, default=5)
+  parser.add_argument('--top', type=_positive_int, default=30)
   args = parser.parse_args()
   jit = {'default': None, 'true': True, 'false': False}[args.jit_compile]
 

@@ -2,9 +2,10 @@
 
 `launch.train` runs them before it imports TensorFlow (which takes seconds),
 so a model directory it cannot use, `--resume` of a run that does not exist
-or a malformed `TF_CONFIG` is reported at once. The launcher checks the same things again where it uses them
-(`launch.outputs.RunDir.check_writable`, `launch.strategy.create`), with the
-same functions and messages. This module imports nothing heavy.
+or a malformed `TF_CONFIG` is reported at once. The launcher checks the same
+things again where it uses them (`launch.outputs.RunDir.check_writable`,
+`launch.strategy.create`), with the same functions and messages. This module
+imports nothing heavy.
 """
 
 import json
@@ -84,7 +85,8 @@ def parse_tf_config(text):
       isinstance(v, list) and v and all(isinstance(a, str) for a in v)
       for v in cluster.values())):
     raise LaunchError('TF_CONFIG needs "cluster": a dict from job name to a '
-                      f'non-empty list of "host:port" strings; got {text!r}.' + hint)
+                      'non-empty list of "host:port" strings; got '
+                      f'{text!r}.' + hint)
   task = spec.get('task')
   if (not isinstance(task, dict) or task.get('type') not in cluster or
       not isinstance(task.get('index'), int) or

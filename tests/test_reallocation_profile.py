@@ -1,6 +1,9 @@
 """The profile summary of `benchmarks.reallocation_profile`, on a hand-built profile."""
 
+import argparse
 import importlib
+
+import pytest
 
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-direct-tensorflow-import
 
@@ -40,3 +43,11 @@ def test_operation_times_sums_tensorflow_ops_by_type_and_xla_ops_by_name(
   # span are left out.
   assert rows == [('XLA', 'fusion.2', 4.0), ('TensorFlow', 'Mul', 3.0),
                   ('TensorFlow', 'SelectV2', 0.5)]
+
+
+def test_counts_must_be_whole_numbers_of_at_least_one(monkeypatch):
+  profile = _profile_module(monkeypatch)
+  assert profile._positive_int('3') == 3  # pylint: disable=protected-access
+  for bad in ('0', '-2', '1.5', 'x'):
+    with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
+      profile._positive_int(bad)  # pylint: disable=protected-access
