@@ -540,17 +540,23 @@ class Reallocator:
     return self._function.experimental_get_tracing_count()
 
   def draws(self):
-    """Static draws per tensor of one regrowth round.
+    """Static positions each tensor visits per regrowth round.
 
-    A draw lands on a free entry with probability about the tensor's
-    configured sparsity, so a tensor expected to regrow `f * n` entries gets
-    `1.25 * f * n / sparsity` draws (plus 64): one round nearly always
-    suffices, and a short round only costs another one.
+    `grow_uniform` visits a tensor's positions in a random order over the
+    power of two `D >= n` at or above its size `n`; a visit lands on a free
+    entry with probability about `n / D` times the tensor's configured
+    sparsity `s`. So a tensor expected to regrow `f * n` entries visits
+    `1.25 * f * D / s` positions per round (plus 64): one round nearly
+    always suffices, and a short round only costs another one.
     """
     layout = self.layout
     fraction = self.rule.expected_regrowth(layout)
-    return [min(n, 64 + int(1.25 * fraction * n / max(s, 0.05)) + 1)
-            for n, s in zip(layout.sizes, layout.sparsities)]
+    draws = []
+    for n, s in zip(layout.sizes, layout.sparsities):
+      domain = 2**reallocation.permutation_bits(n)
+      draws.append(min(domain, 64 + int(1.25 * fraction * n / max(s, 0.05)
+                                         * domain / n) + 1))
+    return draws
 
   def _auxiliary_specs(self):
     """kind -> `(dtype, initializer, sum_on_read)` of every rule variable."""

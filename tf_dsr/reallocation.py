@@ -54,44 +54,6 @@ def uniform(shape, seed):
   return tf.cast(bits, tf.float64) * 2.0**-32
 
 
-def _mix32(x):
-  """A bijective, avalanching mix of uint32 values.
-
-  Two xorshift-multiply rounds with the constants of the "lowbias32" hash
-  (C. Wellons, hash-prospector), whose bias is among the lowest known for
-  this form.
-  """
-  def shift(v, n):
-    return tf.bitwise.right_shift(v, tf.constant(n, tf.uint32))
-  x = tf.bitwise.bitwise_xor(x, shift(x, 16)) * tf.constant(0x7FEB352D,
-                                                            tf.uint32)
-  x = tf.bitwise.bitwise_xor(x, shift(x, 15)) * tf.constant(0x846CA68B,
-                                                            tf.uint32)
-  return tf.bitwise.bitwise_xor(x, shift(x, 16))
-
-
-def hash_uniform(count, seed):
-  """float64 uniform on [0, 1): a keyed hash of the counters 0..count-1.
-
-  A counter-based generator like Philox but far cheaper (XLA's Philox costs
-  about 40 ns per number on CPU, this a few element-wise ops), for the
-  regrowth's many draws. Integer ops only, so the same compiled or not and
-  on every device.
-
-  Args:
-    count: Python int, the number of values.
-    seed: int64 `[2]` seed; each word's low 32 bits key one mixing round.
-  """
-  keys = tf.cast(tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), 0xFFFFFFFF),
-                 tf.uint32)
-  counters = tf.bitcast(tf.range(count, dtype=tf.int32), tf.uint32)
-  # The keys enter between mixes, so streams of different seeds are not
-  # shifts or permutations of each other.
-  bits = _mix32(tf.bitwise.bitwise_xor(_mix32(counters), keys[0]))
-  bits = _mix32(tf.bitwise.bitwise_xor(bits, keys[1]))
-  return tf.cast(bits, tf.float64) * 2.0**-32
-
-
 def prune_below(layout, weights, masks, active, threshold, row_segments=None):
   """DSR's prune: the active entries with `|w| < H`, never emptying a tensor.
 
@@ -219,28 +181,90 @@ def allocate(total, survivors, capacity, seed):
                          fold_in(seed, 1))
 
 
+def permutation_bits(size):
+  """Bits of the power-of-two domain `grow_uniform` permutes for `size` entries.
+
+  At least 2, so each half of `_permute`'s Feistel network has a bit.
+  """
+  return max(2, (int(size) - 1).bit_length())
+
+
+# Rounds of `_permute`'s Feistel network (three per half). Tested: a
+# permutation for every width, and the subsets `grow_uniform` chooses from
+# it are uniform, even on tiny domains.
+_FEISTEL_ROUNDS = 6
+
+
+def _round(half, key, shift):
+  """A Feistel round function: a keyed hash of `half`, its top `32 - shift` bits.
+
+  Two multiplications by odd constants with an xorshift between them; the
+  top bits of such a product depend on every input bit.
+  """
+  mixed = tf.bitwise.bitwise_xor(half, key) * tf.constant(0x9E3779B1,
+                                                          tf.uint32)
+  mixed = tf.bitwise.bitwise_xor(mixed, tf.bitwise.right_shift(
+      mixed, tf.constant(15, tf.uint32))) * tf.constant(0x2C1B3C6D, tf.uint32)
+  return tf.bitwise.right_shift(mixed, shift)
+
+
+def _permute(index, bits, keys):
+  """A keyed permutation of `[0, 2**bits)` applied to `index`, per element.
+
+  An unbalanced Feistel network: the value is split into a high part of
+  `bits // 2` bits and a low part of the rest, and the rounds alternately
+  XOR one part with a keyed hash (`_round`) of the other. Each round is
+  invertible, so the whole is a permutation of the domain for any keys.
+  Integer ops only: the same compiled or not, on every device.
+
+  Args:
+    index: uint32 values in `[0, 2**bits)`.
+    bits: int32, the domain's bits per element (2 to 31).
+    keys: uint32 `[_FEISTEL_ROUNDS, len(index)]`, one key per round and
+      element.
+  """
+  one = tf.constant(1, tf.uint32)
+  high_bits = tf.cast(bits // 2, tf.uint32)
+  low_bits = tf.cast(bits, tf.uint32) - high_bits
+  low_mask = tf.bitwise.left_shift(one, low_bits) - one
+  high = tf.bitwise.right_shift(index, low_bits)
+  low = tf.bitwise.bitwise_and(index, low_mask)
+  thirty_two = tf.constant(32, tf.uint32)
+  for r in range(_FEISTEL_ROUNDS):
+    if r % 2 == 0:
+      high = tf.bitwise.bitwise_xor(high, _round(low, keys[r],
+                                                 thirty_two - high_bits))
+    else:
+      low = tf.bitwise.bitwise_xor(low, _round(high, keys[r],
+                                               thirty_two - low_bits))
+  return tf.bitwise.bitwise_or(tf.bitwise.left_shift(high, low_bits), low)
+
+
 def grow_uniform(layout, free, count, seed, draws, row_segments=None,
                  capacity=None):
   """Chooses exactly `count[i]` free entries of each tensor i, uniformly.
 
   Sampling without replacement at a cost that scales with the number of
-  draws, not with the tensor sizes, and without sorting. In one round every
-  tensor i gets `draws[i]` positions drawn uniformly (with replacement) over
-  its segment; a scatter-min of draw numbers into a scratch array finds, for
-  each free entry hit, the first draw that hit it, and those first hits are
-  taken in draw order until the tensor has its target. If a round falls
-  short, further rounds draw among the free entries not yet taken, which
-  keeps every subset of the right size equally likely. When a tensor is to
-  grow more than half its free entries, the complement is drawn instead,
-  which bounds the number of rounds. All tensors share every round.
+  draws, not with the tensor sizes, and without sorting or a weight-sized
+  scratch array. Each tensor visits the positions of its segment in the
+  order of a keyed pseudo-random permutation (`_permute`, over the power of
+  two at or above its size; positions beyond the size are never free), and
+  the first `count[i]` free entries visited are taken: for a uniformly
+  random order that is a uniformly random subset. A round visits the next
+  `draws[i]` positions of every tensor's order; since an order never
+  repeats a position, the rounds need no bookkeeping of what was taken
+  before, and they end once every tensor has its target (at the latest when
+  its whole domain is visited). When a tensor is to grow more than half its
+  free entries, the complement is chosen instead, which bounds the number
+  of rounds.
 
   Args:
     layout: the `Layout` of the flat tensors.
     free: bool flat tensor, True where an entry may be grown.
     count: int64 `[T]`, each at most the tensor's number of free entries.
     seed: `[2]` seed.
-    draws: Python ints, the static number of draws per round of each
-      tensor; a wrong size costs time (more rounds), never correctness.
+    draws: Python ints, the static number of positions each tensor visits
+      per round; a wrong size costs time (more rounds), never correctness.
     row_segments: optional `layout.row_segments()`.
     capacity: optional int64 `[T]`, the free entries per tensor, when the
       caller has it.
@@ -250,51 +274,74 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
   """
   if row_segments is None:
     row_segments = layout.row_segments()
-  draws = [max(1, min(int(d), size)) for d, size in zip(draws, layout.sizes)]
   num_tensors = layout.num_tensors
+  bits = [permutation_bits(size) for size in layout.sizes]
+  # Visits come in chunks of `ROW`, each chunk of one tensor, so per-tensor
+  # values reach every visit by a gather per chunk and a broadcast (as
+  # `Layout.broadcast` does for rows), not a gather per visit.
+  chunk = layout_lib.ROW
+  chunks = [-(-max(1, min(int(d), 2**b)) // chunk)
+            for d, b in zip(draws, bits)]
+  num_chunks = sum(chunks)
+  position = num_chunks * chunk
   if capacity is None:
     capacity, = layout.count(free, row_segments=row_segments)
   invert = 2 * count > capacity
   target = tf.cast(tf.where(invert, capacity - count, count), tf.int32)
 
-  draw_tensor = layout_lib.block_ids(draws)
-  block_starts, position = [], 0
-  for d in draws:
-    block_starts.append(position)
-    position += d
-  block_starts = tf.constant(block_starts, tf.int32)
-  block_ends = block_starts + tf.constant(draws, tf.int32)
-  origin = tf.gather(tf.constant(layout.starts, tf.int32), draw_tensor)
-  span = tf.gather(tf.constant(layout.sizes, tf.float64), draw_tensor)
-  ids = tf.range(position, dtype=tf.int32)
+  chunk_tensor = layout_lib.block_ids(chunks)
+  first_chunk = [0]
+  for c in chunks[:-1]:
+    first_chunk.append(first_chunk[-1] + c)
+
+  def per_visit(values):
+    """The `[T]` (or `[R, T]`) `values` of each visit's tensor."""
+    per_chunk = tf.gather(values, chunk_tensor, axis=-1)
+    shape = per_chunk.shape.as_list()
+    return tf.reshape(tf.broadcast_to(per_chunk[..., None], shape + [chunk]),
+                      shape[:-1] + [position])
+
+  constant = lambda values: tf.constant(values, tf.int32)
+  block_starts = constant([c * chunk for c in first_chunk])
+  block_ends = block_starts + constant([c * chunk for c in chunks])
+  origin = per_visit(constant(layout.starts))
+  size = per_visit(constant(layout.sizes))
+  visit_bits = per_visit(constant(bits))
+  domain = per_visit(constant([2**b for b in bits]))
+  step = per_visit(constant([c * chunk for c in chunks]))
+  # The i-th visit of its tensor in the first round.
+  offset = tf.range(position, dtype=tf.int32) - per_visit(block_starts)
+  # A key per round and tensor: each tensor's order is its own.
+  keys = per_visit(tf.bitcast(tf.random.stateless_uniform(
+      [_FEISTEL_ROUNDS, num_tensors], seed, minval=None, maxval=None,
+      dtype=tf.int32, alg=RANDOM_ALG), tf.uint32))
+  # Visits not taken are scattered to one spare entry past the end.
+  spare = tf.fill([position], layout.size)
 
   def one_round(round_index, remaining, chosen):
-    offsets = tf.cast(tf.floor(hash_uniform(position,
-                                            fold_in(seed, round_index))
-                               * span), tf.int32)
-    positions = origin + offsets
-    first_hits = tf.where(free & ~chosen, tf.int32.max, -1)
-    first_hits = tf.tensor_scatter_nd_min(first_hits, positions[:, None], ids)
-    new = tf.gather(first_hits, positions) == ids
-    rank = tf.concat([[0], tf.cumsum(tf.cast(new, tf.int32))], 0)
+    visit = round_index * step + offset
+    in_domain = visit < domain
+    local = tf.bitcast(_permute(
+        tf.bitcast(tf.where(in_domain, visit, 0), tf.uint32), visit_bits,
+        keys), tf.int32)
+    flat_index = origin + tf.minimum(local, size - 1)
+    hit = in_domain & (local < size) & tf.gather(free, flat_index)
+    rank = tf.concat([[0], tf.cumsum(tf.cast(hit, tf.int32))], 0)
     before = tf.gather(rank, block_starts)
-    rank_in_block = rank[1:] - tf.gather(before, draw_tensor)
-    take = new & (rank_in_block <= tf.gather(remaining, draw_tensor))
-    last = tf.maximum(tf.math.unsorted_segment_max(
-        tf.where(take, ids, -1), draw_tensor, num_tensors), -1)
+    take = hit & (rank[1:] - per_visit(before) <= per_visit(remaining))
     taken = tf.minimum(tf.gather(rank, block_ends) - before, remaining)
-    # A hit entry of tensor i holds the number of a draw of tensor i, so one
-    # comparison with that tensor's last draw taken finds what was taken.
-    chosen |= (first_hits >= 0) & (
-        first_hits <= layout.broadcast(last, row_segments))
+    chosen = tf.tensor_scatter_nd_update(
+        chosen, tf.where(take, flat_index, spare)[:, None],
+        tf.ones([position], tf.bool))
     return round_index + 1, remaining - taken, chosen
 
   # The first round is unrolled: it is usually the only one.
   state = one_round(tf.constant(0), target,
-                    tf.zeros([layout.size], tf.bool))
+                    tf.zeros([layout.size + 1], tf.bool))
   _, _, chosen = tf.while_loop(
       lambda round_index, remaining, chosen: tf.reduce_any(remaining > 0),
       one_round, state)
+  chosen = chosen[:layout.size]
   return tf.where(layout.broadcast(invert, row_segments), free & ~chosen,
                   chosen)
 

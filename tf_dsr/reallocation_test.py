@@ -124,7 +124,7 @@ def test_grow_uniform_takes_exactly_count_free_entries(count):
 
 def test_grow_uniform_is_uniform_over_subsets():
   # Choose 2 of the 4 free entries among 12: each of the 6 pairs should come
-  # up with probability 1/6. Draw counts of 3 per round force extra rounds.
+  # up with probability 1/6.
   layout = _layout(12)
   free = layout.flatten([_bools([0, 1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0])],
                         padding=False)
@@ -160,25 +160,59 @@ def test_grow_uniform_same_compiled_or_not():
   np.testing.assert_array_equal(grow(), tf.function(grow, jit_compile=True)())
 
 
-def test_hash_uniform_is_uniform_and_keyed():
-  values = reallocation.hash_uniform(100_000, SEED).numpy()
-  assert values.min() >= 0.0 and values.max() < 1.0
-  # 100 equal bins of 1,000 expected each: a chi-square statistic this far
-  # above its 99 degrees of freedom would mean a biased generator.
-  counts = np.histogram(values, 100, (0.0, 1.0))[0]
-  assert ((counts - 1000.0)**2 / 1000.0).sum() < 160
-  assert abs(np.corrcoef(values[:-1], values[1:])[0, 1]) < 0.01
-  # Neighbouring keys give unrelated streams, not shifted or permuted copies
-  # of one another (which adding the key to the counter would give).
-  for other in ([8, 11], [7, 12]):
-    stream = reallocation.hash_uniform(100_000, tf.constant(other, tf.int64))
-    assert len(np.intersect1d(values, stream.numpy())) < 20
+@pytest.mark.parametrize('bits', [2, 3, 5, 8, 11])
+def test_permute_is_a_keyed_permutation_the_same_compiled_or_not(bits):
+  domain = 2**bits
+  index = tf.bitcast(tf.range(domain, dtype=tf.int32), tf.uint32)
+  bits_vector = tf.fill([domain], bits)
+
+  def permute(key_seed):
+    keys = tf.random.stateless_uniform(
+        [reallocation._FEISTEL_ROUNDS, 1], key_seed, minval=None,
+        maxval=None, dtype=tf.uint32, alg=reallocation.RANDOM_ALG)
+    return reallocation._permute(index, bits_vector,
+                                 tf.broadcast_to(keys, [keys.shape[0], domain]))
+
+  orders = []
+  for key_seed in ([1, 2], [1, 3]):
+    key_seed = tf.constant(key_seed, tf.int64)
+    order = permute(key_seed).numpy()
+    np.testing.assert_array_equal(
+        order, tf.function(permute, jit_compile=True)(key_seed))
+    # Every position exactly once.
+    np.testing.assert_array_equal(np.sort(order), np.arange(domain))
+    orders.append(order)
+  # Another key, another order (4! = 24 orders of the smallest domain).
+  assert (orders[0] != orders[1]).any()
 
 
-def test_hash_uniform_same_compiled_or_not():
-  fn = lambda seed: reallocation.hash_uniform(1000, seed)
-  np.testing.assert_array_equal(
-      fn(SEED), tf.function(fn, jit_compile=True)(SEED))
+def test_grow_uniform_runs_more_rounds_when_one_falls_short():
+  # 20 of 50 free entries among 1,000: about 410 visits of the 1,024-entry
+  # order are needed, and one round visits 128, so every call runs several.
+  layout = _layout(1000)
+  rng = np.random.default_rng(5)
+  free_positions = rng.choice(1000, 50, replace=False)
+  free_np = np.zeros(1000, bool)
+  free_np[free_positions] = True
+  free = layout.flatten([_bools(free_np)], padding=False)
+  grow = lambda seed: reallocation.grow_uniform(
+      layout, free, tf.constant([20], tf.int64), seed, [1])
+  compiled = tf.function(grow, jit_compile=True)
+  hits = np.zeros(1000)
+  runs = 300
+  for s in range(runs):
+    seed = tf.constant([s, 9], tf.int64)
+    grown = layout.unflatten(compiled(seed))[0].numpy()
+    assert grown.sum() == 20 and not (grown & ~free_np).any()
+    if s < 3:
+      np.testing.assert_array_equal(grown, layout.unflatten(grow(seed))[0])
+    hits += grown
+  # Each free entry is chosen with probability 20 / 50 = 0.4; over 300 calls
+  # its count has a standard deviation of about 8.5.
+  freq = hits[free_positions] / runs
+  np.testing.assert_allclose(freq, 0.4, atol=0.1)
+  assert abs(freq.mean() - 0.4) < 1e-9
+  assert compiled.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize('pruned,expected', [
