@@ -82,6 +82,27 @@ def test_optimizer_state_is_zeroed_exactly_where_entries_moved():
   np.testing.assert_array_equal(_flat(slot), [5, 0, 5, 0, 0, 5, 0, 5])
 
 
+def test_non_finite_optimizer_state_is_zeroed_where_moved_and_kept_elsewhere():
+  # Adam's second moment can be inf (or NaN) where the weight is finite: a
+  # dropped entry's state must become 0 (0 * inf would be NaN), a kept
+  # entry's must stay exactly as it was.
+  w0 = [0.5, 0.0005, 0.002, 0., 0.0009, -0.3, 0., 0.01]
+  m0 = [1, 1, 1, 0, 1, 1, 0, 1]
+  model, ((kernel, mask),) = _model([w0], [m0])
+  optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+  optimizer.build(model.trainable_variables)
+  slot, = tf_dsr.optimizer_state.slot_variables(optimizer, kernel)
+  inf, nan = np.inf, np.nan
+  slot.assign(np.reshape([inf, inf, -inf, 0., nan, nan, 0., 3.],
+                         slot.shape).astype('float32'))
+  tf_dsr.Reallocator(model, target_pruned=2, optimizer=optimizer).reallocate()
+  # Entries 1 and 4 pruned, 3 and 6 regrown: their state is 0.
+  np.testing.assert_array_equal(_flat(mask), [1, 0, 1, 1, 0, 1, 1, 1])
+  np.testing.assert_array_equal(_flat(slot), [inf, 0, -inf, 0, 0, nan, 0, 3])
+  np.testing.assert_array_equal(
+      _flat(kernel), np.float32([0.5, 0, 0.002, 0, 0, -0.3, 0, 0.01]))
+
+
 def test_skips_when_the_pruned_cannot_be_regrown_and_h_still_adapts():
   # Sparsity 0.25: 6 of 8 active, 5 below H, only 2 free entries.
   w = [1e-5, 1e-5, 1e-5, 1e-5, 1e-5, 0.5, 0., 0.]
