@@ -66,41 +66,46 @@ def test_dsr_hand_worked(jit_compile):
   assert int(realloc.state.last_step.numpy()) == 7
 
 
-def test_optimizer_state_is_zeroed_exactly_where_entries_moved():
-  w0 = [0.5, 0.0005, 0.002, 0., 0.0009, -0.3, 0., 0.01]
-  m0 = [1, 1, 1, 0, 1, 1, 0, 1]
-  model, ((kernel, mask),) = _model([w0], [m0])
+# One tensor of 8 whose reallocation (N_p = 2) prunes entries 1 and 4 and
+# regrows 3 and 6, the only free ones.
+_W0 = [0.5, 0.0005, 0.002, 0., 0.0009, -0.3, 0., 0.01]
+_M0 = [1, 1, 1, 0, 1, 1, 0, 1]
+_M1 = [1, 0, 1, 1, 0, 1, 1, 1]
+
+
+def _reallocate_with_momentum(momentum):
+  """Reallocates `_W0` / `_M0` with SGD momentum set to `momentum`.
+
+  Returns:
+    The kernel, mask and momentum afterwards, flat.
+  """
+  model, ((kernel, mask),) = _model([_W0], [_M0])
   optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
   optimizer.build(model.trainable_variables)
   slot, = tf_dsr.optimizer_state.slot_variables(optimizer, kernel)
-  slot.assign(tf.fill(slot.shape, 5.0))
+  slot.assign(np.reshape(momentum, slot.shape).astype('float32'))
   tf_dsr.Reallocator(model, target_pruned=2, optimizer=optimizer).reallocate()
-  new = _flat(mask)
-  # Entries 1 and 4 pruned, 3 and 6 regrown (the only free ones): their
-  # momentum is 0; every kept entry keeps its momentum.
-  np.testing.assert_array_equal(new, [1, 0, 1, 1, 0, 1, 1, 1])
-  np.testing.assert_array_equal(_flat(slot), [5, 0, 5, 0, 0, 5, 0, 5])
+  return _flat(kernel), _flat(mask), _flat(slot)
+
+
+def test_optimizer_state_is_zeroed_exactly_where_entries_moved():
+  _, mask, momentum = _reallocate_with_momentum([5.0] * 8)
+  # The moved entries' momentum is 0; every kept entry keeps its momentum.
+  np.testing.assert_array_equal(mask, _M1)
+  np.testing.assert_array_equal(momentum, [5, 0, 5, 0, 0, 5, 0, 5])
 
 
 def test_non_finite_optimizer_state_is_zeroed_where_moved_and_kept_elsewhere():
   # Adam's second moment can be inf (or NaN) where the weight is finite: a
   # dropped entry's state must become 0 (0 * inf would be NaN), a kept
   # entry's must stay exactly as it was.
-  w0 = [0.5, 0.0005, 0.002, 0., 0.0009, -0.3, 0., 0.01]
-  m0 = [1, 1, 1, 0, 1, 1, 0, 1]
-  model, ((kernel, mask),) = _model([w0], [m0])
-  optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
-  optimizer.build(model.trainable_variables)
-  slot, = tf_dsr.optimizer_state.slot_variables(optimizer, kernel)
   inf, nan = np.inf, np.nan
-  slot.assign(np.reshape([inf, inf, -inf, 0., nan, nan, 0., 3.],
-                         slot.shape).astype('float32'))
-  tf_dsr.Reallocator(model, target_pruned=2, optimizer=optimizer).reallocate()
-  # Entries 1 and 4 pruned, 3 and 6 regrown: their state is 0.
-  np.testing.assert_array_equal(_flat(mask), [1, 0, 1, 1, 0, 1, 1, 1])
-  np.testing.assert_array_equal(_flat(slot), [inf, 0, -inf, 0, 0, nan, 0, 3])
+  kernel, mask, momentum = _reallocate_with_momentum(
+      [inf, inf, -inf, 0., nan, nan, 0., 3.])
+  np.testing.assert_array_equal(mask, _M1)
+  np.testing.assert_array_equal(momentum, [inf, 0, -inf, 0, 0, nan, 0, 3])
   np.testing.assert_array_equal(
-      _flat(kernel), np.float32([0.5, 0, 0.002, 0, 0, -0.3, 0, 0.01]))
+      kernel, np.float32([0.5, 0, 0.002, 0, 0, -0.3, 0, 0.01]))
 
 
 def test_skips_when_the_pruned_cannot_be_regrown_and_h_still_adapts():
