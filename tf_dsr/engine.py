@@ -115,6 +115,16 @@ def _copies(variable):
   return list(getattr(variable, 'values', None) or [variable])
 
 
+def _entry_code(kernel, mask, threshold):
+  """uint8 flags of each entry: 1 active, 2 active with `|w| < H`, 4 non-finite."""
+  active = masks_lib.active(mask)
+  magnitude = tf.abs(tf.cast(kernel, tf.float32))
+  flags = [active, active & (magnitude < threshold),
+           ~tf.math.is_finite(magnitude)]
+  return tf.reshape(sum(tf.cast(f, tf.uint8) * bit
+                        for f, bit in zip(flags, (1, 2, 4))), [-1])
+
+
 def _write(kernel, mask, slots, kept, new_mask):
   """Writes one tensor's reallocation; whole-tensor passes, static shapes.
 
@@ -266,20 +276,26 @@ def _make_program(rule, layout, draws, jit_compile):
       # An overflowed step (mixed precision) must not steer the growth.
       dense_gradients = tf.where(tf.math.is_finite(dense_gradients),
                                  dense_gradients, 0.0)
-    weights = layout.flatten([tf.cast(k, tf.float32) for k in kernels])
-    old = layout.flatten([masks_lib.active(m) for m in masks],
-                         padding=False)
+    # One pass over every kernel and mask finds each entry's three flags
+    # (active, active and below H, non-finite), one byte per entry; the
+    # float32 weights are laid out flat only for a rule that reads them.
+    codes = layout.flatten([_entry_code(k, m, threshold)
+                            for k, m in zip(kernels, masks)])
+    flag = lambda bit: tf.bitwise.bitwise_and(codes, bit) > 0
+    old, below, nonfinite_entries = flag(1), flag(2), flag(4)
     auxiliary = {kind: layout.flatten(group)
                  for kind, group in auxiliary.items()}
-    active, nonfinite = layout.count(old, ~tf.math.is_finite(weights),
-                                     row_segments=row_segments)
+    active, nonfinite, num_below = layout.count(
+        old, nonfinite_entries, below, row_segments=row_segments)
     # A non-finite weight anywhere leaves everything as it was.
     ok = tf.reduce_all(nonfinite == 0)
+    read_weights = lambda: layout.flatten([tf.cast(k, tf.float32)
+                                           for k in kernels])
     decision = rule.drop(rules_lib.RuleInputs(
-        layout=layout, weights=weights, masks=old, active=active,
-        threshold=threshold, step=step, seed=seed, auxiliary=auxiliary,
-        values=values, row_segments=row_segments,
-        gradients=dense_gradients))
+        layout=layout, masks=old, active=active, below=below,
+        num_below=num_below, threshold=threshold, step=step, seed=seed,
+        auxiliary=auxiliary, values=values, row_segments=row_segments,
+        read_weights=read_weights, gradients=dense_gradients))
     result = reallocation.drop_and_grow(
         layout, old, decision.pruned, decision.num_pruned, active,
         rule.budget, seed, draws, row_segments, decision.grow_keys,
@@ -293,7 +309,7 @@ def _make_program(rule, layout, draws, jit_compile):
     new_masks = (old & ~dropped) | grown
     new_weights = None
     if decision.weights is not None:
-      new_weights = tf.where(ok, decision.weights, weights)
+      new_weights = tf.where(ok, decision.weights, read_weights())
     new_auxiliary = {
         kind: tf.where(ok, tf.cast(decision.auxiliary[kind], value.dtype),
                        value)

@@ -76,10 +76,36 @@ def prune_below(layout, weights, masks, active, threshold, row_segments=None):
     row_segments = layout.row_segments()
   below = masks & (tf.abs(weights) < threshold)
   num_below, = layout.count(below, row_segments=row_segments)
+  return spare_emptied(layout, below, num_below, masks, active,
+                       lambda: weights, row_segments)
+
+
+def spare_emptied(layout, below, num_below, masks, active, read_weights,
+                  row_segments):
+  """`prune_below`'s result from its `below` and `num_below`.
+
+  Of every tensor whose active entries are all in `below`, the largest-
+  magnitude one (the first in flat order on a tie) stays. The weights are
+  read (`read_weights()`) only in the branch that runs when some tensor
+  would be emptied, so a program that has `below` already lays them out in
+  the flat space only then.
+
+  Args:
+    layout: the `Layout` of the flat tensors.
+    below: bool flat tensor, the active entries with `|w| < H`.
+    num_below: int64 `[T]`, its True entries per tensor.
+    masks: bool flat masks, True where active.
+    active: int64 `[T]`, the active entries per tensor.
+    read_weights: callable returning the float32 flat weights.
+    row_segments: `layout.row_segments()`.
+
+  Returns:
+    `(pruned, num_pruned)` as `prune_below` returns them.
+  """
   emptied = (active > 0) & (active == num_below)
 
   def keep_largest():
-    magnitude = tf.abs(weights)
+    magnitude = tf.abs(read_weights())
     largest = layout.segment_max(tf.where(masks, magnitude, -1.0), row_segments)
     is_largest = (masks & (magnitude == layout.broadcast(largest, row_segments))
                   & layout.broadcast(emptied, row_segments))

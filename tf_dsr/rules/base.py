@@ -29,7 +29,7 @@ and how much per tensor (`Drop.regrow`).
 """
 
 import dataclasses
-from typing import Any, ClassVar, Dict, Mapping, NamedTuple, Optional
+from typing import Any, Callable, ClassVar, Dict, Mapping, NamedTuple, Optional
 
 import tensorflow as tf
 
@@ -38,14 +38,18 @@ from tf_dsr import reallocation
 from tf_dsr import validation
 
 
-class RuleInputs(NamedTuple):
+@dataclasses.dataclass(frozen=True)
+class RuleInputs:
   """What a rule's `drop` sees of one reallocation (all tensors).
 
   Attributes:
     layout: the `Layout` of the flat tensors.
-    weights: float32 flat weights (0 where inactive).
     masks: bool flat masks, True where active.
     active: int64 `[T]` active entries per tensor.
+    below: bool flat tensor, the active entries with `|w| < threshold`
+      (what DSR prunes), found in the same pass over the kernels as the
+      masks and counted with them.
+    num_below: int64 `[T]`, the True entries of `below` per tensor.
     threshold: float32 scalar, the current H.
     step: int64 scalar, the global step of the call.
     seed: `[2]` seed of this reallocation.
@@ -55,18 +59,32 @@ class RuleInputs(NamedTuple):
     gradients: float32 flat dense gradients (`Rule.dense_gradients` 'last')
       or their momentum ('momentum'), averaged over replicas; None for rules
       that declare neither.
+    read_weights: callable returning the float32 flat weights; read them
+      as `weights`.
   """
   layout: Any
-  weights: tf.Tensor
   masks: tf.Tensor
   active: tf.Tensor
+  below: tf.Tensor
+  num_below: tf.Tensor
   threshold: tf.Tensor
   step: tf.Tensor
   seed: tf.Tensor
   auxiliary: Mapping[str, tf.Tensor]
   values: Mapping[str, tf.Tensor]
   row_segments: tf.Tensor
+  read_weights: Callable[[], tf.Tensor]
   gradients: Optional[tf.Tensor] = None
+
+  @property
+  def weights(self):
+    """float32 flat weights (0 where inactive).
+
+    Laid out in the flat space where they are read: a rule that reads them
+    only inside a branch (DSR, when a tensor would be emptied) costs the
+    copy of every kernel only when that branch runs.
+    """
+    return self.read_weights()
 
 
 class Drop(NamedTuple):
