@@ -206,10 +206,15 @@ def test_layout_names_every_tensor_once():
   assert layout.starts == (0, 128, 256) and layout.size == 384
 
 
+def _program_graph_def(realloc):
+  """The GraphDef of the traced program, its functions in its library."""
+  concrete, = realloc._function._list_all_concrete_functions()  # pylint: disable=protected-access
+  return concrete.graph.as_graph_def()
+
+
 def _program_ops(realloc):
   """Op types of the traced program, its functions (core, loop bodies) included."""
-  concrete, = realloc._function._list_all_concrete_functions()  # pylint: disable=protected-access
-  graph_def = concrete.graph.as_graph_def()
+  graph_def = _program_graph_def(realloc)
   ops = collections.Counter(node.op for node in graph_def.node)
   for function in graph_def.library.function:
     ops.update(node.op for node in function.node_def)
@@ -305,3 +310,28 @@ def test_a_rule_that_cannot_be_hashed_keeps_one_program_per_reallocator():
     functions.append(realloc._function)  # pylint: disable=protected-access
   assert all(f is functions[0] for f in functions)
   assert realloc.trace_count == 1
+
+
+def _float_concats_of_core(realloc):
+  """Names of float32 ConcatV2 nodes at the top level of the traced core."""
+  core, = [f for f in _program_graph_def(realloc).library.function
+           if f.signature.name.startswith('__inference_core_')]
+  return [node.name for node in core.node_def if node.op == 'ConcatV2'
+          and node.attr['T'].type == tf.float32.as_datatype_enum]
+
+
+@pytest.mark.parametrize('method,options,lays_out_weights', [
+    ('dsr', dict(target_pruned=3), False),
+    ('set', dict(drop_fraction=0.3), True),
+])
+def test_the_flat_weights_are_laid_out_only_for_rules_that_read_them(
+    method, options, lays_out_weights):
+  # DSR reads the flags of one byte per entry; the float32 weights (a copy
+  # of every kernel) are laid out only in the branch that spares an emptied
+  # tensor, which is not part of the core's top level. SET reads them.
+  rng = np.random.default_rng(1)
+  model, _ = _model([rng.normal(0, 0.01, 8) for _ in range(2)],
+                    [rng.random(8) < 0.5 for _ in range(2)])
+  realloc = tf_dsr.Reallocator(model, method, optimizer=False, **options)
+  realloc.reallocate(1)
+  assert bool(_float_concats_of_core(realloc)) == lays_out_weights
