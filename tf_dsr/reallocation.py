@@ -270,9 +270,10 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
                  capacity=None):
   """Chooses exactly `count[i]` free entries of each tensor i, uniformly.
 
-  Sampling without replacement at a cost that scales with the number of
-  draws, not with the tensor sizes, and without sorting or a weight-sized
-  scratch array. Each tensor visits the positions of its segment in the
+  Sampling without replacement without sorting: besides two bool passes
+  over the flat space (packing `free` into bits, writing the result), the
+  cost scales with the number of visits, not with the tensor sizes. Each
+  tensor visits the positions of its segment in the
   order of a keyed pseudo-random permutation (`_permute`, over the power of
   two at or above its size; positions beyond the size are never free), and
   the first `count[i]` free entries visited are taken: for a uniformly
@@ -286,11 +287,13 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
 
   Args:
     layout: the `Layout` of the flat tensors.
-    free: bool flat tensor, True where an entry may be grown.
+    free: bool flat tensor, True where an entry may be grown (never at
+      padding).
     count: int64 `[T]`, each at most the tensor's number of free entries.
     seed: `[2]` seed.
     draws: Python ints, the static number of positions each tensor visits
-      per round; a wrong size costs time (more rounds), never correctness.
+      per round (rounded up to a multiple of `layout.ROW`); a wrong size
+      costs time (more rounds), never correctness.
     row_segments: optional `layout.row_segments()`.
     capacity: optional int64 `[T]`, the free entries per tensor, when the
       caller has it.
