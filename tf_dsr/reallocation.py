@@ -271,8 +271,8 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
   """Chooses exactly `count[i]` free entries of each tensor i, uniformly.
 
   Sampling without replacement without sorting: besides two bool passes
-  over the flat space (packing `free` into bits, writing the result), the
-  cost scales with the number of visits, not with the tensor sizes. Each
+  over the flat space (a scratch array for the scatter, and the result),
+  the cost scales with the number of visits, not with the tensor sizes. Each
   tensor visits the positions of its segment in the
   order of a keyed pseudo-random permutation (`_permute`, over the power of
   two at or above its size; positions beyond the size are never free), and
@@ -344,12 +344,6 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
   keys = per_visit(tf.bitcast(tf.random.stateless_uniform(
       [_FEISTEL_ROUNDS, num_tensors], seed, minval=None, maxval=None,
       dtype=tf.int32, alg=RANDOM_ALG), tf.uint32))
-  # The visits read `free` at random places: packed 32 entries to a word
-  # first (one pass), those reads stay within an array 32x smaller (faster
-  # on the ResNet-50 sparse set, CPU).
-  free_words = tf.reduce_sum(tf.bitwise.left_shift(
-      tf.cast(tf.reshape(free, [-1, 32]), tf.uint32),
-      tf.constant(list(range(32)), tf.uint32)), axis=1)
   # Visits not taken are scattered to one spare entry past the end.
   spare = tf.fill([position], layout.size)
 
@@ -360,11 +354,7 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
         tf.bitcast(tf.where(in_domain, visit, 0), tf.uint32), visit_bits,
         keys), tf.int32)
     flat_index = origin + tf.minimum(local, size - 1)
-    word = tf.gather(free_words, tf.bitwise.right_shift(flat_index, 5))
-    bit = tf.bitwise.right_shift(word, tf.bitcast(
-        tf.bitwise.bitwise_and(flat_index, 31), tf.uint32))
-    hit = (in_domain & (local < size)
-           & (tf.bitwise.bitwise_and(bit, tf.constant(1, tf.uint32)) > 0))
+    hit = in_domain & (local < size) & tf.gather(free, flat_index)
     rank = tf.concat([[0], tf.cumsum(tf.cast(hit, tf.int32))], 0)
     before = tf.gather(rank, block_starts)
     take = hit & (rank[1:] - per_visit(before) <= per_visit(remaining))
