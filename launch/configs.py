@@ -43,7 +43,10 @@ its default options; a rule with a required option that has no value in
 
 `python -m launch.configs` lists the names; `python -m launch.configs NAME`
 prints one config. Importing this module imports TensorFlow (through
-`tf_dsr.rules`, which declares the options).
+`tf_dsr.rules`, which declares the options). launch/config_names.txt is the
+list, for `launch.precheck`, which checks a name without TensorFlow: after
+a change to the configs or the rules, write it again with
+`python -m launch.configs > launch/config_names.txt` (a test checks it).
 """
 
 # First, before anything loads TensorFlow: quiets its start-up log.
@@ -62,6 +65,7 @@ from tf_dsr import distributions as tf_dsr_distributions
 from tf_dsr import rules
 from tf_dsr import wrapper as tf_dsr_wrapper
 
+from launch import precheck
 from launch.errors import LaunchError
 
 ARCHS = ('lenet_300_100', 'mobilenet_v1', 'resnet50', 'small_cnn',
@@ -758,8 +762,7 @@ def get(name):
     LaunchError: for an unknown name; the message lists the valid ones.
   """
   if name not in CONFIGS:
-    raise LaunchError(f'unknown config {name!r}; valid configs are:\n  ' +
-                      '\n  '.join(CONFIGS))
+    raise LaunchError(precheck.unknown_config_message(name, CONFIGS))
   return CONFIGS[name]
 
 

@@ -1,18 +1,30 @@
 """The checks of `launch.train`'s command line that need no TensorFlow.
 
 `launch.train` runs them before it imports TensorFlow (which takes seconds),
-so a model directory it cannot use, `--resume` of a run that does not exist
-or a malformed `TF_CONFIG` is reported at once. The launcher checks the same
-things again where it uses them (`launch.outputs.RunDir.check_writable`,
-`launch.strategy.create`), with the same functions and messages. This module
+so a model directory it cannot use, `--resume` of a run that does not exist,
+a malformed `TF_CONFIG` or an unknown config name is reported at once. The
+launcher checks the same things again where it uses them
+(`launch.outputs.RunDir.check_writable`, `launch.strategy.create`,
+`launch.configs.get`), with the same functions and messages. This module
 imports nothing heavy.
+
+The config names are read from `launch/config_names.txt`, the output of
+`python -m launch.configs` (which imports TensorFlow, through the rules that
+make the configs); tests/test_launch_configs.py checks that the file lists
+exactly `launch.configs.names()`. `python -m launch.precheck NAME` exits with
+status 2 and `error: unknown config ...` unless NAME is a config (the Cloud
+TPU scripts check their argument so).
 """
 
 import json
 import os
+import sys
 
 from launch.errors import LaunchError
 
+# `launch.configs.names()`, one a line: `python -m launch.configs > FILE`.
+CONFIG_NAMES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                 'config_names.txt')
 # The names of `launch.strategy`'s strategies (its `NAMES`).
 STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
 
@@ -97,7 +109,27 @@ def parse_tf_config(text):
   return spec
 
 
-def check_command_line(model_dir, strategy, resume=False, environ=None):
+def config_names():
+  """The names of `launch.configs.CONFIGS`, sorted, read without TensorFlow."""
+  with open(CONFIG_NAMES_FILE) as names:
+    return names.read().split()
+
+
+def unknown_config_message(name, names):
+  """What the launcher says of a config `name` not among `names`."""
+  return (f'unknown config {name!r}; valid configs are:\n  ' +
+          '\n  '.join(names))
+
+
+def check_config_name(name):
+  """Raises LaunchError, listing the valid names, unless `name` is a config."""
+  names = config_names()
+  if name not in names:
+    raise LaunchError(unknown_config_message(name, names))
+
+
+def check_command_line(model_dir, strategy, resume=False, environ=None,
+                       config=None):
   """The checks of `launch.train`'s flags that need no TensorFlow.
 
   Args:
@@ -105,11 +137,13 @@ def check_command_line(model_dir, strategy, resume=False, environ=None):
     strategy: --strategy.
     resume: --resume.
     environ: the environment (default `os.environ`), for `TF_CONFIG`.
+    config: --config, or None (not checked).
 
   Raises:
     LaunchError: an unusable model directory, `--resume` with a local model
-      directory that does not exist (so it holds no checkpoint), or a missing
-      or malformed `TF_CONFIG` with --strategy=multi_worker.
+      directory that does not exist (so it holds no checkpoint), a missing
+      or malformed `TF_CONFIG` with --strategy=multi_worker, or an unknown
+      config name.
   """
   environ = os.environ if environ is None else environ
   if model_dir:
@@ -118,3 +152,15 @@ def check_command_line(model_dir, strategy, resume=False, environ=None):
       raise LaunchError(no_checkpoint_message(model_dir))
   if strategy == 'multi_worker':
     parse_tf_config(environ.get('TF_CONFIG'))
+  if config is not None:
+    check_config_name(config)
+
+
+if __name__ == '__main__':
+  if len(sys.argv) != 2:
+    sys.exit('usage: python -m launch.precheck CONFIG_NAME')
+  try:
+    check_config_name(sys.argv[1])
+  except LaunchError as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(2)

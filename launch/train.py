@@ -18,9 +18,9 @@
 (repeatable) changes any of their fields. See `launch.outputs` for what is
 written to `--model_dir`. Bad input (unknown config or key, a dataset that is
 not prepared, `--resume` with no checkpoint, no TPU) prints `error: ...` and
-exits with status 2 before anything is written; an unusable --model_dir or a
-malformed TF_CONFIG (or --resume of a model directory that does not exist) is
-reported before TensorFlow is even imported. A multi-worker run that loses
+exits with status 2 before anything is written; an unknown config name, an
+unusable --model_dir or a malformed TF_CONFIG (or --resume of a model
+directory that does not exist) is reported before TensorFlow is even imported. A multi-worker run that loses
 a worker stops every other worker within seconds with `error: ...` and status
 1; restart all of them with `--resume`.
 
@@ -77,10 +77,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   try:
     # A model directory it cannot use, --resume of a run that does not
-    # exist, or a malformed TF_CONFIG is reported in well under a second:
-    # before TensorFlow is imported.
+    # exist, a malformed TF_CONFIG or an unknown config name is reported in
+    # well under a second: before TensorFlow is imported.
     precheck.check_command_line(FLAGS.model_dir, FLAGS.strategy,
-                                FLAGS.resume)
+                                FLAGS.resume, config=FLAGS.config)
     from launch import runner  # pylint: disable=g-import-not-at-top
     config = runner.resolve(FLAGS.config, FLAGS.override)
     runner.run(config, model_dir=FLAGS.model_dir, data_dir=FLAGS.data_dir,

@@ -19,9 +19,10 @@ FLAVOURS = {'tf_keras': keras, 'keras3': keras3}
 def pytest_collection_modifyitems(items):
   """Runs the longest files first: `slow` ones, then tests/, then unit tests.
 
-  pytest-xdist hands out whole files in this order, so the files that start
-  several TensorFlow processes no longer start last and leave one worker
-  running alone at the end; the short unit tests fill in the gaps.
+  pytest-xdist hands out whole files in this order (pytest.ini turns off its
+  own reordering by test count, `--no-loadscope-reorder`), so the files that
+  start several TensorFlow processes no longer start last and leave one
+  worker running alone at the end; the short unit tests fill in the gaps.
   """
   tests_dir = os.path.dirname(os.path.abspath(__file__))
 

@@ -507,24 +507,31 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, args, message):
   assert not model_dir.exists()
 
 
-def test_cli_checks_the_model_dir_before_importing_tensorflow(tmp_path):
+@pytest.mark.parametrize('config, model_dir, message', [
+    ('small_cnn_digits_dsr', 'missing/run', 'its parent directory'),
+    ('small_cnn_digits_dsr_s0.5', 'run',
+     "unknown config 'small_cnn_digits_dsr_s0.5'; valid configs are:"),
+])
+def test_cli_checks_before_importing_tensorflow(tmp_path, config, model_dir,
+                                                message):
   # launch.precheck runs first, so a mistake there is reported at once.
   code = textwrap.dedent('''
       import sys
       from absl import flags
       from launch import train
-      flags.FLAGS(['train', '--config=small_cnn_digits_dsr',
-                   '--model_dir=' + sys.argv[1]])
+      flags.FLAGS(['train', '--config=' + sys.argv[1],
+                   '--model_dir=' + sys.argv[2]])
       try:
         train.main(['train'])
       except SystemExit as exit:
         print(exit.code, 'tensorflow' in sys.modules)
   ''')
   done = subprocess.run(
-      [sys.executable, '-c', code, str(tmp_path / 'missing' / 'run')],
+      [sys.executable, '-c', code, config, str(tmp_path / model_dir)],
       capture_output=True, text=True, cwd=REPO, env=_env())
   assert done.stdout.split() == ['2', 'False'], done.stderr
-  assert 'its parent directory' in done.stderr
+  assert message in done.stderr
+  assert not (tmp_path / model_dir).exists()
 
 
 # -------------------------------------------------------------- quick start

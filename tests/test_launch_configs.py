@@ -23,6 +23,7 @@ from launch import configs
 from launch import experiment
 from launch import modeling
 from launch import overrides
+from launch import precheck
 from launch import runner
 from launch.errors import LaunchError
 
@@ -141,6 +142,19 @@ def test_unknown_config_lists_valid_names():
     configs.get('wrn28_2_cifar10_dsr_s0.95')
   for name in configs.names():
     assert name in str(info.value)
+
+
+def test_the_names_file_lists_every_config():
+  # launch.precheck reads the names without TensorFlow from this file.
+  assert precheck.config_names() == configs.names(), (
+      'launch/config_names.txt is out of date; write it again with '
+      '`python -m launch.configs > launch/config_names.txt`')
+  with pytest.raises(LaunchError) as info:
+    precheck.check_config_name('wrn28_2_cifar10_dsr_s0.95')
+  with pytest.raises(LaunchError) as registry_info:
+    configs.get('wrn28_2_cifar10_dsr_s0.95')
+  assert str(info.value) == str(registry_info.value)
+  precheck.check_config_name('wrn28_2_cifar10_dsr_s0.9')  # Raises nothing.
 
 
 def test_overrides_parse_by_field_type():

@@ -36,6 +36,10 @@ def _run(flavour):
     start = example.index('model = keras.Sequential')
     end = example.index('\n])\n', start) + len('\n])\n')
     example = example[:start] + tf_keras_model + example[end:]
+  # As in the reader's fresh interpreter: layers auto-named from scratch
+  # ('conv2d', which the example excludes), whatever ran before in this
+  # process.
+  FLAVOURS[flavour].backend.clear_session()
   namespace = {}
   exec(compile(example, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   return namespace

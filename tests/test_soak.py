@@ -1,6 +1,6 @@
 """Long-run soundness: 10,000 reallocations keep every DSR invariant.
 
-No training: between two reallocations one compiled function perturbs the
+No training: between two reallocations one `tf.function` perturbs the
 active weights with random noise whose scale changes by phase, so H is driven
 through every regime, including the two degenerate ones:
 
@@ -63,21 +63,34 @@ def _soak_model(sparsity):
   return tf_dsr.sparsify(keras.Model(inputs, outputs), sparsity, seed=0)
 
 
-def _perturber(pairs):
-  """One compiled call: w <- (keep_i * w + scale_i * noise) * mask, per tensor."""
+def _perturber(pairs, keep, scale):
+  """One graph call per reallocation: w <- (keep * w + scale * noise) * mask.
 
-  @tf.function(jit_compile=True, autograph=False)
-  def perturb(seed, keep, scale):
+  `keep` and `scale` are `[reallocations, tensors]` arrays; call `r` (counted
+  from 0 in the returned variable) uses row `r` and the noise seed `[r, 7]`.
+  The call takes no arguments, so that each costs one graph execution and
+  little else. Returns `(perturb, calls)`.
+  """
+  keep = tf.constant(keep, tf.float32)
+  scale = tf.constant(scale, tf.float32)
+  calls = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+  @tf.function(autograph=False)
+  def perturb():
+    r = calls.read_value()
+    seed = tf.stack([r, tf.constant(7, tf.int64)])
+    keep_r, scale_r = tf.gather(keep, r), tf.gather(scale, r)
     for i, (kernel, mask) in enumerate(pairs):
       noise = tf.random.stateless_normal(
           kernel.shape, tf.random.experimental.stateless_fold_in(seed, i))
       # The sampler returns an exact 0 about once in 2**23 draws (millions of
       # draws here); an exact 0 would sit below every H in an 'above' phase.
       noise = tf.where(noise == 0.0, tf.ones_like(noise), noise)
-      kernel.assign((keep[i] * kernel + scale[i] * noise) *
+      kernel.assign((keep_r[i] * kernel + scale_r[i] * noise) *
                     tf.cast(mask, kernel.dtype))
+    calls.assign_add(1)
 
-  return perturb
+  return perturb, calls
 
 
 def _phases(rng, num_tensors):
@@ -174,8 +187,9 @@ def test_ten_thousand_reallocations_keep_every_invariant(sparsity):
   total_active = sum(int(m.numpy().sum()) for _, m in pairs)
   assert total_active == sum(round((1 - sparsity) * n) for n in sizes)
   free = sum(sizes) - total_active
-  perturb = _perturber(pairs)
-  rng = np.random.default_rng(0)
+  plan = list(_phases(np.random.default_rng(0), len(pairs)))
+  perturb, perturbed = _perturber(pairs, [keep for _, keep, _ in plan],
+                                  [scale for _, _, scale in plan])
 
   seen = {kind: 0 for kind in
           ('track', 'chaos', 'above', 'below', 'zeros', 'split')}
@@ -187,9 +201,8 @@ def test_ten_thousand_reallocations_keep_every_invariant(sparsity):
   phase_start = 0
   start = time.perf_counter()
   previous, previous_kind = None, None
-  for r, (kind, keep, scale) in enumerate(_phases(rng, len(pairs))):
-    perturb(tf.constant([r, 7], tf.int64), tf.constant(keep, tf.float32),
-            tf.constant(scale, tf.float32))
+  for r, (kind, _, _) in enumerate(plan):
+    perturb()  # With row r of the plan.
     full = r % FULL_CHECK_EVERY == 0 or r == NUM_REALLOCATIONS - 1
     before = _snapshot(pairs) if full else None
     stats = realloc.reallocate(r)
@@ -238,6 +251,7 @@ def test_ten_thousand_reallocations_keep_every_invariant(sparsity):
     previous, previous_kind, last_active = stats, kind, stats.active
 
   elapsed = time.perf_counter() - start
+  assert int(perturbed.numpy()) == NUM_REALLOCATIONS
   assert int(realloc.state.reallocations.numpy()) == NUM_REALLOCATIONS
   assert int(realloc.state.last_step.numpy()) == NUM_REALLOCATIONS - 1
   # The run visited every regime, including H pinned at both bounds.

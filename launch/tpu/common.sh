@@ -31,7 +31,8 @@ tpu_vm() {
     ${PROJECT:+--project="$PROJECT"}
 }
 
-# Fails (status 2) unless $1 names a config of launch/configs.py.
+# Fails (status 2) unless $1 names a config of launch/configs.py (checked
+# against launch/config_names.txt, without importing TensorFlow).
 check_config() {
-  (cd "$REPO_ROOT" && python3 -m launch.configs "$1" > /dev/null)
+  (cd "$REPO_ROOT" && python3 -m launch.precheck "$1")
 }
