@@ -255,9 +255,10 @@ def _program(rule, layout, draws, jit_compile, signature, own):
 def _make_program(rule, layout, draws, jit_compile):
   """The reallocation program: a flat core inside a per-tensor read and write.
 
-  The core works on the flat index space only, so its size (and XLA's
-  compile time) does not depend on the number of tensors; it is always
-  compiled with XLA, where its many element-wise passes fuse into few. The
+  The core works on the flat index space, so its size does not depend on
+  the number of tensors beyond one small fusion per tensor that reads its
+  kernel and mask into one byte of flags per entry; it is always compiled
+  with XLA, where its many element-wise passes fuse into few. The
   part around it reads each variable into the flat space and writes each
   result back: one pass per variable, compiled with the core when
   `jit_compile` is True (as TPUs need) and left to TensorFlow's kernels
