@@ -115,16 +115,6 @@ def _copies(variable):
   return list(getattr(variable, 'values', None) or [variable])
 
 
-def _entry_code(kernel, mask, threshold):
-  """uint8 flags of each entry: 1 active, 2 active with `|w| < H`, 4 non-finite."""
-  active = masks_lib.active(mask)
-  magnitude = tf.abs(tf.cast(kernel, tf.float32))
-  flags = [active, active & (magnitude < threshold),
-           ~tf.math.is_finite(magnitude)]
-  return tf.reshape(sum(tf.cast(f, tf.uint8) * bit
-                        for f, bit in zip(flags, (1, 2, 4))), [-1])
-
-
 def _write(kernel, mask, slots, kept, new_mask):
   """Writes one tensor's reallocation; whole-tensor passes, static shapes.
 
@@ -280,10 +270,9 @@ def _make_program(rule, layout, draws, jit_compile):
     # One pass over every kernel and mask finds each entry's three flags
     # (active, active and below H, non-finite), one byte per entry; the
     # float32 weights are laid out flat only for a rule that reads them.
-    codes = layout.flatten([_entry_code(k, m, threshold)
-                            for k, m in zip(kernels, masks)])
-    flag = lambda bit: tf.bitwise.bitwise_and(codes, bit) > 0
-    old, below, nonfinite_entries = flag(1), flag(2), flag(4)
+    old, below, nonfinite_entries = reallocation.unpack_flags(layout.flatten(
+        [reallocation.entry_flags(k, m, threshold)
+         for k, m in zip(kernels, masks)]))
     auxiliary = {kind: layout.flatten(group)
                  for kind, group in auxiliary.items()}
     active, nonfinite, num_below = layout.count(
@@ -579,8 +568,8 @@ class Reallocator:
     draws = []
     for n, s in zip(layout.sizes, layout.sparsities):
       domain = 2**reallocation.permutation_bits(n)
-      draws.append(min(domain, 64 + int(1.25 * fraction * n / max(s, 0.05)
-                                         * domain / n) + 1))
+      draws.append(min(domain,
+                       64 + int(1.25 * fraction * domain / max(s, 0.05)) + 1))
     return draws
 
   def _auxiliary_specs(self):

@@ -29,6 +29,7 @@ import collections
 import tensorflow as tf
 
 from tf_dsr import layout as layout_lib
+from tf_dsr import masks as masks_lib
 
 # The interval H is kept in, so that repeated halving or doubling (K always 0,
 # or always huge) can neither underflow to 0 nor overflow to inf.
@@ -54,41 +55,41 @@ def uniform(shape, seed):
   return tf.cast(bits, tf.float64) * 2.0**-32
 
 
-def prune_below(layout, weights, masks, active, threshold, row_segments=None):
-  """DSR's prune: the active entries with `|w| < H`, never emptying a tensor.
+def entry_flags(kernel, mask, threshold):
+  """One byte of flags per entry of one sparse tensor, flattened.
 
-  The comparison is strict. If every active entry of a tensor is below H,
-  its largest-magnitude one (the first in flat order on a tie) is kept.
+  Bit 1: active. Bit 2: active with `|w| < H` (strict; what DSR prunes).
+  Bit 4: the weight is not finite. The engine reads every kernel and mask
+  once through this and lays the bytes out in the flat space
+  (`unpack_flags` reads them back).
 
   Args:
-    layout: the `Layout` of the flat tensors.
-    weights: float32 flat weights.
-    masks: bool flat masks, True where active.
-    active: int64 `[T]`, the active entries per tensor.
+    kernel: a float tensor of any shape.
+    mask: a bool or 0/1 tensor of the same shape.
     threshold: float32 scalar H.
-    row_segments: optional `layout.row_segments()`, when the caller has it.
-
-  Returns:
-    `(pruned, num_pruned)`: a bool flat tensor, a subset of `masks`, and its
-    int64 `[T]` counts.
   """
-  if row_segments is None:
-    row_segments = layout.row_segments()
-  below = masks & (tf.abs(weights) < threshold)
-  num_below, = layout.count(below, row_segments=row_segments)
-  return spare_emptied(layout, below, num_below, masks, active,
-                       lambda: weights, row_segments)
+  active = masks_lib.active(mask)
+  magnitude = tf.abs(tf.cast(kernel, tf.float32))
+  flags = [active, active & (magnitude < threshold),
+           ~tf.math.is_finite(magnitude)]
+  return tf.reshape(sum(tf.cast(f, tf.uint8) * bit
+                        for f, bit in zip(flags, (1, 2, 4))), [-1])
+
+
+def unpack_flags(codes):
+  """`(active, below, nonfinite)` bool tensors from `entry_flags` bytes."""
+  return tuple(tf.bitwise.bitwise_and(codes, bit) > 0 for bit in (1, 2, 4))
 
 
 def spare_emptied(layout, below, num_below, masks, active, read_weights,
                   row_segments):
-  """`prune_below`'s result from its `below` and `num_below`.
+  """DSR's prune: `below`, except that no tensor is emptied.
 
-  Of every tensor whose active entries are all in `below`, the largest-
-  magnitude one (the first in flat order on a tie) stays. The weights are
-  read (`read_weights()`) only in the branch that runs when some tensor
-  would be emptied, so a program that has `below` already lays them out in
-  the flat space only then.
+  Of every tensor whose active entries are all in `below` (`entry_flags`),
+  the largest-magnitude one (the first in flat order on a tie) stays. The
+  weights are read (`read_weights()`) only in the branch that runs when some
+  tensor would be emptied, so the program lays them out in the flat space
+  only then.
 
   Args:
     layout: the `Layout` of the flat tensors.
@@ -100,7 +101,8 @@ def spare_emptied(layout, below, num_below, masks, active, read_weights,
     row_segments: `layout.row_segments()`.
 
   Returns:
-    `(pruned, num_pruned)` as `prune_below` returns them.
+    `(pruned, num_pruned)`: a bool flat tensor, a subset of `masks`, and its
+    int64 `[T]` counts.
   """
   emptied = (active > 0) & (active == num_below)
 

@@ -23,12 +23,20 @@ def _layout(*sizes, sparsity=0.5):
 
 
 def _prune(layout, weights, masks, threshold):
-  """prune_below on per-tensor lists; returns per-tensor pruned masks."""
-  flat_w = layout.flatten([tf.constant(w, tf.float32) for w in weights])
-  flat_m = layout.flatten([_bools(m) for m in masks], padding=False)
-  active = tf.constant([sum(m) for m in masks], tf.int64)
-  pruned, num_pruned = reallocation.prune_below(
-      layout, flat_w, flat_m, active, tf.constant(threshold, tf.float32))
+  """DSR's prune as the engine runs it, on per-tensor lists.
+
+  `entry_flags` per tensor, laid out flat and counted, then
+  `spare_emptied`. Returns per-tensor pruned masks and their counts.
+  """
+  weights = [tf.constant(w, tf.float32) for w in weights]
+  old, below, _ = reallocation.unpack_flags(layout.flatten(
+      [reallocation.entry_flags(w, _bools(m), tf.constant(threshold))
+       for w, m in zip(weights, masks)]))
+  active, num_below = layout.count(old, below)
+  np.testing.assert_array_equal(active, [sum(m) for m in masks])
+  pruned, num_pruned = reallocation.spare_emptied(
+      layout, below, num_below, old, active, lambda: layout.flatten(weights),
+      layout.row_segments())
   return [p.numpy().astype(int).tolist() for p in layout.unflatten(pruned)], (
       num_pruned.numpy().tolist())
 

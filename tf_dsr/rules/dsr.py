@@ -51,10 +51,9 @@ class DSR(base.Rule):
     return min(1.0, self.target_pruned / sum(layout.sizes))
 
   def drop(self, inputs):
-    # `prune_below`, from the below-H entries the engine counted.
     return base.Drop(*reallocation.spare_emptied(
         inputs.layout, inputs.below, inputs.num_below, inputs.masks,
-        inputs.active, lambda: inputs.weights, inputs.row_segments))
+        inputs.active, inputs.read_weights, inputs.row_segments))
 
   def budget(self, num_pruned, survivors, capacity, seed):
     return reallocation.allocate(tf.reduce_sum(num_pruned), survivors,
