@@ -66,8 +66,8 @@ class Checker(keras.callbacks.Callback):
     variables = []
     for kernel, mask in _pairs(self.model):
       variables += [kernel, mask]
-      slots = tf_dsr.kerases.KERAS3.slot_variables(self.model.optimizer,
-                                                   kernel)
+      slots, = tf_dsr.kerases.KERAS3.slot_variables(self.model.optimizer,
+                                                    [kernel])
       self.slots.add(len(slots))
       for k, m, *s in zip(_copies(kernel), _copies(mask),
                           *[_copies(slot) for slot in slots]):

@@ -62,7 +62,8 @@ def test_the_optimizer_given_is_reset_where_weights_move():
   optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
   optimizer.build(model.trainable_variables)
   pairs = sparse_pairs(model)
-  slots = [tf_dsr.optimizer_state.slot_variables(optimizer, k) for k, _ in pairs]
+  slots = tf_dsr.optimizer_state.slot_variables(optimizer,
+                                               [k for k, _ in pairs])
   for group in slots:
     for slot in group:
       slot.assign(tf.ones_like(slot))

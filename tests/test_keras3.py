@@ -282,8 +282,8 @@ def test_keras3_optimizer_state_is_reset_where_weights_move(optimizer, kinds):
   model.optimizer.build(model.trainable_variables)
   realloc = tf_dsr.Reallocator(model, target_pruned=12, initial_threshold=0.5)
   pairs = [p for w in tf_dsr.collect_wrappers(model) for p in w.sparse_weights]
-  slots = [tf_dsr.kerases.KERAS3.slot_variables(model.optimizer, k)
-           for k, _ in pairs]
+  slots = tf_dsr.kerases.KERAS3.slot_variables(model.optimizer,
+                                               [k for k, _ in pairs])
   assert [len(group) for group in slots] == [kinds] * len(pairs)
   for group in slots:
     for slot in group:
@@ -454,7 +454,7 @@ def test_keras3_mixed_float16_trains_with_the_callback():
       mask = mask.numpy()
       assert set(np.unique(mask)) <= {0, 1}
       assert not kernel.numpy()[mask == 0].any()
-      slots = tf_dsr.kerases.KERAS3.slot_variables(optimizer, kernel)
+      slots, = tf_dsr.kerases.KERAS3.slot_variables(optimizer, [kernel])
       inner = {id(v.value) for v in optimizer.inner_optimizer.variables}
       assert len(slots) == 1 and id(slots[0]) in inner
       # Reset where weights moved; no gradient reaches an inactive entry.

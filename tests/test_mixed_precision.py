@@ -142,8 +142,8 @@ def test_optimizer_state_is_found_and_reset(policy, name):
   inner_variables = {id(v) for v in (
       variables() if callable(variables) else variables)}
   pairs = sparse_pairs(model)
-  slots = [tf_dsr.optimizer_state.slot_variables(optimizer, kernel)
-           for kernel, _ in pairs]
+  slots = tf_dsr.optimizer_state.slot_variables(
+      optimizer, [kernel for kernel, _ in pairs])
   for (kernel, _), group in zip(pairs, slots):
     # Found through the loss-scale wrapper: the inner optimizer's own slots,
     # float32 and shaped like the kernel.
@@ -155,7 +155,7 @@ def test_optimizer_state_is_found_and_reset(policy, name):
       assert slot.shape == kernel.shape
     slot_ids = [id(s) for s in group]
     assert slot_ids == [id(s) for s in tf_dsr.optimizer_state.slot_variables(
-        inner, kernel)]
+        inner, [kernel])[0]]
 
   for group in slots:
     for slot in group:

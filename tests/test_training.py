@@ -64,7 +64,7 @@ def test_masked_weights_are_zero_after_every_step(name):
 
 
 def _slots(optimizer, kernel):
-  return tf_dsr.optimizer_state.slot_variables(optimizer, kernel)
+  return tf_dsr.optimizer_state.slot_variables(optimizer, [kernel])[0]
 
 
 @pytest.mark.parametrize('name', ['sgd_momentum', 'adam', 'legacy_sgd_momentum'])

@@ -240,46 +240,45 @@ def register_serializable(cls):
 
 
 # ------------------------------------------------------ optimizer state
-def slot_variables(optimizer, variable):
-  """The per-entry state a Keras 3 optimizer keeps for `variable`.
+def slot_variables(optimizer, variables):
+  """The per-entry state a Keras 3 optimizer keeps for each of `variables`.
 
   Keras 3 optimizers keep each kind of state (SGD's `momentums`, Adam's
   `_momentums` and `_velocities`, ...) as a list with one entry per trained
   variable, in the order of the variables they were built with. The lists
-  are found as the optimizer's attributes that hold only its own variables
-  and have one entry per trained variable; `variable`'s position is found by
-  identity of the stored `tf.Variable`. A `LossScaleOptimizer` is looked
-  through.
+  are found (once for all `variables`) as the optimizer's attributes that
+  hold only its own variables and have one entry per trained variable; a
+  variable's position is found by identity of the stored `tf.Variable`. A
+  `LossScaleOptimizer` is looked through.
 
   Args:
     optimizer: a Keras 3 optimizer, or None.
-    variable: a Keras 3 variable, or the `tf.Variable` that stores one.
+    variables: Keras 3 variables, or the `tf.Variable`s that store them.
 
   Returns:
-    The stored `tf.Variable`s shaped like `variable`; empty when the
-    optimizer keeps none for it or is not built yet.
+    One list per variable of the stored `tf.Variable`s shaped like it;
+    empty when the optimizer keeps none for it or is not built yet.
   """
+  variables = list(variables)
   if optimizer is None:
-    return []
+    return [[] for _ in variables]
   while hasattr(optimizer, 'inner_optimizer'):
     optimizer = optimizer.inner_optimizer
-  target = tf_variable(variable)
   trained = getattr(optimizer, '_trainable_variables', None) or []
-  index = next((i for i, v in enumerate(trained)
-                if tf_variable(v) is target), None)
-  if index is None:
-    return []
+  position = {id(tf_variable(v)): i for i, v in enumerate(trained)}
   own = {id(v) for v in optimizer.variables}
-  slots = []
-  for value in vars(optimizer).values():
-    if not isinstance(value, (list, tuple)) or len(value) != len(trained):
-      continue
-    if not all(isinstance(v, keras.Variable) and id(v) in own for v in value):
-      continue
-    slot = value[index]
-    if tuple(slot.shape) == tuple(target.shape):
-      slots.append(tf_variable(slot))
-  return slots
+  lists = [value for value in vars(optimizer).values()
+           if isinstance(value, (list, tuple)) and len(value) == len(trained)
+           and value and all(isinstance(v, keras.Variable) and id(v) in own
+                             for v in value)]
+  found = []
+  for variable in variables:
+    target = tf_variable(variable)
+    index = position.get(id(target))
+    found.append([] if index is None else [
+        tf_variable(value[index]) for value in lists
+        if tuple(value[index].shape) == tuple(target.shape)])
+  return found
 
 
 # ------------------------------------------------ Keras's own training loop

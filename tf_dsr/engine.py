@@ -52,13 +52,15 @@ def collect_wrappers(model):
 def default_jit_compile():
   """The default `jit_compile` of a reallocation on this machine.
 
-  The flat core of a reallocation is always compiled with XLA; `jit_compile`
-  says whether the per-tensor reads and writes around it are compiled too.
-  TPUs need that (True). Elsewhere False: measured on a 2-core CPU with
-  `python -m benchmarks.first_reallocation` (see the README), compiling the
-  per-tensor part makes the first call slower (XLA compiles per-tensor
-  kernels, so its compile time grows with the number of layers) and gains
-  less on later calls than it costs on the first for short runs.
+  A reallocation is a flat core and one write per tensor, each compiled
+  with XLA. `jit_compile=True` compiles the whole as one XLA program, as
+  TPUs need. Elsewhere False: the core and the writes are compiled as
+  separate programs, and tensors of the same shape share a compiled write,
+  so the compile time grows with the number of distinct shapes rather than
+  of tensors. Measured on a 2-core CPU with
+  `python -m benchmarks.first_reallocation` (see the README), one program
+  makes the first call 1.07x (WRN-28-2) and 1.40x (ResNet-50) as long, and
+  later calls no faster.
   """
   return bool(tf.config.list_logical_devices('TPU'))
 
@@ -115,35 +117,36 @@ def _copies(variable):
   return list(getattr(variable, 'values', None) or [variable])
 
 
-def _write(kernel, mask, slots, kept, new_mask):
+# Bits of the one byte per entry that the core hands to `_write`.
+_NEW_MASK_BIT = 1
+_KEPT_BIT = 2
+
+
+def _write(kernel, mask, slots, code):
   """Writes one tensor's reallocation; whole-tensor passes, static shapes.
 
-  The weight and optimizer state of an entry survive where it is kept
-  (active before and not dropped, or everything when the call is refused);
-  elsewhere they are zeroed, which also restores the invariant that inactive
-  entries hold 0. `kept` is float32, 1 where kept and 0 elsewhere; both it
-  and the new mask come from the flat core, so each variable is read and
-  written once.
-
-  Each value is `multiply_no_nan(value, kept)`: exact (times 1, or 0), and
-  0 where not kept even for an inf or NaN value (Adam's second moment of a
-  huge gradient can be inf while the weight is finite). TensorFlow's kernels
-  run it as fast as a plain multiply and 1.5x faster than a select against
-  a scalar zero (49 ResNet-50-sized slots, CPU; a scratch comparison).
+  `code` holds one byte per entry, from the flat core: `_NEW_MASK_BIT` set
+  where the entry is active after the call, `_KEPT_BIT` where its weight and
+  optimizer state survive (active before and not dropped, or everything
+  when the call is refused). Elsewhere they are zeroed, which also restores
+  the invariant that inactive entries hold 0, and 0 it is even for an inf
+  or NaN value (Adam's second moment of a huge gradient can be inf while
+  the weight is finite): a select, not a multiplication. Each variable is
+  read and written once.
   """
-  factors = {tf.float32: kept}
+  code = tf.reshape(code, kernel.shape)
+  kept = tf.bitwise.bitwise_and(code, _KEPT_BIT) > 0
 
   def zero_where_not_kept(variable):
-    dtype = variable.dtype
-    if dtype not in factors:
-      factors[dtype] = tf.cast(kept, dtype)
-    return tf.math.multiply_no_nan(tf.convert_to_tensor(variable),
-                                   factors[dtype])
+    value = tf.convert_to_tensor(variable)
+    return tf.where(kept, value, tf.zeros_like(value))
 
   kernel.assign(zero_where_not_kept(kernel))
-  mask.assign(tf.cast(new_mask, mask.dtype))
+  mask.assign(tf.cast(tf.bitwise.bitwise_and(code, _NEW_MASK_BIT) > 0,
+                      mask.dtype))
   for slot in slots:
     slot.assign(zero_where_not_kept(slot))
+  return tf.constant(True)
 
 
 def _check_optimizer(model, optimizer, flavour):
@@ -243,18 +246,17 @@ def _program(rule, layout, draws, jit_compile, signature, own):
 
 
 def _make_program(rule, layout, draws, jit_compile):
-  """The reallocation program: a flat core inside a per-tensor read and write.
+  """The reallocation program: a flat core, then one write per tensor.
 
   The core works on the flat index space, so its size does not depend on
   the number of tensors beyond one small fusion per tensor that reads its
-  kernel and mask into one byte of flags per entry; it is always compiled
-  with XLA, where its many element-wise passes fuse into few. The
-  part around it reads each variable into the flat space and writes each
-  result back: one pass per variable, compiled with the core when
-  `jit_compile` is True (as TPUs need) and left to TensorFlow's kernels
-  otherwise, which costs no compile time per tensor. Everything that differs
-  between models of the same layout (variables, seed, H, step) is an
-  argument.
+  kernel and mask into one byte of flags per entry; it returns one byte
+  per entry that says what each tensor's write keeps and activates. Both
+  are compiled with XLA, where their element-wise passes fuse into few:
+  as one program when `jit_compile` is True (as TPUs need), otherwise as
+  separate programs, the writes shared by tensors of the same shape
+  (`default_jit_compile`). Everything that differs between models of the
+  same layout (variables, seed, H, step) is an argument.
   """
 
   def core(seed_base, step, kernels, masks, auxiliary, values, gradients,
@@ -290,13 +292,14 @@ def _make_program(rule, layout, draws, jit_compile):
         layout, old, decision.pruned, decision.num_pruned, active,
         rule.budget, seed, draws, row_segments, decision.grow_keys,
         decision.regrow)
-    # What moves: nothing if the call is refused.
+    # What moves: nothing if the call is refused. One byte per entry for
+    # `_write`.
     dropped = result.pruned_masks & ok
     grown = result.grown_masks & ok
     kept = (old & ~dropped) | ~ok
-    # As the factor `_write` multiplies by (fused here, no cast per tensor).
-    kept = tf.cast(kept, tf.float32)
     new_masks = (old & ~dropped) | grown
+    code = (tf.cast(new_masks, tf.uint8) * _NEW_MASK_BIT
+            + tf.cast(kept, tf.uint8) * _KEPT_BIT)
     new_weights = None
     if decision.weights is not None:
       new_weights = tf.where(ok, decision.weights, read_weights())
@@ -313,14 +316,22 @@ def _make_program(rule, layout, draws, jit_compile):
              tf.where(ok, result.active, active),
              tf.where(ok, result.regrown, tf.zeros_like(result.regrown)),
              result.skipped & ok, nonfinite, ok)
-    return kept, new_masks, new_weights, new_auxiliary, stats
+    return code, new_weights, new_auxiliary, stats
 
   core = tf.function(core, jit_compile=True, autograph=False)
+  # The writes, compiled with XLA: one call per tensor of a function whose
+  # XLA programs are cached by the shapes and dtypes of its arguments, so
+  # tensors of the same shape (a ResNet's repeated blocks) share one. Each
+  # runs as one pass over its variables: 1.4x faster than TensorFlow's
+  # kernels on ResNet-50's sparse set with momentum (CPU, a scratch
+  # comparison). Made per program: a function traced inside one program's
+  # trace must not be called from another's.
+  write = tf.function(_write, jit_compile=True, autograph=False)
 
   def program(seed_base, step, kernels, masks, slots, auxiliary, values,
               gradients, threshold_var, count_var, step_var):
     originals = [tf.convert_to_tensor(k) for k in kernels]
-    kept, new_masks, new_weights, new_auxiliary, stats = core(
+    code, new_weights, new_auxiliary, stats = core(
         seed_base, step, originals, [tf.convert_to_tensor(m) for m in masks],
         {kind: [tf.convert_to_tensor(v) for v in group]
          for kind, group in auxiliary.items()}, values, gradients,
@@ -329,9 +340,8 @@ def _make_program(rule, layout, draws, jit_compile):
     if new_weights is not None:
       for kernel, value in zip(kernels, layout.unflatten(new_weights)):
         kernel.assign(tf.cast(value, kernel.dtype))
-    for i, (kept_i, new_mask_i) in enumerate(
-        zip(layout.unflatten(kept), layout.unflatten(new_masks))):
-      _write(kernels[i], masks[i], slots[i], kept_i, new_mask_i)
+    for i, code_i in enumerate(layout.unflatten(code)):
+      write(kernels[i], masks[i], slots[i], code_i)
     for kind, value in new_auxiliary.items():
       for variable, part in zip(auxiliary[kind], layout.unflatten(value)):
         variable.assign(tf.cast(part, variable.dtype))
@@ -377,9 +387,9 @@ class Reallocator:
       `model.optimizer` at the time of each call, and then the model must
       be compiled; `False` says explicitly that training keeps no
       per-weight optimizer state (plain SGD), so nothing is reset.
-    jit_compile: also compile the per-tensor reads and writes with XLA (the
-      flat core always is), as TPUs need; None chooses per device
-      (`default_jit_compile`).
+    jit_compile: compile the reallocation as one XLA program, as TPUs need,
+      rather than its core and per-shape writes as separate ones; None
+      chooses per device (`default_jit_compile`).
     **options: the rule's options (for 'dsr': `target_pruned`, `tolerance`,
       `initial_threshold`).
 
@@ -706,8 +716,8 @@ class Reallocator:
     self._resolve_state()
     tensors = self.sparse_tensors()
     optimizer = self.optimizer
-    slots = [tuple(self._flavour.slot_variables(optimizer, kernel))
-             for _, kernel, _ in tensors]
+    slots = [tuple(group) for group in self._flavour.slot_variables(
+        optimizer, [kernel for _, kernel, _ in tensors])]
     auxiliary = self._auxiliary_variables()
     values = self.rule.call_inputs(step, optimizer)
     recorder = self.gradient_recorder

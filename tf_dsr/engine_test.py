@@ -82,7 +82,7 @@ def _reallocate_with_momentum(momentum):
   model, ((kernel, mask),) = _model([_W0], [_M0])
   optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
   optimizer.build(model.trainable_variables)
-  slot, = tf_dsr.optimizer_state.slot_variables(optimizer, kernel)
+  slot, = tf_dsr.optimizer_state.slot_variables(optimizer, [kernel])[0]
   slot.assign(np.reshape(momentum, slot.shape).astype('float32'))
   tf_dsr.Reallocator(model, target_pruned=2, optimizer=optimizer).reallocate()
   return _flat(kernel), _flat(mask), _flat(slot)

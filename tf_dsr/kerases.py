@@ -36,8 +36,8 @@ class Flavour:
     optimizer_types: the classes its optimizers are instances of.
     tf_variable: maps one of its variables to the `tf.Variable` (possibly
       distributed) the reallocation program reads and assigns.
-    slot_variables: `(optimizer, variable) -> [tf.Variable]`, the
-      optimizer's per-entry state for `variable`.
+    slot_variables: `(optimizer, variables) -> [[tf.Variable]]`, the
+      optimizer's per-entry state for each of `variables`.
     in_train_function: True while Keras's own train step (`fit`,
       `train_on_batch`) runs or is traced.
     forget_train_function: drops Keras's cached train step of a model.

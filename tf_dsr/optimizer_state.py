@@ -15,47 +15,51 @@ def _unwrap(optimizer):
   return optimizer
 
 
-def slot_variables(optimizer, variable):
-  """The optimizer variables that hold per-entry state for `variable`.
+def slot_variables(optimizer, variables):
+  """The optimizer variables that hold per-entry state for each of `variables`.
+
+  The optimizer's state lists are found once for all `variables` (a
+  reallocation asks for every sparse kernel at each call).
 
   Args:
     optimizer: a tf_keras optimizer (current or legacy, possibly loss-scaled),
       or None.
-    variable: a model variable the optimizer trains.
+    variables: model variables the optimizer trains.
 
   Returns:
-    A list of variables shaped like `variable`; empty when the optimizer is
-    None, keeps no per-entry state (plain SGD), or has not been built yet.
+    One list per variable of the optimizer variables shaped like it; empty
+    when the optimizer is None, keeps no per-entry state (plain SGD), has
+    not been built yet, or does not train that variable.
   """
+  variables = list(variables)
   if optimizer is None:
-    return []
+    return [[] for _ in variables]
   optimizer = _unwrap(optimizer)
-  shape = variable.shape
   if hasattr(optimizer, 'get_slot_names'):  # Legacy OptimizerV2.
-    slots = []
-    for name in optimizer.get_slot_names():
-      try:
-        slot = optimizer.get_slot(variable, name)
-      except KeyError:
-        continue
-      if slot.shape == shape:
-        slots.append(slot)
-    return slots
+    found = []
+    for variable in variables:
+      slots = []
+      for name in optimizer.get_slot_names():
+        try:
+          slot = optimizer.get_slot(variable, name)
+        except KeyError:
+          continue
+        if slot.shape == variable.shape:
+          slots.append(slot)
+      found.append(slots)
+    return found
   index_dict = getattr(optimizer, '_index_dict', None)
   if not index_dict:
-    return []
-  index = index_dict.get(optimizer._var_key(variable))  # pylint: disable=protected-access
-  if index is None:
-    return []
+    return [[] for _ in variables]
+  # The state lists: attributes holding only the optimizer's own variables.
   own = {id(v) for v in optimizer.variables}
-  slots = []
-  for value in vars(optimizer).values():
-    if not isinstance(value, (list, tuple)) or len(value) <= index:
-      continue
-    if not value or not all(isinstance(v, tf.Variable) and id(v) in own
-                            for v in value):
-      continue
-    slot = value[index]
-    if slot.shape == shape:
-      slots.append(slot)
-  return slots
+  lists = [value for value in vars(optimizer).values()
+           if isinstance(value, (list, tuple)) and value and
+           all(isinstance(v, tf.Variable) and id(v) in own for v in value)]
+  found = []
+  for variable in variables:
+    index = index_dict.get(optimizer._var_key(variable))  # pylint: disable=protected-access
+    found.append([] if index is None else [
+        value[index] for value in lists
+        if len(value) > index and value[index].shape == variable.shape])
+  return found

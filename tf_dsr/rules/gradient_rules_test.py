@@ -24,7 +24,7 @@ def _momentum_optimizer(model):
   optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
   optimizer.build(model.trainable_variables)
   slots = [slot for v in model.trainable_variables
-           for slot in optimizer_state.slot_variables(optimizer, v)]
+           for slot in optimizer_state.slot_variables(optimizer, [v])[0]]
   for slot in slots:
     slot.assign(tf.fill(slot.shape, 7.0))
   return optimizer, slots
