@@ -272,9 +272,10 @@ def _make_program(rule, layout, draws, jit_compile):
     # One pass over every kernel and mask finds each entry's three flags
     # (active, active and below H, non-finite), one byte per entry; the
     # float32 weights are laid out flat only for a rule that reads them.
-    old, below, nonfinite_entries = reallocation.unpack_flags(layout.flatten(
-        [reallocation.entry_flags(k, m, threshold)
-         for k, m in zip(kernels, masks)]))
+    flags = layout.flatten([reallocation.entry_flags(k, m, threshold)
+                            for k, m in zip(kernels, masks)],
+                           padding=reallocation.PADDING)
+    old, below, nonfinite_entries = reallocation.unpack_flags(flags)
     auxiliary = {kind: layout.flatten(group)
                  for kind, group in auxiliary.items()}
     active, nonfinite, num_below = layout.count(
@@ -284,14 +285,14 @@ def _make_program(rule, layout, draws, jit_compile):
     read_weights = lambda: layout.flatten([tf.cast(k, tf.float32)
                                            for k in kernels])
     decision = rule.drop(rules_lib.RuleInputs(
-        layout=layout, masks=old, active=active, below=below,
-        num_below=num_below, threshold=threshold, step=step, seed=seed,
+        layout=layout, flags=flags, active=active, num_below=num_below,
+        threshold=threshold, step=step, seed=seed,
         auxiliary=auxiliary, values=values, row_segments=row_segments,
         read_weights=read_weights, gradients=dense_gradients))
     result = reallocation.drop_and_grow(
         layout, old, decision.pruned, decision.num_pruned, active,
         rule.budget, seed, draws, row_segments, decision.grow_keys,
-        decision.regrow)
+        decision.regrow, flags)
     # What moves: nothing if the call is refused. One byte per entry for
     # `_write`.
     dropped = result.pruned_masks & ok
@@ -424,6 +425,7 @@ class Reallocator:
     self._state = None
     self._layout = None
     self._function = None
+    self._concrete = {}  # (id(program), replica) -> its concrete function.
     self._own_programs = {}  # Of an unhashable rule (see `_program`).
     self._draws = None
     self._checked_auxiliary = set()
@@ -671,14 +673,24 @@ class Reallocator:
     outputs = None
     for r in range(len(state_copies[0])):
       with tf.device(state_copies[0][r].device):
-        result = self._function(
-            tf.constant([self.seed, 0], tf.int64),
-            tf.constant(step, tf.int64), [k[r] for k in kernels],
-            [m[r] for m in masks],
-            [[s[r] for s in group] for group in slot_copies],
-            {kind: [v[r] for v in group]
-             for kind, group in auxiliary_copies.items()},
-            values, gradients, *[v[r] for v in state_copies])
+        args = (tf.constant([self.seed, 0], tf.int64),
+                tf.constant(step, tf.int64), [k[r] for k in kernels],
+                [m[r] for m in masks],
+                [[s[r] for s in group] for group in slot_copies],
+                {kind: [v[r] for v in group]
+                 for kind, group in auxiliary_copies.items()},
+                values, gradients, *[v[r] for v in state_copies])
+        # The traced program itself: calling it skips matching the
+        # arguments' types against every trace (a few ms for a model's
+        # hundreds of variables), which cannot differ for one program.
+        key = (id(self._function), r)
+        concrete = self._concrete.get(key)
+        if concrete is None:
+          concrete = self._function.get_concrete_function(*args)
+          self._concrete = {key: concrete, **{
+              k: v for k, v in self._concrete.items()
+              if k[0] == id(self._function)}}
+        result = concrete(*args)
       if outputs is None:
         outputs = result
     return outputs

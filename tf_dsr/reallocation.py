@@ -55,13 +55,21 @@ def uniform(shape, seed):
   return tf.cast(bits, tf.float64) * 2.0**-32
 
 
+# Bits of `entry_flags`' byte per entry. Padding entries of the flat space
+# hold `PADDING` alone: never active, never free.
+ACTIVE, BELOW, NONFINITE, PADDING = 1, 2, 4, 8
+# An entry may grow where none of these bits is set.
+NOT_FREE = ACTIVE | PADDING
+
+
 def entry_flags(kernel, mask, threshold):
   """One byte of flags per entry of one sparse tensor, flattened.
 
-  Bit 1: active. Bit 2: active with `|w| < H` (strict; what DSR prunes).
-  Bit 4: the weight is not finite. The engine reads every kernel and mask
-  once through this and lays the bytes out in the flat space
-  (`unpack_flags` reads them back).
+  `ACTIVE`; `BELOW`: active with `|w| < H` (strict; what DSR prunes);
+  `NONFINITE`: the weight is not finite. The engine reads every kernel and
+  mask once through this and lays the bytes out in the flat space, padded
+  with `PADDING` (`unpack_flags` reads them back; `grow_uniform` reads free
+  entries from them directly).
 
   Args:
     kernel: a float tensor of any shape.
@@ -73,53 +81,64 @@ def entry_flags(kernel, mask, threshold):
   flags = [active, active & (magnitude < threshold),
            ~tf.math.is_finite(magnitude)]
   return tf.reshape(sum(tf.cast(f, tf.uint8) * bit
-                        for f, bit in zip(flags, (1, 2, 4))), [-1])
+                        for f, bit in zip(flags, (ACTIVE, BELOW, NONFINITE))),
+                    [-1])
 
 
 def unpack_flags(codes):
   """`(active, below, nonfinite)` bool tensors from `entry_flags` bytes."""
-  return tuple(tf.bitwise.bitwise_and(codes, bit) > 0 for bit in (1, 2, 4))
+  return tuple(tf.bitwise.bitwise_and(codes, bit) > 0
+               for bit in (ACTIVE, BELOW, NONFINITE))
 
 
-def spare_emptied(layout, below, num_below, masks, active, read_weights,
+def spare_emptied(layout, below, num_below, read_masks, active, read_weights,
                   row_segments):
   """DSR's prune: `below`, except that no tensor is emptied.
 
   Of every tensor whose active entries are all in `below` (`entry_flags`),
   the largest-magnitude one (the first in flat order on a tie) stays. The
-  weights are read (`read_weights()`) only in the branch that runs when some
-  tensor would be emptied, so the program lays them out in the flat space
-  only then.
+  masks and weights are read (`read_masks()`, `read_weights()`) only in the
+  branch that runs when some tensor would be emptied, so the program lays
+  them out in the flat space only then, and the branch returns one index
+  per tensor rather than a flat tensor.
 
   Args:
     layout: the `Layout` of the flat tensors.
     below: bool flat tensor, the active entries with `|w| < H`.
     num_below: int64 `[T]`, its True entries per tensor.
-    masks: bool flat masks, True where active.
+    read_masks: callable returning the bool flat masks, True where active.
     active: int64 `[T]`, the active entries per tensor.
     read_weights: callable returning the float32 flat weights.
     row_segments: `layout.row_segments()`.
 
   Returns:
-    `(pruned, num_pruned)`: a bool flat tensor, a subset of `masks`, and its
-    int64 `[T]` counts.
+    `(pruned, num_pruned)`: a bool flat tensor, a subset of the masks, and
+    its int64 `[T]` counts.
   """
   emptied = (active > 0) & (active == num_below)
 
-  def keep_largest():
+  def kept_index():
+    masks = read_masks()
     magnitude = tf.abs(read_weights())
     largest = layout.segment_max(tf.where(masks, magnitude, -1.0), row_segments)
     is_largest = (masks & (magnitude == layout.broadcast(largest, row_segments))
                   & layout.broadcast(emptied, row_segments))
     index = tf.range(layout.size, dtype=tf.int32)
-    first = layout.segment_min(tf.where(is_largest, index, layout.size),
-                               row_segments)
-    return index == layout.broadcast(first, row_segments)
+    return layout.segment_min(tf.where(is_largest, index, layout.size),
+                              row_segments)
 
   # One conditional for all tensors: the extra passes run only when some
-  # tensor would be emptied.
-  keep = tf.cond(tf.reduce_any(emptied), keep_largest,
-                 lambda: tf.zeros([layout.size], tf.bool))
+  # tensor would be emptied. Index `layout.size` keeps nothing.
+  kept = tf.cond(tf.reduce_any(emptied), kept_index,
+                 lambda: tf.fill([layout.num_tensors], layout.size))
+  # The kept entry's column in each row (-1 in rows without one), so that
+  # each entry reads one small per-row value.
+  row_column = tf.tensor_scatter_nd_update(
+      tf.fill([layout.num_rows + 1], -1),
+      tf.minimum(kept // layout_lib.ROW, layout.num_rows)[:, None],
+      kept % layout_lib.ROW)[:layout.num_rows]
+  columns = tf.range(layout_lib.ROW, dtype=tf.int32)
+  keep = tf.reshape(columns[None, :] == row_column[:, None], [-1])
   return below & ~keep, num_below - tf.cast(emptied, tf.int64)
 
 
@@ -269,7 +288,7 @@ def _permute(index, bits, keys):
 
 
 def grow_uniform(layout, free, count, seed, draws, row_segments=None,
-                 capacity=None):
+                 capacity=None, blocked=None):
   """Chooses exactly `count[i]` free entries of each tensor i, uniformly.
 
   Sampling without replacement without sorting: besides two bool passes
@@ -290,7 +309,7 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
   Args:
     layout: the `Layout` of the flat tensors.
     free: bool flat tensor, True where an entry may be grown (never at
-      padding).
+      padding); or, with `blocked`, integer flat flags (`entry_flags`).
     count: int64 `[T]`, each at most the tensor's number of free entries.
     seed: `[2]` seed.
     draws: Python ints, the static number of positions each tensor visits
@@ -299,10 +318,18 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
     row_segments: optional `layout.row_segments()`.
     capacity: optional int64 `[T]`, the free entries per tensor, when the
       caller has it.
+    blocked: optional int: `free` holds flags, and an entry may be grown
+      where none of these bits is set. Reading the flags directly spares
+      the program a bool copy of the free entries.
 
   Returns:
     bool flat tensor, True at exactly `count[i]` free entries of tensor i.
   """
+  if blocked is None:
+    is_free = lambda values: values
+  else:
+    is_free = lambda values: tf.bitwise.bitwise_and(
+        values, tf.constant(blocked, values.dtype)) == 0
   if row_segments is None:
     row_segments = layout.row_segments()
   num_tensors = layout.num_tensors
@@ -316,7 +343,7 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
   num_chunks = sum(chunks)
   position = num_chunks * chunk
   if capacity is None:
-    capacity, = layout.count(free, row_segments=row_segments)
+    capacity, = layout.count(is_free(free), row_segments=row_segments)
   invert = 2 * count > capacity
   target = tf.cast(tf.where(invert, capacity - count, count), tf.int32)
 
@@ -356,7 +383,7 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
         tf.bitcast(tf.where(in_domain, visit, 0), tf.uint32), visit_bits,
         keys), tf.int32)
     flat_index = origin + tf.minimum(local, size - 1)
-    hit = in_domain & (local < size) & tf.gather(free, flat_index)
+    hit = in_domain & (local < size) & is_free(tf.gather(free, flat_index))
     rank = tf.concat([[0], tf.cumsum(tf.cast(hit, tf.int32))], 0)
     before = tf.gather(rank, block_starts)
     take = hit & (rank[1:] - per_visit(before) <= per_visit(remaining))
@@ -373,8 +400,8 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
       lambda round_index, remaining, chosen: tf.reduce_any(remaining > 0),
       one_round, state)
   chosen = chosen[:layout.size]
-  return tf.where(layout.broadcast(invert, row_segments), free & ~chosen,
-                  chosen)
+  return tf.where(layout.broadcast(invert, row_segments),
+                  is_free(free) & ~chosen, chosen)
 
 
 def magnitude_keys(values, eligible, smallest=False):
@@ -508,7 +535,8 @@ Fields:
 
 
 def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
-                  draws, row_segments=None, grow_keys=None, regrow=None):
+                  draws, row_segments=None, grow_keys=None, regrow=None,
+                  flags=None):
   """The drop-and-grow core shared by every reallocation rule.
 
   Given the entries a rule drops, regrows as many, spread over the tensors by
@@ -538,6 +566,8 @@ def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
     regrow: optional int64 `[T]` regrowth per tensor, used instead of
       `budget` (with `grow_keys` only); each at most the tensor's entries
       inactive after the drop.
+    flags: optional uint8 flat `entry_flags` of the same entries (padded
+      with `PADDING`), from which the uniform growth reads the free entries.
 
   Returns:
     A `Reallocation`.
@@ -567,9 +597,12 @@ def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
   skipped = total_pruned > tf.reduce_sum(capacity)
   dropped = tf.where(skipped, tf.zeros_like(num_pruned), num_pruned)
   grow_counts = budget(dropped, survivors, capacity, fold_in(seed, -1))
-  free = ~masks & layout.valid(row_segments)
+  if flags is None:
+    free, blocked = ~masks & layout.valid(row_segments), None
+  else:
+    free, blocked = flags, NOT_FREE
   grown = grow_uniform(layout, free, grow_counts, fold_in(seed, -2), draws,
-                       row_segments, capacity)
+                       row_segments, capacity, blocked)
   pruned = pruned & ~skipped
   return Reallocation(
       pruned_masks=pruned,

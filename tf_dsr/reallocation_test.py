@@ -35,7 +35,8 @@ def _prune(layout, weights, masks, threshold):
   active, num_below = layout.count(old, below)
   np.testing.assert_array_equal(active, [sum(m) for m in masks])
   pruned, num_pruned = reallocation.spare_emptied(
-      layout, below, num_below, old, active, lambda: layout.flatten(weights),
+      layout, below, num_below, lambda: old, active,
+      lambda: layout.flatten(weights),
       layout.row_segments())
   return [p.numpy().astype(int).tolist() for p in layout.unflatten(pruned)], (
       num_pruned.numpy().tolist())

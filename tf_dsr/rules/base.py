@@ -44,11 +44,9 @@ class RuleInputs:
 
   Attributes:
     layout: the `Layout` of the flat tensors.
-    masks: bool flat masks, True where active.
+    flags: uint8 flat `reallocation.entry_flags` of every entry, found in
+      one pass over the kernels and masks; read them as `masks` and `below`.
     active: int64 `[T]` active entries per tensor.
-    below: bool flat tensor, the active entries with `|w| < threshold`
-      (what DSR prunes), found in the same pass over the kernels as the
-      masks and counted with them.
     num_below: int64 `[T]`, the True entries of `below` per tensor.
     threshold: float32 scalar, the current H.
     step: int64 scalar, the global step of the call.
@@ -63,9 +61,8 @@ class RuleInputs:
       as `weights`.
   """
   layout: Any
-  masks: tf.Tensor
+  flags: tf.Tensor
   active: tf.Tensor
-  below: tf.Tensor
   num_below: tf.Tensor
   threshold: tf.Tensor
   step: tf.Tensor
@@ -75,6 +72,19 @@ class RuleInputs:
   row_segments: tf.Tensor
   read_weights: Callable[[], tf.Tensor]
   gradients: Optional[tf.Tensor] = None
+
+  # Read where they are used, from `flags`: a rule that needs them only in
+  # a branch passes the branch the flags alone.
+  @property
+  def masks(self):
+    """bool flat masks, True where active."""
+    return reallocation.unpack_flags(self.flags)[0]
+
+  @property
+  def below(self):
+    """bool flat tensor, the active entries with `|w| < threshold` (what DSR
+    prunes)."""
+    return reallocation.unpack_flags(self.flags)[1]
 
   @property
   def weights(self):

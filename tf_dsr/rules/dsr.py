@@ -52,8 +52,9 @@ class DSR(base.Rule):
 
   def drop(self, inputs):
     return base.Drop(*reallocation.spare_emptied(
-        inputs.layout, inputs.below, inputs.num_below, inputs.masks,
-        inputs.active, inputs.read_weights, inputs.row_segments))
+        inputs.layout, inputs.below, inputs.num_below,
+        lambda: inputs.masks, inputs.active, inputs.read_weights,
+        inputs.row_segments))
 
   def budget(self, num_pruned, survivors, capacity, seed):
     return reallocation.allocate(tf.reduce_sum(num_pruned), survivors,
