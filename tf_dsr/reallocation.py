@@ -347,7 +347,12 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
   invert = 2 * count > capacity
   target = tf.cast(tf.where(invert, capacity - count, count), tf.int32)
 
-  chunk_tensor = layout_lib.block_ids(chunks)
+  # Each chunk's tensor, plus a zero the compiler cannot see through: XLA
+  # would otherwise fold every per-visit value below into a constant array
+  # as long as the visits, which the program then reads from memory (and
+  # the compiler folds and stores) instead of looking up per chunk.
+  opaque_zero = tf.reduce_min(tf.minimum(target, 0))
+  chunk_tensor = layout_lib.block_ids(chunks) + opaque_zero
   first_chunk = [0]
   for c in chunks[:-1]:
     first_chunk.append(first_chunk[-1] + c)
