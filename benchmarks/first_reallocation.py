@@ -10,9 +10,9 @@ a fresh Python process: build the model (not timed), time the first
 the same architecture in the same process (a rebuilt or reloaded model, or
 the next run of a sweep) and time its first call, which reuses the compiled
 program. Two modes: `xla`
-(`jit_compile=True`: the whole program compiled, as on TPUs) and `core`
-(`jit_compile=False`: only the flat core compiled, the per-tensor reads and
-writes run as TensorFlow kernels; the CPU default). Cases are interleaved
+(`jit_compile=True`: one XLA program, as on TPUs) and `split`
+(`jit_compile=False`: the flat core and the writes compiled as separate XLA
+programs, one write per distinct tensor shape; the CPU default). Cases are interleaved
 (model x mode) over `--rounds` rounds and medians of the rounds reported,
 since the machine is shared and noisy.
 
@@ -93,7 +93,7 @@ def main():
     return
 
   cases = [(arch, mode) for arch in args.models.split(',')
-           for mode in ('xla', 'core')]
+           for mode in ('xla', 'split')]
   results = {case: [] for case in cases}
   for round_index in range(args.rounds):
     order = cases if round_index % 2 == 0 else cases[::-1]
@@ -122,12 +122,12 @@ def main():
           f'{max(r["traces"] for r in runs):>7}')
   for arch in args.models.split(','):
     xla = statistics.median(r['first'] for r in results[(arch, 'xla')])
-    plain = statistics.median(r['first'] for r in results[(arch, 'core')])
+    plain = statistics.median(r['first'] for r in results[(arch, 'split')])
     xla_later = statistics.median(r['later'] for r in results[(arch, 'xla')])
     plain_later = statistics.median(
-        r['later'] for r in results[(arch, 'core')])
-    print(f'{arch}: first call xla / core = {xla / plain:.2f}; later calls '
-          f'xla / core = {xla_later / plain_later:.2f}')
+        r['later'] for r in results[(arch, 'split')])
+    print(f'{arch}: first call xla / split = {xla / plain:.2f}; later calls '
+          f'xla / split = {xla_later / plain_later:.2f}')
 
 
 if __name__ == '__main__':

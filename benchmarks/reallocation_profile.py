@@ -5,9 +5,11 @@ For whoever makes the engine faster. It builds the sparse set of
 with N_p 400,000 and an SGD optimizer with Nesterov momentum, so the momentum
 reset is included), runs a few untimed reallocations, then records `--calls`
 more with TensorFlow's profiler and prints, per call, the CPU time of every
-operation: TensorFlow kernels by op type (the per-tensor reads and writes
-when `jit_compile` is False), XLA's compiled operations (fusions, scatters,
-gathers, concatenations) by name. Times are summed over threads, so they add
+operation: TensorFlow kernels by op type (what runs outside XLA: slicing the
+core's result per tensor, reading variables), XLA's compiled operations
+(fusions, scatters, gathers, concatenations) by name; with `jit_compile`
+False the core and the per-shape writes are separate XLA programs, and
+operations of the same name in different programs are summed. Times are summed over threads, so they add
 up to more than the wall time when operations run in parallel. XLA reports
 its operations to the profiler only with `--xla_cpu_enable_xprof_traceme`,
 which this program adds to `XLA_FLAGS` before TensorFlow loads.

@@ -59,9 +59,9 @@ class ReallocationCallback(keras.callbacks.Callback):
     log_dir: if set, TensorBoard scalars per reallocation: H, K, total active
       and each layer's density.
     verbose: if true, print one line per reallocation.
-    jit_compile: compile the whole reallocation with XLA, per-tensor reads
-      and writes included (TPUs need it); the flat core always is. None
-      chooses per device (`tf_dsr.engine.default_jit_compile`).
+    jit_compile: compile the reallocation as one XLA program (TPUs need
+      it) rather than its flat core and per-shape writes as separate ones.
+      None chooses per device (`tf_dsr.engine.default_jit_compile`).
     method: the rule: a name of `tf_dsr.rules.REGISTRY` ('dsr', the default;
       'set', 'deepr', 'rigl', 'snfs', 'snip', 'static') or a
       `tf_dsr.rules.Rule` object.
