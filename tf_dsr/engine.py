@@ -425,7 +425,9 @@ class Reallocator:
     self._state = None
     self._layout = None
     self._function = None
-    self._concrete = {}  # (id(program), replica) -> its concrete function.
+    # The concrete functions of `_concrete_of` (a program), by replica.
+    self._concrete_of = None
+    self._concrete = {}
     self._own_programs = {}  # Of an unhashable rule (see `_program`).
     self._draws = None
     self._checked_auxiliary = set()
@@ -683,14 +685,11 @@ class Reallocator:
         # The traced program itself: calling it skips matching the
         # arguments' types against every trace (a few ms for a model's
         # hundreds of variables), which cannot differ for one program.
-        key = (id(self._function), r)
-        concrete = self._concrete.get(key)
-        if concrete is None:
-          concrete = self._function.get_concrete_function(*args)
-          self._concrete = {key: concrete, **{
-              k: v for k, v in self._concrete.items()
-              if k[0] == id(self._function)}}
-        result = concrete(*args)
+        if self._concrete_of is not self._function:
+          self._concrete_of, self._concrete = self._function, {}
+        if r not in self._concrete:
+          self._concrete[r] = self._function.get_concrete_function(*args)
+        result = self._concrete[r](*args)
       if outputs is None:
         outputs = result
     return outputs
