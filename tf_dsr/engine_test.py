@@ -66,6 +66,31 @@ def test_dsr_hand_worked(jit_compile):
   assert int(realloc.state.last_step.numpy()) == 7
 
 
+@pytest.mark.parametrize('jit_compile', [False, True])
+def test_tensors_of_one_shape_each_get_their_own_write(jit_compile):
+  # Kernels 0 and 2 have the same shape (4, 2), so the CPU default writes
+  # both with one compiled write; each must still get its own values.
+  w0, m0 = _W0, _M0  # Prunes entries 1 and 4; entries 3 and 6 are free.
+  w1, m1 = [0.4, 0.5, 0.6, 0.7, 0., 0., 0., 0.], [1, 1, 1, 1, 0, 0, 0, 0]
+  w2, m2 = [0.0001, 0.9, 0., 0., 0.8, 0., 0.7, 0.], [1, 1, 0, 0, 1, 0, 1, 0]
+  model, pairs = _model([w0, w1, w2], [m0, m1, m2])
+  stats = tf_dsr.Reallocator(model, optimizer=False, target_pruned=3, seed=5,
+                             jit_compile=jit_compile).reallocate()
+  assert stats.pruned == 3 and stats.total_active == 6 + 4 + 4
+  (k0, mask0), (k1, mask1), (k2, mask2) = [
+      (_flat(k), _flat(m).astype(bool)) for k, m in pairs]
+  assert [int(m.sum()) for m in (mask0, mask1, mask2)] == list(
+      stats.active.values())
+  # Pruned: entries 1 and 4 of kernel 0, entry 0 of kernel 2; never regrown.
+  assert not mask0[[1, 4]].any() and not mask2[0]
+  # Survivors keep their values; everything else is 0.
+  np.testing.assert_allclose(k0, [0.5, 0, 0.002, 0, 0, -0.3, 0, 0.01])
+  np.testing.assert_allclose(k1, w1)
+  np.testing.assert_allclose(k2, [0, 0.9, 0, 0, 0.8, 0, 0.7, 0])
+  assert mask0[[0, 2, 5, 7]].all() and mask1[:4].all()
+  assert mask2[[1, 4, 6]].all()
+
+
 # One tensor of 8 whose reallocation (N_p = 2) prunes entries 1 and 4 and
 # regrows 3 and 6, the only free ones.
 _W0 = [0.5, 0.0005, 0.002, 0., 0.0009, -0.3, 0., 0.01]
