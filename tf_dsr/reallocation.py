@@ -387,8 +387,11 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
     local = tf.bitcast(_permute(
         tf.bitcast(tf.where(in_domain, visit, 0), tf.uint32), visit_bits,
         keys), tf.int32)
-    flat_index = origin + tf.minimum(local, size - 1)
-    hit = in_domain & (local < size) & is_free(tf.gather(free, flat_index))
+    # -1 for a visit outside the tensor, so that what follows reads only
+    # the index (XLA would otherwise recompute the permutation for it).
+    flat_index = tf.where(in_domain & (local < size), origin + local, -1)
+    hit = (flat_index >= 0) & is_free(tf.gather(free,
+                                                tf.maximum(flat_index, 0)))
     rank = tf.concat([[0], tf.cumsum(tf.cast(hit, tf.int32))], 0)
     before = tf.gather(rank, block_starts)
     take = hit & (rank[1:] - per_visit(before) <= per_visit(remaining))
