@@ -1,6 +1,6 @@
 """Trains a tiny DSR model under MirroredStrategy over 2 logical CPUs.
 
-Run as a subprocess by test_distribution.py and test_methods_and_controls.py (logical devices must be set up
+Run as a subprocess by test_distribution.py (logical devices must be set up
 before TensorFlow initialises its devices):
 
   python -m tests.mirrored_run MODE [METHOD]       # one run
