@@ -7,9 +7,11 @@ before TensorFlow initialises its devices):
   python -m tests.mirrored_run MODE:METHOD ...     # several, one after another
 
 MODE is 'graph' or 'jit' (an XLA-compiled reallocation), METHOD 'dsr' (the
-default), 'deepr', 'rigl' or 'snfs'. Each run builds its own model and prints
-one JSON line of findings, in the order of the arguments; several runs in one
-process pay TensorFlow's start-up once.
+default), 'deepr', 'rigl' or 'snfs'. MODE 'keras3' trains METHOD's Keras 3
+model of tests/keras3_mirrored_run.py instead, the reallocation
+XLA-compiled (its 'jit'). Each run builds its own model and prints one JSON
+line of findings, with the run's 'MODE:METHOD' as 'run', in the order of the
+arguments; several runs in one process pay TensorFlow's start-up once.
 """
 
 import json
@@ -26,6 +28,8 @@ from tf_dsr import keras  # pylint: disable=g-import-not-at-top,wrong-import-pos
 from tests.conftest import sparse_pairs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.conftest import sparse_tiny_cnn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.conftest import tiny_data  # pylint: disable=g-import-not-at-top,wrong-import-position
+# Sets the same two logical devices again, before TensorFlow initialises.
+from tests import keras3_mirrored_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def replicas_agree(variable):
@@ -116,7 +120,13 @@ def main(argv):
     runs = [tuple(a.split(':')) for a in argv]
   strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
   for mode, method in runs:
-    run(strategy, mode, method)
+    if mode == 'keras3':
+      print(json.dumps(dict(run=f'{mode}:{method}',
+                            **keras3_mirrored_run.train(method, jit=True,
+                                                     strategy=strategy))),
+            flush=True)
+    else:
+      run(strategy, mode, method)
 
 
 if __name__ == '__main__':

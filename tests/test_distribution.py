@@ -1,8 +1,9 @@
 """MirroredStrategy over 2 logical CPUs: replicas agree after every reallocation.
 
-DSR with an uncompiled and an XLA-compiled reallocation, then DeepR, RigL
-and SNFS, all in one subprocess (tests/mirrored_run.py), so TensorFlow
-starts once for the five runs.
+In tf_keras, DSR with an uncompiled and an XLA-compiled reallocation, then
+DeepR, RigL and SNFS; in Keras 3 (tests/keras3_mirrored_run.py's model, the
+reallocation XLA-compiled), DSR, DeepR, RigL and SNFS. All in one subprocess
+(tests/mirrored_run.py), so TensorFlow starts once for the nine runs.
 """
 
 import json
@@ -17,15 +18,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MODES = ('graph', 'jit')
 _METHODS = ('deepr', 'rigl', 'snfs')
+_KERAS3_METHODS = ('dsr',) + _METHODS
 _RUNS = tuple(f'{mode}:dsr' for mode in MODES) + tuple(
-    f'graph:{method}' for method in _METHODS)
+    f'graph:{method}' for method in _METHODS) + tuple(
+        f'keras3:{method}' for method in _KERAS3_METHODS)
 
 
 @pytest.fixture(scope='module')
 def mirrored_runs():
   """The runs of `_RUNS`, one after another in one subprocess
   (tests/mirrored_run.py): 'MODE:METHOD' -> its findings."""
-  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2')
+  env = {k: v for k, v in os.environ.items() if k != 'TF_USE_LEGACY_KERAS'}
+  env.update(PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2')
   proc = subprocess.run(
       [sys.executable, '-m', 'tests.mirrored_run', *_RUNS], cwd=ROOT, env=env,
       capture_output=True, text=True, timeout=600, check=False)
@@ -71,3 +75,38 @@ def test_gradient_rules_replicas_agree_under_mirrored_strategy(
   assert result['pruned'] > 0
   assert result['disagreements'] == []
   assert result['masked_nonzero'] == 0
+
+
+# ------------------------------------------------------------------ Keras 3
+def test_keras3_mirrored_replicas_stay_identical(mirrored_runs):
+  # DSR. The reallocation is XLA-compiled (`python -m
+  # tests.keras3_mirrored_run plain` runs it uncompiled, with the same
+  # findings, in 12 s more).
+  result = mirrored_runs['keras3:dsr']
+  assert result['replicas'] == 2 and result['copies'] == [2]
+  assert result['jit']
+  assert result['reallocations'] == result['checked'] == 8  # 16 steps, P = 2
+  assert result['pruned'] > 0
+  assert result['slots'] == [1]  # SGD's momentum, found on each kernel.
+  assert result['disagreements'] == []
+  assert result['masked_nonzero'] == 0
+
+
+def test_keras3_deepr_rigl_snfs_mirrored_replicas_stay_identical(
+    mirrored_runs):
+  results = [mirrored_runs[f'keras3:{method}'] for method in _METHODS]
+  for result in results:
+    assert result['jit']
+    assert result['replicas'] == 2 and result['copies'] == [2]
+    assert result['pruned'] > 0, result
+    assert result['slots'] == [1]  # SGD's momentum, on each kernel.
+    assert result['disagreements'] == [], result
+    assert result['masked_nonzero'] == 0, result
+  deepr, rigl, snfs = results
+  # 16 steps: DeepR every 2 steps; RigL every 2 steps before end_step 16
+  # (steps 2, ..., 14); SNFS at the 2 epoch ends.
+  assert deepr['reallocations'] == deepr['checked'] == 8
+  assert rigl['reallocations'] == rigl['checked'] == 7
+  assert snfs['reallocations'] == snfs['checked'] == 2
+  # SNFS's momentum, summed over replicas, saw dense gradients.
+  assert snfs['momentum_nonzero_where_inactive'] > 0
