@@ -1,10 +1,11 @@
 """DSR training with XLA-compiled steps and `steps_per_execution`.
 
 Shared by tests/test_compiled_steps.py, which imports the model, data and
-training helpers below for its single-device tests, and runs this module as a
-subprocess for the MirroredStrategy ones: two logical CPU devices must be set
-up before TensorFlow initialises its devices, which a pytest process has long
-done. `main` does that first, then runs the modes named on the command
+training helpers below for its single-device tests, and tests/mirrored_run.py,
+which runs the MirroredStrategy modes below in its subprocess for
+tests/test_distribution.py: two logical CPU devices must be set up before
+TensorFlow initialises its devices, which a pytest process has long done.
+Run alone, `main` does that first, then runs the modes named on the command
 line, in order:
 
   mirrored           fit under MirroredStrategy (2 logical CPUs),

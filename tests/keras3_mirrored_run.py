@@ -1,10 +1,11 @@
 """Trains a tiny sparse Keras 3 model under MirroredStrategy over 2 logical CPUs.
 
-Run as a subprocess by test_keras3_rules.py (DSR, DeepR, RigL and SNFS):
-logical devices must be set up before TensorFlow initialises its devices.
-Arguments: 'jit' or 'plain' (the reallocation XLA-compiled or not), then
-one or more methods, 'dsr' (the default), 'deepr', 'rigl' or 'snfs', each
-trained in turn in this process. After every reallocation, compares
+tests/test_distribution.py trains DSR, DeepR, RigL and SNFS with `train`
+in the subprocess tests/mirrored_run.py, which imports this module (logical
+devices must be set up before TensorFlow initialises its devices). Run
+alone: arguments 'jit' or 'plain' (the reallocation XLA-compiled or not),
+then one or more methods, 'dsr' (the default), 'deepr', 'rigl' or 'snfs',
+each trained in turn in this process. After every reallocation, compares
 the replicas' copies of each mask, kernel, rule variable and optimizer
 variable, and counts nonzero inactive entries of kernels and momentum.
 Variables synchronised on read (SNFS's `dense_momentum`) are each replica's
@@ -99,13 +100,20 @@ def main():
   # cannot compile one function over two logical CPU devices.
   jit = len(sys.argv) > 1 and sys.argv[1] == 'jit'
   for method in sys.argv[2:] or ['dsr']:
-    train(method, jit)
+    print(json.dumps(train(method, jit)), flush=True)
 
 
-def train(method, jit):
-  """Trains with `method` and prints the findings as one JSON line."""
+def train(method, jit, strategy=None):
+  """Trains with `method` and returns the findings (a JSON-able dict).
+
+  `strategy`: the MirroredStrategy to use; a new one if None. A process
+  that trains under several strategies should pass its one strategy: a
+  MirroredStrategy made after another strategy's collectives ran can reuse
+  their instance keys ("Shape mismatch in the collective instance").
+  """
   options = OPTIONS[method]
-  strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+  if strategy is None:
+    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
   keras.utils.set_random_seed(0)
   with strategy.scope():
     model = tf_dsr.sparsify(keras.Sequential([
@@ -126,7 +134,7 @@ def train(method, jit):
       for w in tf_dsr.collect_wrappers(model)
       for v, (_, m) in zip(w.auxiliary_weights.get('dense_momentum', []),
                            w.sparse_weights))
-  print(json.dumps({
+  return {
       'method': method,
       'momentum_nonzero_where_inactive': momentum_nonzero,
       'jit': cb.reallocator.jit_compile,
@@ -138,7 +146,7 @@ def train(method, jit):
       'slots': sorted(checker.slots),
       'disagreements': checker.disagreements,
       'masked_nonzero': checker.masked_nonzero,
-  }), flush=True)
+  }
 
 
 if __name__ == '__main__':

@@ -1,15 +1,20 @@
 """Trains a tiny DSR model under MirroredStrategy over 2 logical CPUs.
 
-Run as a subprocess by test_distribution.py and test_methods_and_controls.py (logical devices must be set up
+Run as a subprocess by test_distribution.py (logical devices must be set up
 before TensorFlow initialises its devices):
 
   python -m tests.mirrored_run MODE [METHOD]       # one run
   python -m tests.mirrored_run MODE:METHOD ...     # several, one after another
 
 MODE is 'graph' or 'jit' (an XLA-compiled reallocation), METHOD 'dsr' (the
-default), 'deepr', 'rigl' or 'snfs'. Each run builds its own model and prints
-one JSON line of findings, in the order of the arguments; several runs in one
-process pay TensorFlow's start-up once.
+default), 'deepr', 'rigl' or 'snfs'. MODE 'keras3' trains METHOD's Keras 3
+model of tests/keras3_mirrored_run.py instead, the reallocation XLA-compiled
+(its 'jit'); MODE 'compiled' runs tests/compiled_run.py's mode METHOD
+('mirrored', or 'mirrored_xla_step', which fails half-way through a training
+step: name it last). Each run builds its own model and prints one JSON line
+of findings, with its 'MODE:METHOD' as 'run', in the order of the arguments;
+all share one MirroredStrategy, and several runs in one process pay
+TensorFlow's start-up once.
 """
 
 import json
@@ -26,6 +31,9 @@ from tf_dsr import keras  # pylint: disable=g-import-not-at-top,wrong-import-pos
 from tests.conftest import sparse_pairs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.conftest import sparse_tiny_cnn  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.conftest import tiny_data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests import compiled_run  # pylint: disable=g-import-not-at-top,wrong-import-position
+# Sets the same two logical devices again, before TensorFlow initialises.
+from tests import keras3_mirrored_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def replicas_agree(variable):
@@ -116,7 +124,17 @@ def main(argv):
     runs = [tuple(a.split(':')) for a in argv]
   strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
   for mode, method in runs:
-    run(strategy, mode, method)
+    if mode == 'compiled':
+      print(json.dumps(dict(run=f'{mode}:{method}',
+                            **compiled_run.MODES[method](strategy))),
+            flush=True)
+    elif mode == 'keras3':
+      print(json.dumps(dict(run=f'{mode}:{method}',
+                            **keras3_mirrored_run.train(method, jit=True,
+                                                     strategy=strategy))),
+            flush=True)
+    else:
+      run(strategy, mode, method)
 
 
 if __name__ == '__main__':

@@ -19,29 +19,16 @@ What is covered:
   callbacks run once per execution and each reallocation happens at the end
   of the execution that contains its due step, as `tf_dsr.schedules`
   documents; the masks change at exactly those steps.
-* MirroredStrategy over 2 logical CPUs (in a subprocess, tests/compiled_run.py,
-  because logical devices must be configured before TensorFlow initialises):
-  with `steps_per_execution=2` and the reallocation compiled, both replicas
-  hold identical masks, kernels, optimizer slots and DSR state after
-  training, and the same masks, H and K as with the reallocation uncompiled.
-  The same holds when each replica's forward and backward pass is also
-  XLA-compiled (`compiled_run.ReplicaCompiled`).
-* The limit that keeps the Keras train step uncompiled under MirroredStrategy
-  on CPUs: `fit` with `jit_compile=True` fails there in TF 2.21 (a test
-  asserts the failure, so a TensorFlow that lifts it is noticed).
+* MirroredStrategy over 2 logical CPUs (tests/compiled_run.py's `mirrored`
+  and `mirrored_xla_step`): tested in tests/test_distribution.py, in the
+  subprocess that runs its other MirroredStrategy runs.
 
 The model is a 16 -> 32 -> 10 MLP with both kernels sparse (0.7) and SGD with
 momentum; everything is small enough that the whole file takes under a
-minute on 2 CPU cores (about 45 s measured while other tests shared the
-machine; the MirroredStrategy subprocess runs alongside the single-device
-tests).
+minute on 2 CPU cores.
 """
 
 import functools
-import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -51,7 +38,6 @@ from tests import compiled_run
 from tf_dsr import layout as layout_lib
 from tf_dsr import reallocation
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Single device: 64 examples, batch 8 -> 8 steps per epoch, 2 epochs = 16
 # steps; 2 steps per execution; a reallocation due at 4, 8, 12, 16.
@@ -197,109 +183,3 @@ def test_period_not_multiple_of_steps_per_execution():
   assert run['mask_changes'] == [6, 9, 12, 18, 21, 24]
   assert run['reallocations'] == 6
   assert run['last_step'] == 24
-
-
-@pytest.fixture(scope='module', autouse=True)
-def _distributed_process(request, tmp_path_factory):
-  """Starts tests/compiled_run.py when the module starts, if a selected test
-  needs it, so that it runs alongside the single-device tests (it needs about
-  half the file's CPU time, and the machine has 2 cores). Both modes run in
-  one process (one TensorFlow start-up), the failing compiled step last."""
-  if not any('distributed' in item.fixturenames
-             for item in request.session.items
-             if item.module is request.module):
-    yield None
-    return
-  folder = tmp_path_factory.mktemp('compiled_run')
-  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2')
-  with open(folder / 'stdout', 'w') as out, open(folder / 'stderr', 'w') as err:
-    proc = subprocess.Popen(
-        [sys.executable, '-m', 'tests.compiled_run', 'mirrored',
-         'mirrored_xla_step'], cwd=ROOT, env=env, stdout=out, stderr=err,
-        text=True)
-  try:
-    yield proc, folder
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.wait()
-
-
-@pytest.fixture(scope='module')
-def distributed(_distributed_process):  # pylint: disable=redefined-outer-name
-  """The subprocess's findings: {mode: findings}."""
-  proc, folder = _distributed_process
-  returncode = proc.wait(timeout=600)
-  stderr = (folder / 'stderr').read_text()
-  assert returncode == 0, stderr[-3000:]
-  result = json.loads(
-      (folder / 'stdout').read_text().strip().splitlines()[-1])
-  assert [r['replicas'] for r in result.values()] == [2, 2]
-  return result
-
-
-@pytest.fixture
-def mirrored(distributed):
-  return distributed['mirrored']
-
-
-@pytest.mark.parametrize('name', ['uncompiled', 'compiled',
-                                  'replica_compiled'])
-def test_mirrored_replicas_agree(mirrored, name):
-  run = mirrored[name]
-  assert run['jit'] == (name != 'uncompiled')
-  # The replica-compiled step traced its XLA function once per replica.
-  assert run['replica_step_traces'] == (2 if name == 'replica_compiled' else 0)
-  # Every checked variable is distributed (one copy per replica): the
-  # state, each kernel and mask, the optimizer's iterations and slots.
-  assert all(run['mirrored'])
-  assert len(run['checked']) == 12
-  # 128 examples, global batch 16 (8 per replica): 8 steps per epoch, 2
-  # epochs; executions of 2 steps; P = 4.
-  assert run['history_steps'] == [4, 8, 12, 16]
-  assert all(p > 0 for p in run['pruned'])
-  assert run['reallocations'] == [4, 4]  # per replica
-  assert run['last_step'] == [16, 16]
-  assert run['disagreements'] == []
-  assert run['masked_nonzero'] == 0
-
-
-@pytest.mark.parametrize('name', ['compiled', 'replica_compiled'])
-def test_mirrored_compiled_masks_match_uncompiled(mirrored, name):
-  """A compiled reallocation, alone or after XLA-compiled per-replica
-  forward and backward passes, chooses the uncompiled run's masks."""
-  comparison = mirrored[f'{name}_vs_uncompiled']
-  assert comparison['mask_differences'] == [0, 0]
-  assert comparison['thresholds'][0] == comparison['thresholds'][1]
-  assert mirrored[name]['pruned'] == mirrored['uncompiled']['pruned']
-  assert comparison['kernel_max_difference'] < 1e-5
-
-
-def test_mirrored_xla_train_step_fails_on_cpu_devices(distributed):
-  """Documents a TensorFlow limit; not a tf_dsr behaviour to keep.
-
-  `model.fit` with `compile(jit_compile=True)` under MirroredStrategy over 2
-  logical CPUs fails in TF 2.21. TF takes the merge_call-free path under XLA
-  only when every device is a GPU (`MirroredExtended._use_merge_call`), so
-  the compiled step reaches across devices to the other replica's variables
-  ("Trying to access resource fc1/kernel/replica_1/... located in device
-  CPU:1 from device CPU:0"). Forcing the merge_call-free path (patching
-  `_use_merge_call`) still gave that error here; it has also been seen to
-  fail with "Collectives are not yet implemented for CPU devices when
-  compiling with XLA". Either message passes. That is why the
-  MirroredStrategy tests compile the reallocation and each replica's forward
-  and backward pass (`compiled_run.ReplicaCompiled`), not the whole step.
-
-  If this test fails because `fit` succeeded, TensorFlow has lifted the
-  limit: extend the MirroredStrategy tests to a compiled train step (and
-  drop this one).
-  """
-  result = distributed['mirrored_xla_step']
-  assert result['error_type'] is not None, (
-      'fit with jit_compile=True now works under MirroredStrategy on CPUs: '
-      f'test it for real (reallocations at {result.get("history_steps")}).')
-  message = result['error']
-  device_problem = ('Trying to access resource' in message and
-                    'located in device' in message)
-  collectives = 'Collectives are not yet implemented for CPU' in message
-  assert device_problem or collectives, (result['error_type'], message[-2000:])

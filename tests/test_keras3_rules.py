@@ -14,14 +14,13 @@
 - A `.keras` round-trip of a DeepR and an SNFS run resumes bit-identical to
   an uninterrupted run.
 - Every rule class round-trips through Keras 3's serialization.
-- DSR, DeepR, RigL and SNFS under MirroredStrategy over 2 logical CPUs keep
-  the replicas identical (in one subprocess, tests/keras3_mirrored_run.py).
+
+DSR, DeepR, RigL and SNFS on Keras 3 under MirroredStrategy are tested in
+tests/test_distribution.py (tests/keras3_mirrored_run.py's models, trained in
+the subprocess that also runs the tf_keras ones).
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -31,7 +30,6 @@ import tensorflow as tf
 import tf_dsr
 from tf_dsr import keras as tf_keras
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERASES = {'keras3': keras, 'tf_keras': tf_keras}
 
 
@@ -440,61 +438,3 @@ def test_every_rule_round_trips_through_keras3_serialization(name):
   assert back.get_config() == rule.get_config()
   assert keras.saving.get_registered_object(
       config['registered_name']) is type(rule)
-
-
-# ---------------------------------------------------------------- replicas
-_MIRRORED_METHODS = ('dsr', 'deepr', 'rigl', 'snfs')
-
-
-@pytest.fixture(scope='module')
-def mirrored_runs():
-  """DSR, DeepR, RigL and SNFS under MirroredStrategy over 2 logical CPUs,
-  the reallocation XLA-compiled, one after another in one subprocess
-  (logical devices must be set before TensorFlow starts): their findings."""
-  environ = {k: v for k, v in os.environ.items()
-             if k != 'TF_USE_LEGACY_KERAS'}
-  environ.update(PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3')
-  done = subprocess.run(
-      [sys.executable, '-m', 'tests.keras3_mirrored_run', 'jit',
-       *_MIRRORED_METHODS],
-      cwd=REPO, env=environ, capture_output=True, text=True, timeout=600,
-      check=False)
-  assert done.returncode == 0, done.stderr[-3000:]
-  results = [json.loads(line) for line in done.stdout.strip().splitlines()
-             if line.startswith('{')]
-  assert [r['method'] for r in results] == list(_MIRRORED_METHODS)
-  return results
-
-
-def test_keras3_mirrored_replicas_stay_identical(mirrored_runs):
-  # DSR (moved here from test_keras3.py to share the subprocess). The
-  # reallocation is XLA-compiled (`python -m tests.keras3_mirrored_run plain`
-  # runs it uncompiled, with the same findings, in 12 s more).
-  result = mirrored_runs[0]
-  assert result['replicas'] == 2 and result['copies'] == [2]
-  assert result['jit']
-  assert result['reallocations'] == result['checked'] == 8  # 16 steps, P = 2
-  assert result['pruned'] > 0
-  assert result['slots'] == [1]  # SGD's momentum, found on each kernel.
-  assert result['disagreements'] == []
-  assert result['masked_nonzero'] == 0
-
-
-def test_keras3_deepr_rigl_snfs_mirrored_replicas_stay_identical(
-    mirrored_runs):
-  results = mirrored_runs[1:]
-  for result in results:
-    assert result['jit']
-    assert result['replicas'] == 2 and result['copies'] == [2]
-    assert result['pruned'] > 0, result
-    assert result['slots'] == [1]  # SGD's momentum, on each kernel.
-    assert result['disagreements'] == [], result
-    assert result['masked_nonzero'] == 0, result
-  deepr, rigl, snfs = results
-  # 16 steps: DeepR every 2 steps; RigL every 2 steps before end_step 16
-  # (steps 2, ..., 14); SNFS at the 2 epoch ends.
-  assert deepr['reallocations'] == deepr['checked'] == 8
-  assert rigl['reallocations'] == rigl['checked'] == 7
-  assert snfs['reallocations'] == snfs['checked'] == 2
-  # SNFS's momentum, summed over replicas, saw dense gradients.
-  assert snfs['momentum_nonzero_where_inactive'] > 0

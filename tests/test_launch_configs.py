@@ -471,8 +471,12 @@ def test_thin_target_is_the_sparse_active_count():
   for sparsity in ('0.5', '0.9'):
     sparse = modeling.method('static').build(
         configs.get(f'wrn28_2_cifar10_static_s{sparsity}'), (32, 32, 3), 10)
+    # A set width skips the width search (test_configs_build_their_models
+    # runs it for every thin config); the target is found before it.
     thin = modeling.method('thin').build(
-        configs.get(f'wrn28_2_cifar10_thin_s{sparsity}'), (32, 32, 3), 10)
+        overrides.apply(configs.get(f'wrn28_2_cifar10_thin_s{sparsity}'),
+                        ['width_multiplier=0.25']), (32, 32, 3), 10)
+    assert thin.width_multiplier == 0.25
     assert thin.target_params == tf_dsr.sparsity_report(sparse.model).model_active
   # WRN-28-2 at 0.9 keeps 145,152 + 16,090 = 161,242 +- rounding: 161,245.
   assert thin.target_params == 161_245

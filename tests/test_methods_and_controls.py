@@ -7,13 +7,12 @@
 - each control of docs/algorithm.md section 7 starts from exactly the structure (and,
   for the "saved" control, the values) the DSR run exported, and a DSR run
   stopped after epoch E keeps its masks frozen from then on.
-- DeepR's signs, masks and kernels agree on 2 MirroredStrategy replicas.
+
+DeepR, RigL and SNFS under MirroredStrategy are tested in
+tests/test_distribution.py, which trains them in the same subprocess as DSR.
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -27,7 +26,6 @@ from launch import modeling
 from launch import runner
 from launch import strategy as strategy_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 1 epoch of 20 steps on digits; a reallocation every 5 steps.
 SHORT = ['epochs=1', 'steps_per_epoch=20', 'validation_freq=0', 'eval_steps=2']
 
@@ -215,51 +213,6 @@ def test_controls_config_validation():
     modeling.method('static').build(
         runner.resolve('lenet_digits_static', ['masks_from=/nonexistent']),
         (8, 8, 1), 10)
-
-
-_MIRRORED_METHODS = ('deepr', 'rigl', 'snfs')
-
-
-@pytest.fixture(scope='module')
-def mirrored_runs():
-  """DeepR, RigL and SNFS under MirroredStrategy over 2 logical CPUs, one
-  after another in one subprocess (tests/mirrored_run.py): method -> its
-  findings."""
-  env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.run(
-      [sys.executable, '-m', 'tests.mirrored_run',
-       *[f'graph:{m}' for m in _MIRRORED_METHODS]], cwd=REPO,
-      env=env, capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = [json.loads(line) for line in proc.stdout.strip().splitlines()
-             if line.startswith('{')]
-  assert [r['run'] for r in results] == [
-      f'graph:{m}' for m in _MIRRORED_METHODS], proc.stdout[-3000:]
-  return dict(zip(_MIRRORED_METHODS, results))
-
-
-def test_deepr_replicas_agree_under_mirrored_strategy(mirrored_runs):
-  """Signs, masks, kernels and slots are identical on 2 replicas after every step."""
-  result = mirrored_runs['deepr']
-  assert result['replicas'] == 2 and result['mirrored_masks']
-  assert result['mirrored_signs'] == [True, True]  # One per sparse tensor.
-  assert result['reallocations'] == result['checked'] == 16  # Every step.
-  assert result['pruned'] > 0  # Some connections crossed zero and moved.
-  assert result['disagreements'] == []
-  assert result['masked_nonzero'] == 0
-
-
-@pytest.mark.parametrize('method, reallocations', [('rigl', 7), ('snfs', 2)])
-def test_gradient_rules_replicas_agree_under_mirrored_strategy(
-    mirrored_runs, method, reallocations):
-  """RigL and SNFS grow by the replica-summed gradient: masks stay identical."""
-  result = mirrored_runs[method]
-  assert result['replicas'] == 2 and result['mirrored_masks']
-  # RigL: steps 2, 4, ..., 14 (none from end_step 16); SNFS: 2 epoch ends.
-  assert result['reallocations'] == result['checked'] == reallocations
-  assert result['pruned'] > 0
-  assert result['disagreements'] == []
-  assert result['masked_nonzero'] == 0
 
 
 def test_small_builders_scale_their_widths():
