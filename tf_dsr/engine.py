@@ -59,8 +59,8 @@ def default_jit_compile():
   so the compile time grows with the number of distinct shapes rather than
   of tensors. Measured on a 2-core CPU with
   `python -m benchmarks.first_reallocation` (see the README), one program
-  makes the first call 1.07x (WRN-28-2) and 1.40x (ResNet-50) as long, and
-  later calls no faster.
+  makes the first call 1.23x (WRN-28-2) and 1.27x (ResNet-50) as long, and
+  later calls no faster (0.96x and 1.00x the time).
   """
   return bool(tf.config.list_logical_devices('TPU'))
 
