@@ -113,6 +113,22 @@ def _reallocate_with_momentum(momentum):
   return _flat(kernel), _flat(mask), _flat(slot)
 
 
+@pytest.mark.parametrize('legacy', [False, True], ids=['current', 'legacy'])
+def test_slot_variables_finds_each_kernels_own_state(legacy):
+  model, ((k0, _), (k1, _)) = _model([_W0, _W0], [_M0, _M0])
+  family = keras.optimizers.legacy if legacy else keras.optimizers
+  optimizer = family.Adam(0.1)
+  # Trains the first kernel only, so the second has no state.
+  optimizer.apply_gradients([(tf.zeros_like(k0), k0)])
+  first, second, again = tf_dsr.optimizer_state.slot_variables(
+      optimizer, [k0, k1, k0])
+  assert second == []
+  assert len(first) == 2 and first[0] is not first[1]  # Adam's m and v.
+  assert [id(s) for s in first] == [id(s) for s in again]
+  assert all(s.shape == k0.shape for s in first)
+  assert tf_dsr.optimizer_state.slot_variables(None, [k0, k1]) == [[], []]
+
+
 def test_optimizer_state_is_zeroed_exactly_where_entries_moved():
   _, mask, momentum = _reallocate_with_momentum([5.0] * 8)
   # The moved entries' momentum is 0; every kept entry keeps its momentum.
