@@ -125,16 +125,15 @@ _KEPT_BIT = 2
 def _write(kernel, mask, slots, code):
   """Writes one tensor's reallocation; whole-tensor passes, static shapes.
 
-  `code` holds one byte per entry, from the flat core: `_NEW_MASK_BIT` set
-  where the entry is active after the call, `_KEPT_BIT` where its weight and
-  optimizer state survive (active before and not dropped, or everything
-  when the call is refused). Elsewhere they are zeroed, which also restores
+  `code` holds one byte per entry (shaped like the kernel), from the flat
+  core: `_NEW_MASK_BIT` set where the entry is active after the call,
+  `_KEPT_BIT` where its weight and optimizer state survive (active before
+  and not dropped, or everything when the call is refused). Elsewhere they are zeroed, which also restores
   the invariant that inactive entries hold 0, and 0 it is even for an inf
   or NaN value (Adam's second moment of a huge gradient can be inf while
   the weight is finite): a select, not a multiplication. Each variable is
   read and written once.
   """
-  code = tf.reshape(code, kernel.shape)
   kept = tf.bitwise.bitwise_and(code, _KEPT_BIT) > 0
 
   def zero_where_not_kept(variable):
@@ -146,7 +145,6 @@ def _write(kernel, mask, slots, code):
                       mask.dtype))
   for slot in slots:
     slot.assign(zero_where_not_kept(slot))
-  return tf.constant(True)
 
 
 def _check_optimizer(model, optimizer, flavour):
@@ -290,9 +288,9 @@ def _make_program(rule, layout, draws, jit_compile):
         auxiliary=auxiliary, values=values, row_segments=row_segments,
         read_weights=read_weights, gradients=dense_gradients))
     result = reallocation.drop_and_grow(
-        layout, old, decision.pruned, decision.num_pruned, active,
+        layout, flags, decision.pruned, decision.num_pruned, active,
         rule.budget, seed, draws, row_segments, decision.grow_keys,
-        decision.regrow, flags)
+        decision.regrow)
     # What moves: nothing if the call is refused. One byte per entry for
     # `_write`.
     dropped = result.pruned_masks & ok

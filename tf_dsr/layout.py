@@ -132,13 +132,6 @@ class Layout:
     return tf.reshape(tf.broadcast_to(per_row[:, None], [self.num_rows, ROW]),
                       [-1])
 
-  def valid(self, row_segments=None):
-    """bool flat tensor: True at the entries of tensors, False at padding."""
-    ends = tf.constant([start + size for start, size in
-                        zip(self.starts, self.sizes)], tf.int32)
-    return tf.range(self.size, dtype=tf.int32) < self.broadcast(ends,
-                                                                row_segments)
-
   def count(self, *flags, row_segments=None):
     """The number of True entries of each bool flat tensor, per segment.
 

@@ -542,9 +542,8 @@ Fields:
 """
 
 
-def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
-                  draws, row_segments=None, grow_keys=None, regrow=None,
-                  flags=None):
+def drop_and_grow(layout, flags, pruned, num_pruned, num_active, budget, seed,
+                  draws, row_segments=None, grow_keys=None, regrow=None):
   """The drop-and-grow core shared by every reallocation rule.
 
   Given the entries a rule drops, regrows as many, spread over the tensors by
@@ -559,10 +558,12 @@ def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
 
   Args:
     layout: the `Layout` of the flat tensors.
-    masks: bool flat masks.
-    pruned: bool flat tensor of the entries to drop (a subset of `masks`).
+    flags: uint8 flat `entry_flags` of every entry, padded with `PADDING`
+      (the uniform growth reads the free entries straight from them).
+    pruned: bool flat tensor of the entries to drop (a subset of the active
+      ones).
     num_pruned: int64 `[T]`, the number of True entries of `pruned` per tensor.
-    num_active: int64 `[T]`, the number of True entries of `masks` per tensor.
+    num_active: int64 `[T]`, the number of active entries per tensor.
     budget: callable `(num_pruned, survivors, capacity, seed) -> g`, the int64
       regrowth per tensor, summing to `sum(num_pruned)`, each at most its
       capacity.
@@ -574,8 +575,6 @@ def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
     regrow: optional int64 `[T]` regrowth per tensor, used instead of
       `budget` (with `grow_keys` only); each at most the tensor's entries
       inactive after the drop.
-    flags: optional uint8 flat `entry_flags` of the same entries (padded
-      with `PADDING`), from which the uniform growth reads the free entries.
 
   Returns:
     A `Reallocation`.
@@ -589,7 +588,9 @@ def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
     capacity = sizes - survivors
     grow_counts = regrow if regrow is not None else budget(
         num_pruned, survivors, capacity, fold_in(seed, -1))
-    free = layout.valid(row_segments) & ~(masks & ~pruned)
+    padding, active = (tf.bitwise.bitwise_and(flags, bit) > 0
+                       for bit in (PADDING, ACTIVE))
+    free = ~padding & ~(active & ~pruned)
     grown = select_largest(layout, tf.where(free, grow_keys, -1), grow_counts,
                            row_segments)
     return Reallocation(
@@ -605,12 +606,8 @@ def drop_and_grow(layout, masks, pruned, num_pruned, num_active, budget, seed,
   skipped = total_pruned > tf.reduce_sum(capacity)
   dropped = tf.where(skipped, tf.zeros_like(num_pruned), num_pruned)
   grow_counts = budget(dropped, survivors, capacity, fold_in(seed, -1))
-  if flags is None:
-    free, blocked = ~masks & layout.valid(row_segments), None
-  else:
-    free, blocked = flags, NOT_FREE
-  grown = grow_uniform(layout, free, grow_counts, fold_in(seed, -2), draws,
-                       row_segments, capacity, blocked)
+  grown = grow_uniform(layout, flags, grow_counts, fold_in(seed, -2), draws,
+                       row_segments, capacity, blocked=NOT_FREE)
   pruned = pruned & ~skipped
   return Reallocation(
       pruned_masks=pruned,
