@@ -117,32 +117,28 @@ def _copies(variable):
   return list(getattr(variable, 'values', None) or [variable])
 
 
-# Bits of the one byte per entry that the core hands to `_write`.
-_NEW_MASK_BIT = 1
-_KEPT_BIT = 2
-
-
 def _write(kernel, mask, slots, code):
   """Writes one tensor's reallocation; whole-tensor passes, static shapes.
 
   `code` holds one byte per entry (shaped like the kernel), from the flat
-  core: `_NEW_MASK_BIT` set where the entry is active after the call,
-  `_KEPT_BIT` where its weight and optimizer state survive (active before
-  and not dropped, or everything when the call is refused). Elsewhere they are zeroed, which also restores
-  the invariant that inactive entries hold 0, and 0 it is even for an inf
+  core (`reallocation.Reallocation.code`): `NEW_ACTIVE` set where the entry
+  is active after the call, `KEEP` where its weight and optimizer state
+  survive (active before and not dropped, or everything when the call is
+  refused). Elsewhere they are zeroed, which also restores the invariant
+  that inactive entries hold 0, and 0 it is even for an inf
   or NaN value (Adam's second moment of a huge gradient can be inf while
   the weight is finite): a select, not a multiplication. Each variable is
   read and written once.
   """
-  kept = tf.bitwise.bitwise_and(code, _KEPT_BIT) > 0
+  kept = tf.bitwise.bitwise_and(code, reallocation.KEEP) > 0
 
   def zero_where_not_kept(variable):
     value = tf.convert_to_tensor(variable)
     return tf.where(kept, value, tf.zeros_like(value))
 
   kernel.assign(zero_where_not_kept(kernel))
-  mask.assign(tf.cast(tf.bitwise.bitwise_and(code, _NEW_MASK_BIT) > 0,
-                      mask.dtype))
+  new_active = tf.bitwise.bitwise_and(code, reallocation.NEW_ACTIVE) > 0
+  mask.assign(tf.cast(new_active, mask.dtype))
   for slot in slots:
     slot.assign(zero_where_not_kept(slot))
 
@@ -287,18 +283,12 @@ def _make_program(rule, layout, draws, jit_compile):
         threshold=threshold, step=step, seed=seed,
         auxiliary=auxiliary, values=values, row_segments=row_segments,
         read_weights=read_weights, gradients=dense_gradients))
+    # What moves, one byte per entry for `_write`: nothing if the call is
+    # refused.
     result = reallocation.drop_and_grow(
         layout, flags, decision.pruned, decision.num_pruned, active,
         rule.budget, seed, draws, row_segments, decision.grow_keys,
-        decision.regrow)
-    # What moves: nothing if the call is refused. One byte per entry for
-    # `_write`.
-    dropped = result.pruned_masks & ok
-    grown = result.grown_masks & ok
-    kept = (old & ~dropped) | ~ok
-    new_masks = (old & ~dropped) | grown
-    code = (tf.cast(new_masks, tf.uint8) * _NEW_MASK_BIT
-            + tf.cast(kept, tf.uint8) * _KEPT_BIT)
+        decision.regrow, ok)
     new_weights = None
     if decision.weights is not None:
       new_weights = tf.where(ok, decision.weights, read_weights())
@@ -315,7 +305,7 @@ def _make_program(rule, layout, draws, jit_compile):
              tf.where(ok, result.active, active),
              tf.where(ok, result.regrown, tf.zeros_like(result.regrown)),
              result.skipped & ok, nonfinite, ok)
-    return code, new_weights, new_auxiliary, stats
+    return result.code, new_weights, new_auxiliary, stats
 
   core = tf.function(core, jit_compile=True, autograph=False)
   # The writes, compiled with XLA: one call per tensor of a function whose

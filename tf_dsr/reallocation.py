@@ -288,7 +288,7 @@ def _permute(index, bits, keys):
 
 
 def grow_uniform(layout, free, count, seed, draws, row_segments=None,
-                 capacity=None, blocked=None):
+                 capacity=None, blocked=None, canvas=None, mark=None):
   """Chooses exactly `count[i]` free entries of each tensor i, uniformly.
 
   Sampling without replacement without sorting: besides two bool passes
@@ -321,9 +321,17 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
     blocked: optional int: `free` holds flags, and an entry may be grown
       where none of these bits is set. Reading the flags directly spares
       the program a bool copy of the free entries.
+    canvas: optional flat tensor of `layout.size` entries, 0 at every free
+      entry of each tensor with a nonzero count: the chosen entries are
+      written into it, as `mark`, instead of into a bool tensor of their
+      own. The engine marks its byte per entry this way, which spares the
+      program a bool pass over the flat space and its scratch array. Only
+      inside an XLA-compiled function.
+    mark: with `canvas`, the value of the chosen entries (of its dtype).
 
   Returns:
-    bool flat tensor, True at exactly `count[i]` free entries of tensor i.
+    bool flat tensor, True at exactly `count[i]` free entries of tensor i;
+    with `canvas`, `canvas` with `mark` at exactly those entries.
   """
   if blocked is None:
     is_free = lambda values: values
@@ -378,7 +386,8 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
   keys = per_visit(tf.bitcast(tf.random.stateless_uniform(
       [_FEISTEL_ROUNDS, num_tensors], seed, minval=None, maxval=None,
       dtype=tf.int32, alg=RANDOM_ALG), tf.uint32))
-  # Visits not taken are scattered to one spare entry past the end.
+  # Visits not taken are scattered to one spare entry past the end (of the
+  # scratch array, or outside the canvas).
   spare = tf.fill([position], layout.size)
 
   def one_round(round_index, remaining, chosen):
@@ -398,15 +407,30 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
     taken = tf.minimum(tf.gather(rank, block_ends) - before, remaining)
     chosen = tf.tensor_scatter_nd_update(
         chosen, tf.where(take, flat_index, spare)[:, None],
-        tf.ones([position], tf.bool))
+        tf.fill([position], chosen_value) if canvas is None
+        else per_visit(chosen_value))
     return round_index + 1, remaining - taken, chosen
 
+  if canvas is None:
+    # Where a tensor grows by its complement, the visits mark what stays.
+    chosen_value = tf.constant(True)
+    initial = tf.zeros([layout.size + 1], tf.bool)
+  else:
+    # The complement is marked first, and the visits clear what stays.
+    mark = tf.constant(mark, canvas.dtype)
+    zero = tf.zeros([], canvas.dtype)
+    chosen_value = tf.where(invert, zero, mark)
+    # Its visits not taken go to index `layout.size`, past its end, where
+    # XLA's scatter skips them (TensorFlow's kernels would raise instead).
+    initial = tf.where(layout.broadcast(invert, row_segments) & is_free(free),
+                       mark, canvas)
   # The first round is unrolled: it is usually the only one.
-  state = one_round(tf.constant(0), target,
-                    tf.zeros([layout.size + 1], tf.bool))
+  state = one_round(tf.constant(0), target, initial)
   _, _, chosen = tf.while_loop(
       lambda round_index, remaining, chosen: tf.reduce_any(remaining > 0),
       one_round, state)
+  if canvas is not None:
+    return chosen
   chosen = chosen[:layout.size]
   return tf.where(layout.broadcast(invert, row_segments),
                   is_free(free) & ~chosen, chosen)
@@ -521,17 +545,21 @@ def adapt_threshold(threshold, pruned, target_pruned, tolerance):
   return tf.clip_by_value(new, MIN_THRESHOLD, MAX_THRESHOLD)
 
 
+# Bits of `drop_and_grow`'s byte per entry, what the engine writes:
+# `NEW_ACTIVE` where the entry is active after the call, `KEEP` where its
+# weight and optimizer state survive (elsewhere they are zeroed).
+NEW_ACTIVE, KEEP = 1, 2
+
+
 Reallocation = collections.namedtuple(
     'Reallocation',
-    ['pruned_masks', 'grown_masks', 'pruned', 'candidates', 'regrown',
-     'active', 'skipped'])
+    ['code', 'pruned', 'candidates', 'regrown', 'active', 'skipped'])
 Reallocation.__doc__ = """The outcome of `drop_and_grow`, on flat tensors.
 
-The new masks are `(masks & ~pruned_masks) | grown_masks`.
-
 Fields:
-  pruned_masks: the entries dropped (all False when skipped).
-  grown_masks: the entries regrown (disjoint from pruned_masks).
+  code: uint8 flat tensor, one byte per entry: `NEW_ACTIVE` where the entry is
+    active after the call, `KEEP` where it was active before and is not
+    dropped, or everywhere when the call is refused (`ok` False).
   pruned: int64 K actually dropped (0 when skipped).
   candidates: int64 number of entries the rule chose to drop (what H adapts
     on).
@@ -543,7 +571,8 @@ Fields:
 
 
 def drop_and_grow(layout, flags, pruned, num_pruned, num_active, budget, seed,
-                  draws, row_segments=None, grow_keys=None, regrow=None):
+                  draws, row_segments=None, grow_keys=None, regrow=None,
+                  ok=True):
   """The drop-and-grow core shared by every reallocation rule.
 
   Given the entries a rule drops, regrows as many, spread over the tensors by
@@ -554,7 +583,7 @@ def drop_and_grow(layout, flags, pruned, num_pruned, num_active, budget, seed,
   without reviving dropped entries, and nothing changes. With `grow_keys`
   (RigL, SNFS), the entries inactive after the drop with the largest keys
   grow; an entry dropped and grown again in one call simply stays, with its
-  weight and optimizer state (as RigL does), and is in neither output mask.
+  weight and optimizer state (as RigL does).
 
   Args:
     layout: the `Layout` of the flat tensors.
@@ -575,27 +604,30 @@ def drop_and_grow(layout, flags, pruned, num_pruned, num_active, budget, seed,
     regrow: optional int64 `[T]` regrowth per tensor, used instead of
       `budget` (with `grow_keys` only); each at most the tensor's entries
       inactive after the drop.
+    ok: bool scalar; False refuses the call: the code then keeps every
+      entry as it is (the counts returned are still the rule's).
 
   Returns:
     A `Reallocation`.
   """
   if row_segments is None:
     row_segments = layout.row_segments()
+  ok = tf.convert_to_tensor(ok, tf.bool)
   sizes = tf.constant(layout.sizes, tf.int64)
   survivors = num_active - num_pruned
+  old = tf.bitwise.bitwise_and(flags, ACTIVE) > 0
   if grow_keys is not None:
     # Every entry inactive after the drop may grow, so there is always room.
     capacity = sizes - survivors
     grow_counts = regrow if regrow is not None else budget(
         num_pruned, survivors, capacity, fold_in(seed, -1))
-    padding, active = (tf.bitwise.bitwise_and(flags, bit) > 0
-                       for bit in (PADDING, ACTIVE))
-    free = ~padding & ~(active & ~pruned)
+    padding = tf.bitwise.bitwise_and(flags, PADDING) > 0
+    free = ~padding & ~(old & ~pruned)
     grown = select_largest(layout, tf.where(free, grow_keys, -1), grow_counts,
                            row_segments)
+    kept = old & ~(pruned & ~grown & ok)
     return Reallocation(
-        pruned_masks=pruned & ~grown,
-        grown_masks=grown & ~pruned,
+        code=_code(kept | (grown & ok), kept | ~ok),
         pruned=tf.reduce_sum(num_pruned),
         candidates=tf.reduce_sum(num_pruned),
         regrown=grow_counts,
@@ -606,14 +638,23 @@ def drop_and_grow(layout, flags, pruned, num_pruned, num_active, budget, seed,
   skipped = total_pruned > tf.reduce_sum(capacity)
   dropped = tf.where(skipped, tf.zeros_like(num_pruned), num_pruned)
   grow_counts = budget(dropped, survivors, capacity, fold_in(seed, -1))
-  grown = grow_uniform(layout, flags, grow_counts, fold_in(seed, -2), draws,
-                       row_segments, capacity, blocked=NOT_FREE)
-  pruned = pruned & ~skipped
+  kept = old & ~(pruned & ~skipped & ok)
+  # Growth marks the code in place: free entries are 0 in it unless the
+  # call is refused, and then nothing grows.
+  code = grow_uniform(
+      layout, flags, tf.where(ok, grow_counts, tf.zeros_like(grow_counts)),
+      fold_in(seed, -2), draws, row_segments, capacity, blocked=NOT_FREE,
+      canvas=_code(kept, kept | ~ok), mark=NEW_ACTIVE)
   return Reallocation(
-      pruned_masks=pruned,
-      grown_masks=grown,
+      code=code,
       pruned=tf.reduce_sum(dropped),
       candidates=total_pruned,
       regrown=grow_counts,
       active=num_active - dropped + grow_counts,
       skipped=skipped)
+
+
+def _code(new_active, keep):
+  """`drop_and_grow`'s byte per entry from two bool flat tensors."""
+  return (tf.cast(new_active, tf.uint8) * NEW_ACTIVE
+          + tf.cast(keep, tf.uint8) * KEEP)
