@@ -169,6 +169,34 @@ def test_grow_uniform_same_compiled_or_not():
   np.testing.assert_array_equal(grow(), tf.function(grow, jit_compile=True)())
 
 
+def test_grow_uniform_into_a_canvas_marks_the_same_entries():
+  # Tensor 0 grows 50 of its free entries (the plain path), tensor 1 grows
+  # 35 of its 40 (the complement path), tensor 2 none, with one visit per
+  # round at first, so several rounds run. The canvas holds 7 at the
+  # entries that are not free, 0 at the free ones; marks are 5.
+  sizes = (300, 40, 7)
+  layout = _layout(*sizes)
+  rng = np.random.default_rng(4)
+  free_np = [rng.random(300) < 0.7, np.arange(40) < 40, rng.random(7) < 0.5]
+  free = layout.flatten([_bools(f) for f in free_np], padding=False)
+  counts = tf.constant([50, 35, 0], tf.int64)
+  canvas = tf.where(free, tf.constant(0, tf.uint8), tf.constant(7, tf.uint8))
+  draws = [1, 1, 1]
+
+  @tf.function(jit_compile=True)
+  def both():
+    chosen = reallocation.grow_uniform(layout, free, counts, SEED, draws)
+    marked = reallocation.grow_uniform(layout, free, counts, SEED, draws,
+                                       canvas=canvas, mark=5)
+    return chosen, marked
+
+  chosen, marked = both()
+  chosen, marked, canvas = chosen.numpy(), marked.numpy(), canvas.numpy()
+  np.testing.assert_array_equal(marked, np.where(chosen, 5, canvas))
+  per_tensor = [int(c.numpy().sum()) for c in layout.unflatten(chosen)]
+  assert per_tensor == [50, 35, 0]
+
+
 @pytest.mark.parametrize('bits', [2, 3, 5, 8, 11])
 def test_permute_is_a_keyed_permutation_the_same_compiled_or_not(bits):
   domain = 2**bits
