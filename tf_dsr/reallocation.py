@@ -291,9 +291,10 @@ def grow_uniform(layout, free, count, seed, draws, row_segments=None,
                  capacity=None, blocked=None, canvas=None, mark=None):
   """Chooses exactly `count[i]` free entries of each tensor i, uniformly.
 
-  Sampling without replacement without sorting: besides two bool passes
-  over the flat space (a scratch array for the scatter, and the result),
-  the cost scales with the number of visits, not with the tensor sizes. Each
+  Sampling without replacement without sorting: besides one pass over the
+  flat space (a bool scratch array for the scatter, or the `canvas` the
+  choice is marked in), the cost scales with the number of visits, not
+  with the tensor sizes. Each
   tensor visits the positions of its segment in the
   order of a keyed pseudo-random permutation (`_permute`, over the power of
   two at or above its size; positions beyond the size are never free), and
