@@ -16,15 +16,18 @@ from tests.conftest import sparse_tiny_cnn
 from tests.conftest import tiny_data
 
 
-def _trained(method='dsr', epochs=2):
-  """A tiny sparse CNN after a few reallocations (masks moved, H adapted)."""
+@pytest.fixture(scope='module')
+def trained():
+  """A tiny sparse CNN after a few reallocations (masks moved, H adapted).
+
+  Trained once for the module: the tests save it, predict with it and
+  compare against it, and none changes it (they load into other models).
+  """
   model = sparse_tiny_cnn(sparsity=0.8)
   x, y = tiny_data()
-  cb = tf_dsr.ReallocationCallback(method=method, period=2, seed=0,
-                                   **({'target_pruned': 20,
-                                       'initial_threshold': 1e-2}
-                                      if method == 'dsr' else {}))
-  model.fit(x, y, batch_size=16, epochs=epochs, callbacks=[cb], verbose=0)
+  cb = tf_dsr.ReallocationCallback(period=2, seed=0, target_pruned=20,
+                                   initial_threshold=1e-2)
+  model.fit(x, y, batch_size=16, epochs=2, callbacks=[cb], verbose=0)
   return model
 
 
@@ -79,8 +82,9 @@ def test_floats_are_stored_as_little_endian_byte_planes():
   np.testing.assert_array_equal(planes, [[0x00, 0x00], [0x3C, 0x40]])
 
 
-def test_round_trip_gives_bit_identical_predictions_and_state(tmp_path):
-  model = _trained()
+def test_round_trip_gives_bit_identical_predictions_and_state(tmp_path,
+                                                             trained):
+  model = trained
   path = str(tmp_path / 'm.npz')
   size = tf_dsr.save_sparse(model, path)
   assert size == (tmp_path / 'm.npz').stat().st_size
@@ -98,8 +102,8 @@ def test_round_trip_gives_bit_identical_predictions_and_state(tmp_path):
   assert state.last_step.numpy() == -1  # The optimizer's step is not stored.
 
 
-def test_a_loaded_model_trains_on_with_the_callback(tmp_path):
-  model = _trained()
+def test_a_loaded_model_trains_on_with_the_callback(tmp_path, trained):
+  model = trained
   path = str(tmp_path / 'm.npz')
   tf_dsr.save_sparse(model, path)
   target = tf_dsr.load_sparse(path, model=_fresh())
@@ -113,8 +117,9 @@ def test_a_loaded_model_trains_on_with_the_callback(tmp_path):
   assert sum(m.sum() for m in masks_of(target)) == sum(m.sum() for m in before)
 
 
-def test_load_without_a_model_rebuilds_it_from_the_stored_config(tmp_path):
-  model = _trained()
+def test_load_without_a_model_rebuilds_it_from_the_stored_config(tmp_path,
+                                                                 trained):
+  model = trained
   path = str(tmp_path / 'm.npz')
   tf_dsr.save_sparse(model, path)
   rebuilt = tf_dsr.load_sparse(path)
@@ -126,9 +131,10 @@ def test_load_without_a_model_rebuilds_it_from_the_stored_config(tmp_path):
                                 model.predict(x, verbose=0))
 
 
-def test_load_without_a_model_of_a_subclassed_model_asks_for_one(tmp_path):
+def test_load_without_a_model_of_a_subclassed_model_asks_for_one(tmp_path,
+                                                                 trained):
   path = str(tmp_path / 'm.npz')
-  tf_dsr.save_sparse(_trained(), path)
+  tf_dsr.save_sparse(trained, path)
   _rewrite(path, lambda manifest, arrays: manifest.update(model_config=None))
   with pytest.raises(ValueError, match='pass the model to load into'):
     tf_dsr.load_sparse(path)
@@ -137,8 +143,9 @@ def test_load_without_a_model_of_a_subclassed_model_asks_for_one(tmp_path):
 @pytest.mark.parametrize('dtype,tolerance', [('float16', 1e-3),
                                               ('bfloat16', 1e-2)])
 def test_16_bit_values_halve_the_values_and_keep_the_masks(tmp_path, dtype,
-                                                           tolerance):
-  model = _trained()
+                                                           tolerance,
+                                                           trained):
+  model = trained
   full, half = str(tmp_path / 'full.npz'), str(tmp_path / 'half.npz')
   tf_dsr.save_sparse(model, full)
   tf_dsr.save_sparse(model, half, values_dtype=dtype)
@@ -195,9 +202,10 @@ def _assert_refused(path, model, match):
   assert getattr(model, 'dynamic_sparsity_state', None) is None
 
 
-def test_truncated_and_corrupt_files_are_refused_leaving_the_model(tmp_path):
+def test_truncated_and_corrupt_files_are_refused_leaving_the_model(tmp_path,
+                                                                   trained):
   path = str(tmp_path / 'm.npz')
-  tf_dsr.save_sparse(_trained(), path)
+  tf_dsr.save_sparse(trained, path)
   data = open(path, 'rb').read()
   truncated = str(tmp_path / 'truncated.npz')
   with open(truncated, 'wb') as f:
@@ -219,9 +227,10 @@ def test_truncated_and_corrupt_files_are_refused_leaving_the_model(tmp_path):
   _assert_refused(str(tmp_path / 'array.npy'), _fresh(), 'not an .npz archive')
 
 
-def test_a_file_of_another_model_is_refused_leaving_the_model(tmp_path):
+def test_a_file_of_another_model_is_refused_leaving_the_model(tmp_path,
+                                                              trained):
   path = str(tmp_path / 'm.npz')
-  tf_dsr.save_sparse(_trained(), path)
+  tf_dsr.save_sparse(trained, path)
   # Other sparse layers: conv2 dense, conv1 sparse.
   keras.utils.set_random_seed(0)
   from tests.conftest import tiny_cnn  # pylint: disable=g-import-not-at-top
@@ -237,16 +246,16 @@ def test_a_file_of_another_model_is_refused_leaving_the_model(tmp_path):
   _assert_refused(path, wider, r'shape \(3, 3, 8, 16\).*\(3, 3, 8, 12\)')
 
 
-def test_wrong_names_and_inconsistent_arrays_are_refused(tmp_path):
+def test_wrong_names_and_inconsistent_arrays_are_refused(tmp_path, trained):
   path = str(tmp_path / 'm.npz')
-  tf_dsr.save_sparse(_trained(), path)
+  tf_dsr.save_sparse(trained, path)
 
   def rename(manifest, arrays):
     manifest['weights'][1]['short'] = 'gamma'
   _rewrite(path, rename)
   _assert_refused(path, _fresh(), "weight 1 is .* in the file")
 
-  tf_dsr.save_sparse(_trained(), path)
+  tf_dsr.save_sparse(trained, path)
 
   def drop_a_value(manifest, arrays):
     sparse = next(i for i, e in enumerate(manifest['weights'])

@@ -6,11 +6,9 @@ own: validated by it, overridable by name, by epoch when given as a dict, and
 a rule registered in a test gets configs and runs without launcher edits.
 """
 
+import contextlib
 import dataclasses
-import json
-import subprocess
-import sys
-import textwrap
+import io
 
 import numpy as np
 import pytest
@@ -207,28 +205,20 @@ def test_override_inconsistent_with_method():
     overrides.apply(configs.get('lenet_digits_dsr'), ['weight_decay=1e-4'])
 
 
-# Calls `configs.main` with each argument list of argv[1] (JSON) in a fresh
-# process and prints, per call, its status, stdout and stderr as one JSON
-# line: three command lines for one TensorFlow start-up.
-_CONFIGS_MAIN = textwrap.dedent('''
-    import contextlib, io, json, sys
-    from launch import configs
-    for argv in json.loads(sys.argv[1]):
-      out, err = io.StringIO(), io.StringIO()
-      with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = configs.main(argv)
-      print(json.dumps([status, out.getvalue(), err.getvalue()]))
-''')
+def _configs_main(argv):
+  """`configs.main(argv)`: its status, stdout and stderr."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    status = configs.main(argv)
+  return [status, out.getvalue(), err.getvalue()]
 
 
 def test_configs_cli():
-  # The options are declared by tf_dsr.rules, so this imports TensorFlow.
-  done = subprocess.run(
-      [sys.executable, '-c', _CONFIGS_MAIN,
-       json.dumps([[], ['lenet_digits_dsr'], ['nope']])],
-      capture_output=True, text=True, check=True)
-  listed, shown, bad = [json.loads(line) for line in
-                        done.stdout.strip().splitlines()[-3:]]
+  # In this process: `configs.main` only prints (and its options come from
+  # tf_dsr.rules, which this process has imported already);
+  # tests/test_output.py runs `python -m launch.configs` itself.
+  listed, shown, bad = [_configs_main(argv)
+                        for argv in ([], ['lenet_digits_dsr'], ['nope'])]
   assert listed[0] == 0 and listed[1].split() == configs.names()
   assert shown[0] == 0 and '"target_pruned": 250' in shown[1]
   assert bad[0] == 2 and "unknown config 'nope'" in bad[2]

@@ -38,8 +38,10 @@ SHORT = ['epochs=2', 'steps_per_epoch=6', 'batch_size=24', 'period=2',
          'eval_steps=1']
 TIME_LIMIT = 240  # Seconds for a whole cluster run.
 
-# One process with `n` logical CPU devices (argv[1]), then launch.train.
+# One process with `n` logical CPU devices (argv[1]), then launch.train once
+# per command line of argv[2] (a JSON list of flag lists), one after another.
 _LOGICAL_DEVICES_MAIN = textwrap.dedent('''
+    import json
     import sys
     import tensorflow as tf
     n = int(sys.argv[1])
@@ -47,9 +49,14 @@ _LOGICAL_DEVICES_MAIN = textwrap.dedent('''
       cpu = tf.config.list_physical_devices('CPU')[0]
       tf.config.set_logical_device_configuration(
           cpu, [tf.config.LogicalDeviceConfiguration()] * n)
-    from absl import app
+    from absl import flags
     from launch import train
-    app.run(train.main, argv=['train'] + sys.argv[2:])
+    from tf_dsr import keras
+    for argv in json.loads(sys.argv[2]):
+      keras.backend.clear_session()
+      flags.FLAGS.unparse_flags()
+      flags.FLAGS(['train'] + argv)
+      train.main(['train'])
 ''')
 
 
@@ -122,16 +129,22 @@ class _Cluster:
     self.kill()
 
 
-def _single_process(tmp_path, devices, strategy):
-  tmp_path.mkdir(parents=True, exist_ok=True)  # --model_dir's parent.
-  model_dir, digest_dir = tmp_path / 'run', tmp_path / 'digests'
+def _single_process(tmp_path, devices, strategies):
+  """Runs SHORT once per strategy in one process with `devices` logical CPU
+  devices (TensorFlow starts once); returns each run's digests."""
+  runs = [(tmp_path / s / 'run', tmp_path / s / 'digests') for s in strategies]
+  for model_dir, _ in runs:
+    model_dir.parent.mkdir(parents=True)  # --model_dir's parent.
   done = subprocess.run(
       [sys.executable, '-c', _LOGICAL_DEVICES_MAIN, str(devices),
-       *_train_args(model_dir, digest_dir, SHORT, strategy)],
+       json.dumps([_train_args(model_dir, digest_dir, SHORT, strategy)
+                   for (model_dir, digest_dir), strategy in zip(runs,
+                                                                strategies)])],
       capture_output=True, text=True, cwd=REPO, env=_env(),
       timeout=TIME_LIMIT)
   assert done.returncode == 0, done.stderr[-3000:]
-  return digests.read(str(digest_dir / 'worker-0.jsonl'))
+  return [digests.read(str(digest_dir / 'worker-0.jsonl'))
+          for _, digest_dir in runs]
 
 
 def _decisions(records):
@@ -143,7 +156,7 @@ def _decisions(records):
 # Three workers only: a chief and two non-chief workers cover everything a
 # two-worker cluster did (a two-worker cluster also runs in the lost-worker
 # test below), and each case starts as many processes as it has workers plus
-# two single-process references.
+# one for the single-process references.
 @pytest.mark.parametrize('workers', [3])
 def test_workers_agree_with_each_other_and_with_one_process(tmp_path, workers):
   with _Cluster(workers, tmp_path / 'cluster', SHORT) as cluster:
@@ -165,7 +178,11 @@ def test_workers_agree_with_each_other_and_with_one_process(tmp_path, workers):
   for i, other in enumerate(per_worker[1:], 1):
     assert other == ours, f'worker {i} disagrees with worker 0'
 
-  reference = _single_process(tmp_path / 'single', workers, 'mirrored')
+  # The single-process references, one after the other in one process with
+  # as many logical CPU devices as workers: MirroredStrategy over all of
+  # them, then the default strategy, which uses one device.
+  reference, one_device = _single_process(tmp_path / 'single', workers,
+                                          ['mirrored', 'default'])
   assert reference == ours
 
   results = json.loads((tmp_path / 'cluster' / 'run' / 'results.json')
@@ -175,7 +192,6 @@ def test_workers_agree_with_each_other_and_with_one_process(tmp_path, workers):
   assert results['dsr']['reallocations'] == 6
   assert float.fromhex(ours[-1]['threshold']) == results['dsr']['threshold']
 
-  one_device = _single_process(tmp_path / 'one_device', 1, 'default')
   assert _decisions(one_device) == _decisions(ours)
 
 
