@@ -52,15 +52,15 @@ def collect_wrappers(model):
 def default_jit_compile():
   """The default `jit_compile` of a reallocation on this machine.
 
-  A reallocation is a flat core and one write per tensor, each compiled
-  with XLA. `jit_compile=True` compiles the whole as one XLA program, as
-  TPUs need. Elsewhere False: the core and the writes are compiled as
-  separate programs, and tensors of the same shape share a compiled write,
+  A reallocation is a flat core and the writes, each compiled with XLA.
+  `jit_compile=True` compiles the whole as one XLA program, as TPUs need.
+  Elsewhere False: the core and the writes are compiled as separate
+  programs, and tensors of the same shape share a compiled write,
   so the compile time grows with the number of distinct shapes rather than
   of tensors. Measured on a 2-core CPU with
   `python -m benchmarks.first_reallocation` (see the README), one program
-  makes the first call 1.23x (WRN-28-2) and 1.27x (ResNet-50) as long, and
-  later calls no faster (0.96x and 1.00x the time).
+  makes the first call 1.14x (WRN-28-2) and 1.07x (ResNet-50) as long, and
+  later calls no faster (1.25x and 1.11x the time).
   """
   return bool(tf.config.list_logical_devices('TPU'))
 
@@ -121,15 +121,14 @@ def _write(kernels, masks, slots, codes):
   """Writes the reallocation of tensors of one shape; whole-tensor passes.
 
   For each tensor, `code` holds one byte per entry (shaped like the
-  kernel), from the flat
-  core (`reallocation.Reallocation.code`): `NEW_ACTIVE` set where the entry
-  is active after the call, `KEEP` where its weight and optimizer state
-  survive (active before and not dropped, or everything when the call is
-  refused). Elsewhere they are zeroed, which also restores the invariant
-  that inactive entries hold 0, and 0 it is even for an inf
-  or NaN value (Adam's second moment of a huge gradient can be inf while
-  the weight is finite): a select, not a multiplication. Each variable is
-  read and written once.
+  kernel), from the flat core (`reallocation.Reallocation.code`):
+  `NEW_ACTIVE` set where the entry is active after the call, `KEEP` where
+  its weight and optimizer state survive (active before and not dropped,
+  or everything when the call is refused). Elsewhere they are zeroed, which
+  also restores the invariant that inactive entries hold 0, and 0 it is
+  even for an inf or NaN value (Adam's second moment of a huge gradient can
+  be inf while the weight is finite): a select, not a multiplication. Each
+  variable is read and written once.
   """
   for kernel, mask, kernel_slots, code in zip(kernels, masks, slots, codes):
     kept = tf.bitwise.bitwise_and(code, reallocation.KEEP) > 0
@@ -247,7 +246,7 @@ def _program(rule, layout, draws, jit_compile, signature, own):
 
 
 def _make_program(rule, layout, draws, jit_compile):
-  """The reallocation program: a flat core, then one write per tensor.
+  """The reallocation program: a flat core, then the writes.
 
   The core works on the flat index space, so its size does not depend on
   the number of tensors beyond one small fusion per tensor that reads its

@@ -616,7 +616,7 @@ def drop_and_grow(layout, flags, pruned, num_pruned, num_active, budget, seed,
   ok = tf.convert_to_tensor(ok, tf.bool)
   sizes = tf.constant(layout.sizes, tf.int64)
   survivors = num_active - num_pruned
-  old = tf.bitwise.bitwise_and(flags, ACTIVE) > 0
+  old = unpack_flags(flags)[0]
   if grow_keys is not None:
     # Every entry inactive after the drop may grow, so there is always room.
     capacity = sizes - survivors
