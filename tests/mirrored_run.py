@@ -28,9 +28,9 @@ tf.config.set_logical_device_configuration(
 
 import tf_dsr  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tf_dsr import keras  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tests.conftest import sparse_pairs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tests.conftest import sparse_tiny_cnn  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tests.conftest import tiny_data  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.helpers import sparse_pairs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.helpers import sparse_tiny_cnn  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.helpers import tiny_data  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests import compiled_run  # pylint: disable=g-import-not-at-top,wrong-import-position
 # Sets the same two logical devices again, before TensorFlow initialises.
 from tests import keras3_mirrored_run  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -5,10 +5,10 @@ import pytest
 
 import tf_dsr
 from tf_dsr import keras
-from tests.conftest import masks_of
-from tests.conftest import sparse_tiny_cnn
-from tests.conftest import tiny_cnn
-from tests.conftest import tiny_data
+from tests.helpers import masks_of
+from tests.helpers import sparse_tiny_cnn
+from tests.helpers import tiny_cnn
+from tests.helpers import tiny_data
 
 
 @pytest.mark.parametrize('sparsity', [-0.1, 1.0, 1.5, float('nan'), '0.5', None])

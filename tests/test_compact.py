@@ -10,10 +10,10 @@ import pytest
 import tf_dsr
 from tf_dsr import keras
 from tf_dsr import compact
-from tests.conftest import masks_of
-from tests.conftest import sparse_pairs
-from tests.conftest import sparse_tiny_cnn
-from tests.conftest import tiny_data
+from tests.helpers import masks_of
+from tests.helpers import sparse_pairs
+from tests.helpers import sparse_tiny_cnn
+from tests.helpers import tiny_data
 
 
 @pytest.fixture(scope='module')
@@ -233,7 +233,7 @@ def test_a_file_of_another_model_is_refused_leaving_the_model(tmp_path,
   tf_dsr.save_sparse(trained, path)
   # Other sparse layers: conv2 dense, conv1 sparse.
   keras.utils.set_random_seed(0)
-  from tests.conftest import tiny_cnn  # pylint: disable=g-import-not-at-top
+  from tests.helpers import tiny_cnn  # pylint: disable=g-import-not-at-top
   other = tf_dsr.sparsify(tiny_cnn(), 0.8, exclude=['conv2'])
   _assert_refused(path, other, 'does not match `model`.*weight 0')
   # Other widths.

@@ -10,9 +10,9 @@ import tensorflow as tf
 
 import tf_dsr
 from tf_dsr import keras
-from tests.conftest import masks_of
-from tests.conftest import sparse_pairs
-from tests.conftest import tiny_cnn
+from tests.helpers import masks_of
+from tests.helpers import sparse_pairs
+from tests.helpers import tiny_cnn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

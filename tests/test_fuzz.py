@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 import tf_dsr
 from tf_dsr import keras
-from tests.conftest import masks_of
-from tests.conftest import sparse_pairs
-from tests.conftest import sparse_tiny_cnn
-from tests.conftest import tiny_cnn
+from tests.helpers import masks_of
+from tests.helpers import sparse_pairs
+from tests.helpers import sparse_tiny_cnn
+from tests.helpers import tiny_cnn
 
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
                 suppress_health_check=list(HealthCheck))

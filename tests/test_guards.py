@@ -5,10 +5,10 @@ import pytest
 
 import tf_dsr
 from tf_dsr import keras
-from tests.conftest import custom_train_step
-from tests.conftest import masks_of
-from tests.conftest import sparse_tiny_cnn
-from tests.conftest import tiny_data
+from tests.helpers import custom_train_step
+from tests.helpers import masks_of
+from tests.helpers import sparse_tiny_cnn
+from tests.helpers import tiny_data
 
 NO_CALLBACK = 'without a `tf_dsr.ReallocationCallback`'
 

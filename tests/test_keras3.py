@@ -34,7 +34,7 @@ import tensorflow as tf
 import tf_dsr
 from tf_dsr import keras as tf_keras
 
-from tests.conftest import assert_reset_where_moved
+from tests.helpers import assert_reset_where_moved
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERASES = {'keras3': keras, 'tf_keras': tf_keras}

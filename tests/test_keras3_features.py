@@ -24,7 +24,7 @@ import tf_dsr
 from tf_dsr import keras as tf_keras
 from tf_dsr import wrapper as wrapper_lib
 
-from tests.conftest import run_tflite
+from tests.helpers import run_tflite
 
 KERASES = {'keras3': keras, 'tf_keras': tf_keras}
 

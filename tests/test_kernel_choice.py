@@ -7,8 +7,8 @@ import pytest
 
 import tf_dsr
 from tf_dsr import distributions
-from tests.conftest import FLAVOURS
-from tests.conftest import masks_of
+from tests.helpers import FLAVOURS
+from tests.helpers import masks_of
 
 BOTH = ('depthwise_kernel', 'pointwise_kernel')
 

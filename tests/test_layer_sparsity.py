@@ -17,7 +17,7 @@ import tf_dsr
 from tf_dsr import distributions
 from tf_dsr import keras
 
-from tests.conftest import tiny_cnn
+from tests.helpers import tiny_cnn
 
 
 def _active(model):

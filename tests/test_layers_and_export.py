@@ -7,12 +7,12 @@ import tensorflow_model_optimization as tfmot
 
 import tf_dsr
 from tf_dsr import keras
-from tests.conftest import FLAVOURS
-from tests.conftest import masks_of
-from tests.conftest import sparse_pairs
-from tests.conftest import sparse_tiny_cnn
-from tests.conftest import tiny_cnn
-from tests.conftest import tiny_data
+from tests.helpers import FLAVOURS
+from tests.helpers import masks_of
+from tests.helpers import sparse_pairs
+from tests.helpers import sparse_tiny_cnn
+from tests.helpers import tiny_cnn
+from tests.helpers import tiny_data
 
 LAYERS = {
     'conv1d': (lambda: keras.layers.Conv1D(6, 3), (2, 10, 4)),

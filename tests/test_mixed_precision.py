@@ -17,11 +17,11 @@ import tensorflow as tf
 
 import tf_dsr
 from tf_dsr import keras
-from tests.conftest import assert_reset_where_moved
-from tests.conftest import masks_of
-from tests.conftest import sparse_pairs
-from tests.conftest import sparse_tiny_cnn
-from tests.conftest import tiny_data
+from tests.helpers import assert_reset_where_moved
+from tests.helpers import masks_of
+from tests.helpers import sparse_pairs
+from tests.helpers import sparse_tiny_cnn
+from tests.helpers import tiny_data
 
 POLICIES = ['mixed_float16', 'mixed_bfloat16']
 

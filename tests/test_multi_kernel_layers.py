@@ -9,7 +9,7 @@ import tensorflow_model_optimization as tfmot
 
 import tf_dsr
 from tf_dsr import keras
-from tests.conftest import masks_of
+from tests.helpers import masks_of
 
 
 @keras.utils.register_keras_serializable(package='tf_dsr_tests')

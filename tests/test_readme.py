@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import tf_dsr
-from tests.conftest import FLAVOURS
+from tests.helpers import FLAVOURS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

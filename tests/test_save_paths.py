@@ -19,12 +19,12 @@ import tensorflow as tf
 
 import tf_dsr
 from tf_dsr import keras
-from tests.conftest import FLAVOURS
-from tests.conftest import masks_of
-from tests.conftest import Preempted
-from tests.conftest import PreemptAt
-from tests.conftest import sparse_tiny_cnn
-from tests.conftest import tiny_data
+from tests.helpers import FLAVOURS
+from tests.helpers import masks_of
+from tests.helpers import Preempted
+from tests.helpers import PreemptAt
+from tests.helpers import sparse_tiny_cnn
+from tests.helpers import tiny_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPOCHS = 4

@@ -40,7 +40,7 @@ import tf_dsr
 from tf_dsr import keras
 from tf_dsr.reallocation import MAX_THRESHOLD
 from tf_dsr.reallocation import MIN_THRESHOLD
-from tests.conftest import sparse_pairs
+from tests.helpers import sparse_pairs
 
 NUM_REALLOCATIONS = 10_000
 FULL_CHECK_EVERY = 50

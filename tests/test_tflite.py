@@ -16,8 +16,8 @@ import tensorflow as tf
 import models
 import tf_dsr
 from tf_dsr import keras
-from tests.conftest import run_tflite
-from tests.conftest import sparse_tiny_cnn
+from tests.helpers import run_tflite
+from tests.helpers import sparse_tiny_cnn
 
 _NO_DELEGATE = dict(experimental_op_resolver_type=(
     tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES))

@@ -11,16 +11,16 @@ import tensorflow as tf
 
 import tf_dsr
 from tf_dsr import keras
-from tests.conftest import assert_masked_weights_zero
-from tests.conftest import assert_reset_where_moved
-from tests.conftest import custom_train_step
-from tests.conftest import FLAVOURS
-from tests.conftest import masks_of
-from tests.conftest import Preempted
-from tests.conftest import PreemptAt
-from tests.conftest import sparse_pairs
-from tests.conftest import sparse_tiny_cnn
-from tests.conftest import tiny_data
+from tests.helpers import assert_masked_weights_zero
+from tests.helpers import assert_reset_where_moved
+from tests.helpers import custom_train_step
+from tests.helpers import FLAVOURS
+from tests.helpers import masks_of
+from tests.helpers import Preempted
+from tests.helpers import PreemptAt
+from tests.helpers import sparse_pairs
+from tests.helpers import sparse_tiny_cnn
+from tests.helpers import tiny_data
 
 
 class _CheckEveryStep(keras.callbacks.Callback):

@@ -198,13 +198,15 @@ def _check_step(step):
   return validation.check_int('step', step, low=-1)
 
 
-# Programs by (rule, layout, draws, jit_compile, argument signature). A
-# program holds no model or variable (they are its arguments), so
-# Reallocators of models with the same sparse tensors, rule and optimizer
-# state share one, and only the first of them traces and compiles it: a
-# model rebuilt or reloaded in the same process, a new callback per `fit`, or
-# many runs of one configuration. The signature (the dtypes and number of
-# every argument) is part of the key, so each program is traced once.
+# Programs by (the rule's `program_key`, layout, draws, jit_compile,
+# argument signature). A program holds no model or variable (they are its
+# arguments), so Reallocators of models with the same sparse tensors, rule
+# and optimizer state share one, and only the first of them traces and
+# compiles it: a model rebuilt or reloaded in the same process, a new
+# callback per `fit`, many runs of one configuration, or a sweep over the
+# options a rule passes as call inputs (`Rule.traced_options`). The
+# signature (the dtypes and number of every argument) is part of the key,
+# so each program is traced once.
 _PROGRAMS = collections.OrderedDict()
 _MAX_PROGRAMS = 16
 
@@ -229,16 +231,19 @@ def _program(rule, layout, draws, jit_compile, signature, own):
       cannot be hashed (a user's rule with a list or dict option), which
       no other Reallocator can share; it still traces once per run.
   """
-  key = (rule, layout, tuple(draws), bool(jit_compile), signature)
+  key = (rule.program_key(), layout, tuple(draws), bool(jit_compile),
+         signature)
   try:
     hash(key)
   except TypeError:
     own_key = key[1:]
     if own_key not in own:
-      own[own_key] = _make_program(rule, layout, draws, jit_compile)
+      own[own_key] = _make_program(rule.for_tracing(), layout, draws,
+                                   jit_compile)
     return own[own_key]
   if key not in _PROGRAMS:
-    _PROGRAMS[key] = _make_program(rule, layout, draws, jit_compile)
+    _PROGRAMS[key] = _make_program(rule.for_tracing(), layout, draws,
+                                   jit_compile)
     while len(_PROGRAMS) > _MAX_PROGRAMS:
       _PROGRAMS.popitem(last=False)
   _PROGRAMS.move_to_end(key)

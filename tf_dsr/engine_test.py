@@ -336,6 +336,7 @@ def test_a_rule_that_cannot_be_hashed_keeps_one_program_per_reallocator():
   # its Reallocator keeps its own program rather than making one per call.
   @dataclasses.dataclass(frozen=True)
   class NotedDSR(tf_dsr.rules.DSR):
+    traced_options = ('target_pruned', 'tolerance', 'notes')
     notes: list = dataclasses.field(default_factory=list)
 
   rule = NotedDSR(target_pruned=2, initial_threshold=5e-3, notes=['a'])
@@ -351,6 +352,51 @@ def test_a_rule_that_cannot_be_hashed_keeps_one_program_per_reallocator():
     functions.append(realloc._function)  # pylint: disable=protected-access
   assert all(f is functions[0] for f in functions)
   assert realloc.trace_count == 1
+
+
+def test_rules_that_differ_only_in_call_inputs_share_one_program():
+  # DeepR's options reach the program as call inputs, so a second rule with
+  # other values reuses the first one's program, and computes with its own
+  # values. T = 0 and no weight crosses zero: the first call moves each
+  # active weight by -lr * alpha * sign(w) and drops nothing.
+  kernel = [0.5, -0.5, 0.0, 0.0, 0.25, -0.25, 0.0, 0.0]
+  mask = [1, 1, 0, 0, 1, 1, 0, 0]
+  runs = []
+  for alpha, lr in ((0.0, 0.1), (0.5, 0.2)):
+    model, ((k, m),) = _model([kernel], [mask])
+    realloc = tf_dsr.Reallocator(model, 'deepr', optimizer=False, seed=1,
+                                 alpha=alpha, temperature=0.0,
+                                 learning_rate=lr)
+    assert realloc.reallocate(1).pruned == 0
+    runs.append((realloc, _flat(k), _flat(m)))
+  (first, k0, m0), (second, k1, m1) = runs
+  assert second._function is first._function  # pylint: disable=protected-access
+  assert second.trace_count == 1
+  np.testing.assert_array_equal(m0, mask)
+  np.testing.assert_array_equal(m1, mask)
+  np.testing.assert_array_equal(k0, kernel)  # alpha = 0.
+  np.testing.assert_allclose(k1, [0.4, -0.4, 0, 0, 0.15, -0.15, 0, 0],
+                             rtol=1e-6)
+
+
+def test_an_option_read_while_traced_must_be_listed_as_traced():
+  # DSR's next threshold reads `tolerance`: a rule that leaves it out of
+  # `traced_options` (and so would share programs across tolerances) fails
+  # at its first trace, naming the option, and changes nothing.
+  @dataclasses.dataclass(frozen=True)
+  class LooseDSR(tf_dsr.rules.DSR):
+    traced_options = ('target_pruned',)
+
+  model, ((k, m),) = _model([np.linspace(-0.1, 0.1, 8)], [[1, 0] * 4])
+  realloc = tf_dsr.Reallocator(model, LooseDSR(target_pruned=1),
+                               optimizer=False)
+  with pytest.raises(TypeError, match=r'LooseDSR\.tolerance is not in '
+                     r'LooseDSR\.traced_options'):
+    realloc.reallocate(1)
+  np.testing.assert_array_equal(_flat(m), [1, 0] * 4)
+  np.testing.assert_allclose(_flat(k), np.linspace(-0.1, 0.1, 8), rtol=1e-6)
+  assert model.dynamic_sparsity_state.threshold.numpy() == np.float32(1e-3)
+  assert int(model.dynamic_sparsity_state.reallocations.numpy()) == 0
 
 
 def _float_concats_of_core(realloc):

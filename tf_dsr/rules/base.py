@@ -28,8 +28,10 @@ the random draws. A `drop` may also say where to grow (`Drop.grow_keys`)
 and how much per tensor (`Drop.regrow`).
 """
 
+import copy
 import dataclasses
-from typing import Any, Callable, ClassVar, Dict, Mapping, NamedTuple, Optional
+from typing import (Any, Callable, ClassVar, Dict, Mapping, NamedTuple,
+                    Optional, Tuple)
 
 import tensorflow as tf
 
@@ -139,12 +141,19 @@ class Rule:
       state keeps m, so checkpoints carry it).
     at_epoch_end: if True, the callback reallocates at the end of every
       epoch instead of on its step schedule.
+    traced_options: the options the hooks read while the engine traces
+      them (None: all). The others may reach the program only through
+      `call_inputs`; rules that differ in them alone then share one
+      compiled program (a sweep over RigL's drop fraction compiles once).
+      The engine traces with those options replaced by a value that raises
+      when used, so a wrong list fails at the first trace.
   """
   name: ClassVar[str] = ''
   label: ClassVar[str] = ''
   auxiliary: ClassVar[Mapping[str, Any]] = {}
   dense_gradients: ClassVar[Optional[str]] = None
   at_epoch_end: ClassVar[bool] = False
+  traced_options: ClassVar[Optional[Tuple[str, ...]]] = None
 
   @property
   def initial_threshold(self):
@@ -250,6 +259,27 @@ class Rule:
     """The names of this rule's options, in order."""
     return tuple(field.name for field in dataclasses.fields(cls))
 
+  def program_key(self):
+    """What the traced program depends on: the type and `traced_options`."""
+    names = self.options() if self.traced_options is None else (
+        self.traced_options)
+    return (type(self),) + tuple((name, getattr(self, name)) for name in names)
+
+  def for_tracing(self):
+    """This rule with every option not in `traced_options` unusable.
+
+    The engine traces the hooks on this copy: an option the hooks read
+    although it is not listed raises `TypeError` naming it, instead of
+    being baked into a program that other rules then share.
+    """
+    if self.traced_options is None:
+      return self
+    traced = copy.copy(self)
+    for name in self.options():
+      if name not in self.traced_options:
+        object.__setattr__(traced, name, _Untraced(type(self).__name__, name))
+    return traced
+
   def get_config(self):
     """The options as a dict; `type(rule)(**rule.get_config())` is equal."""
     return {name: getattr(self, name) for name in self.options()}
@@ -258,6 +288,35 @@ class Rule:
   def from_config(cls, config):
     """The rule of `get_config()`'s options (Keras's deserialization)."""
     return cls(**config)
+
+
+class _Untraced:
+  """Stands for an option a rule's hooks must not read while traced."""
+
+  def __init__(self, rule, option):
+    self._what = (f'{rule}.{option} is not in {rule}.traced_options, so the '
+                  'traced hooks must not read it; pass it through '
+                  '`call_inputs` or list it in `traced_options`.')
+
+  def __repr__(self):
+    return '<not traced>'
+
+
+def _refuse(self, *args, **kwargs):
+  del args, kwargs
+  raise TypeError(self._what)  # pylint: disable=protected-access
+
+
+# Every way a traced hook could use the value raises.
+for _name in ('__bool__', '__float__', '__int__', '__index__', '__eq__',
+              '__ne__', '__lt__', '__le__', '__gt__', '__ge__', '__neg__',
+              '__abs__', '__add__', '__radd__', '__sub__', '__rsub__',
+              '__mul__', '__rmul__', '__truediv__', '__rtruediv__',
+              '__floordiv__', '__rfloordiv__', '__mod__', '__pow__',
+              '__rpow__', '__call__', '__iter__', '__len__', '__getitem__',
+              '__array__', '__format__', '__str__', '__hash__'):
+  setattr(_Untraced, _name, _refuse)
+del _name
 
 
 def check_target_pruned(target_pruned, layout):

@@ -60,6 +60,7 @@ class DeepR(base.Rule):
   name = 'deepr'
   label = 'DeepR'
   auxiliary = {'sign': (tf.float32, initial_signs)}
+  traced_options = ()  # All three are call inputs.
   alpha: float = 1e-4
   temperature: Any = 0.0
   learning_rate: Optional[float] = None
@@ -80,7 +81,8 @@ class DeepR(base.Rule):
     if callable(temperature):
       temperature = temperature(max(int(step), 0))
       _check_temperature(temperature, f' at step {step}')
-    return {'learning_rate': self._learning_rate(optimizer),
+    return {'alpha': float(self.alpha),
+            'learning_rate': self._learning_rate(optimizer),
             'temperature': float(temperature)}
 
   def _learning_rate(self, optimizer):
@@ -104,7 +106,7 @@ class DeepR(base.Rule):
     noise = tf.random.stateless_normal(
         [inputs.layout.size], reallocation.fold_in(inputs.seed, 7919),
         alg=reallocation.RANDOM_ALG)
-    moved = (inputs.weights - lr * self.alpha * sign +
+    moved = (inputs.weights - lr * inputs.values['alpha'] * sign +
              tf.sqrt(2.0 * lr * temperature) * noise)
     weights = tf.where(masks, moved, tf.zeros_like(moved))
     flipped = masks & (weights * sign < 0)

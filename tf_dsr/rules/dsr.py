@@ -32,6 +32,8 @@ class DSR(base.Rule):
   """
   name = 'dsr'
   label = 'DSR'
+  # `initial_threshold` only seeds a new model's H.
+  traced_options = ('target_pruned', 'tolerance')
   target_pruned: float
   tolerance: float = 0.1
   initial_threshold: float = 1e-3

@@ -78,6 +78,7 @@ class RigL(base.Rule):
   name = 'rigl'
   label = 'RigL'
   dense_gradients = 'last'
+  traced_options = ()  # The decayed fraction is a call input.
   drop_fraction: float = 0.3
   schedule: str = 'cosine'
   end_step: Optional[int] = None

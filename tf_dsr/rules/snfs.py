@@ -47,6 +47,7 @@ class SNFS(base.Rule):
   label = 'SNFS'
   dense_gradients = 'momentum'
   at_epoch_end = True
+  traced_options = ()  # The decayed prune rate is a call input.
   prune_rate: float = 0.5
   momentum: float = 0.9
   schedule: str = 'cosine'
