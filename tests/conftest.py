@@ -6,10 +6,32 @@ core idle while TensorFlow loads.
 """
 
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import pytest  # pylint: disable=g-import-not-at-top
+
+# XLA's persistent compilation cache, shared by every process of the run:
+# both pytest-xdist workers and the TensorFlow processes the tests start
+# inherit it from this (the first) process's environment. A program that
+# another process already compiled (the same HLO, checked in full on load)
+# is then loaded instead of compiled again: the multi-worker, preemption and
+# launcher runs compile the same reallocation and train steps many times
+# over. The cache lives in a fresh directory, removed at the end of the run.
+_XLA_CACHE_FLAG = '--tf_xla_persistent_cache_directory'
+_OWN_XLA_CACHE = None
+if _XLA_CACHE_FLAG not in os.environ.get('TF_XLA_FLAGS', ''):
+  _OWN_XLA_CACHE = tempfile.mkdtemp(prefix='tf_dsr_tests_xla_cache_')
+  os.environ['TF_XLA_FLAGS'] = ' '.join(filter(None, [
+      os.environ.get('TF_XLA_FLAGS'), f'{_XLA_CACHE_FLAG}={_OWN_XLA_CACHE}']))
+
+
+def pytest_unconfigure(config):
+  del config
+  if _OWN_XLA_CACHE is not None:
+    shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

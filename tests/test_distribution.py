@@ -16,8 +16,9 @@ single-device ones):
   in TF 2.21 (a test asserts the failure, so a TensorFlow that lifts it is
   noticed). It runs last: it fails half-way through a training step.
 
-All in one subprocess (tests/mirrored_run.py, one MirroredStrategy), so
-TensorFlow starts once for the eleven runs.
+The eleven runs share two subprocesses (tests/mirrored_run.py, one
+MirroredStrategy each), run at the same time: tf_keras's runs in one, Keras
+3's and compiled_run's in the other.
 """
 
 import json
@@ -39,20 +40,42 @@ _RUNS = tuple(f'{mode}:dsr' for mode in MODES) + tuple(
             'compiled:mirrored', 'compiled:mirrored_xla_step')
 
 
+# Two subprocesses at the same time, about as long as each other: a
+# MirroredStrategy run over 2 logical CPUs keeps about one core busy (its
+# replicas wait on each other), so one subprocess alone would leave a core
+# idle for most of its minute.
+_SECOND = ('keras3:', 'compiled:')
+_GROUPS = (tuple(r for r in _RUNS if not r.startswith(_SECOND)),
+           tuple(r for r in _RUNS if r.startswith(_SECOND)))
+
+
 @pytest.fixture(scope='module')
 def mirrored_runs():
-  """The runs of `_RUNS`, one after another in one subprocess
-  (tests/mirrored_run.py): 'MODE:METHOD' -> its findings."""
+  """The runs of `_RUNS`, in two groups (`_GROUPS`) run at the same time, each
+  one run after another in one subprocess (tests/mirrored_run.py):
+  'MODE:METHOD' -> its findings."""
   env = {k: v for k, v in os.environ.items() if k != 'TF_USE_LEGACY_KERAS'}
   env.update(PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2')
-  proc = subprocess.run(
-      [sys.executable, '-m', 'tests.mirrored_run', *_RUNS], cwd=ROOT, env=env,
-      capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  results = [json.loads(line) for line in proc.stdout.strip().splitlines()
-             if line.startswith('{')]
-  assert [r['run'] for r in results] == list(_RUNS), proc.stdout[-3000:]
-  return dict(zip(_RUNS, results))
+  processes = [
+      subprocess.Popen([sys.executable, '-m', 'tests.mirrored_run', *group],
+                       cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+      for group in _GROUPS]
+  results = {}
+  try:
+    for group, process in zip(_GROUPS, processes):
+      out, err = process.communicate(timeout=600)
+      assert process.returncode == 0, err[-3000:]
+      found = [json.loads(line) for line in out.strip().splitlines()
+               if line.startswith('{')]
+      assert [r['run'] for r in found] == list(group), out[-3000:]
+      results.update((r['run'], r) for r in found)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+        process.communicate()
+  return results
 
 
 @pytest.mark.parametrize('mode', MODES)

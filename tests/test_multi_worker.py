@@ -12,7 +12,10 @@
   one-device default strategy (which sums the whole batch's gradient in
   another order) masks, H and steps agree; weights differ in the last bits.
 - A worker killed with SIGKILL mid-run makes the other stop within seconds
-  with `error: the multi-worker cluster lost a worker ...` and status 1.
+  with `error: the multi-worker cluster lost a worker ...` and status 1,
+  whether it is the chief or another worker (two 2-worker clusters, run at
+  the same time so that their survivors' waits for the lost heartbeats
+  overlap).
 
 Every process is started and stopped by the test, with time limits.
 """
@@ -195,25 +198,55 @@ def test_workers_agree_with_each_other_and_with_one_process(tmp_path, workers):
   assert _decisions(one_device) == _decisions(ours)
 
 
-@pytest.mark.parametrize('victim', [1, 0], ids=['worker', 'chief'])
-def test_a_killed_worker_stops_the_others_with_a_clear_error(tmp_path, victim):
-  long_run = [o for o in SHORT if not o.startswith('epochs=')] + ['epochs=500']
-  with _Cluster(2, tmp_path, long_run) as cluster:
-    dead, alive = cluster.processes[victim], cluster.processes[1 - victim]
-    digest_file = cluster.digest_dir / f'worker-{victim}.jsonl'
-    deadline = time.monotonic() + TIME_LIMIT
-    # Wait until training runs: the victim has written two reallocations.
-    while not (digest_file.exists() and
-               digest_file.read_text().count('"reallocation"') >= 2):
-      assert dead.poll() is None and alive.poll() is None, cluster.log_tail()
-      assert time.monotonic() < deadline, cluster.log_tail()
-      time.sleep(0.2)
-    dead.send_signal(signal.SIGKILL)
-    killed = time.monotonic()
-    code = cluster.wait(alive, killed + 120)
-    took = time.monotonic() - killed
-    log = cluster.logs[1 - victim].read_text()
+_VICTIMS = {'worker': 1, 'chief': 0}
 
+
+@pytest.fixture(scope='module')
+def killed_runs(tmp_path_factory):
+  """Two 2-worker clusters, run at the same time: in one the non-chief worker
+  is killed with SIGKILL once training runs, in the other the chief.
+
+  Each survivor then waits several seconds, idle, for the lost worker's
+  heartbeats to time out; the two clusters share that wait. Returns
+  {victim id: (victim index, survivor's exit status, seconds from the kill
+  to the survivor's exit, survivor's log)}.
+  """
+  long_run = [o for o in SHORT if not o.startswith('epochs=')] + ['epochs=500']
+  root = tmp_path_factory.mktemp('killed')
+  clusters = {name: _Cluster(2, root / name, long_run) for name in _VICTIMS}
+  try:
+    deadline = time.monotonic() + TIME_LIMIT
+    killed = {}
+    # Kill each victim once training runs: it has written two reallocations.
+    while len(killed) < len(clusters):
+      for name, cluster in clusters.items():
+        if name in killed:
+          continue
+        victim = _VICTIMS[name]
+        dead, alive = cluster.processes[victim], cluster.processes[1 - victim]
+        digest_file = cluster.digest_dir / f'worker-{victim}.jsonl'
+        assert dead.poll() is None and alive.poll() is None, cluster.log_tail()
+        assert time.monotonic() < deadline, cluster.log_tail()
+        if (digest_file.exists() and
+            digest_file.read_text().count('"reallocation"') >= 2):
+          dead.send_signal(signal.SIGKILL)
+          killed[name] = time.monotonic()
+      time.sleep(0.2)
+    outcomes = {}
+    for name, cluster in clusters.items():
+      victim = _VICTIMS[name]
+      code = cluster.wait(cluster.processes[1 - victim], killed[name] + 120)
+      outcomes[name] = (victim, code, time.monotonic() - killed[name],
+                        cluster.logs[1 - victim].read_text())
+    return outcomes
+  finally:
+    for cluster in clusters.values():
+      cluster.kill()
+
+
+@pytest.mark.parametrize('name', list(_VICTIMS))
+def test_a_killed_worker_stops_the_others_with_a_clear_error(killed_runs, name):
+  victim, code, took, log = killed_runs[name]
   print(f'the survivor stopped {took:.1f} s after the kill')  # Shown with -s.
   assert code == 1, log[-3000:]
   assert took < 120
