@@ -232,12 +232,22 @@ def killed_runs(tmp_path_factory):
           dead.send_signal(signal.SIGKILL)
           killed[name] = time.monotonic()
       time.sleep(0.2)
+    # Each survivor's exit, timed as it happens (polled together).
     outcomes = {}
-    for name, cluster in clusters.items():
-      victim = _VICTIMS[name]
-      code = cluster.wait(cluster.processes[1 - victim], killed[name] + 120)
-      outcomes[name] = (victim, code, time.monotonic() - killed[name],
-                        cluster.logs[1 - victim].read_text())
+    while len(outcomes) < len(clusters):
+      for name, cluster in clusters.items():
+        victim = _VICTIMS[name]
+        survivor = cluster.processes[1 - victim]
+        if name in outcomes or survivor.poll() is None:
+          if name not in outcomes and time.monotonic() > killed[name] + 120:
+            cluster.kill()
+            pytest.fail(f'{name}: the survivor did not stop within 120 s '
+                        f'of the kill; log:\n{cluster.log_tail()}')
+          continue
+        outcomes[name] = (victim, survivor.returncode,
+                          time.monotonic() - killed[name],
+                          cluster.logs[1 - victim].read_text())
+      time.sleep(0.1)
     return outcomes
   finally:
     for cluster in clusters.values():
